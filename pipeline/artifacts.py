@@ -1,0 +1,274 @@
+"""Run directories, manifests and atomic publication.
+
+A stage writes everything into `runs/<name>/.<stage>.partial/` and publishes it by renaming
+that directory to `runs/<name>/<stage>/` only after `manifest.json` is written. Later stages
+read only published directories whose manifest says `complete`, so a killed run never leaves
+a half-written artifact that anything reads. Re-running a published stage whose fingerprint
+(resolved config + input hashes) is unchanged is a no-op; `--force` or a changed fingerprint
+redoes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from pipeline.errors import MissingArtifactError
+
+MANIFEST = "manifest.json"
+TRACKED_PACKAGES = (
+    "fairl", "torch", "transformers", "sentence-transformers", "trl", "accelerate",
+    "datasets", "numpy", "scikit-learn", "safetensors", "pydantic", "typer",
+)
+
+
+# ------------------------------------------------------------------------- atomic writes
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ------------------------------------------------------------------------------ hashing
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(
+        json.dumps(obj, sort_keys=True, default=_json_default).encode()
+    ).hexdigest()
+
+
+def hash_inputs(paths: dict[str, Optional[Path]]) -> dict[str, Optional[str]]:
+    """sha256 of each input file (directories: their manifest if published, else all files)."""
+    out: dict[str, Optional[str]] = {}
+    for name, p in paths.items():
+        if p is None:
+            out[name] = None
+        elif Path(p).is_dir():
+            m = Path(p) / MANIFEST
+            if m.is_file():
+                out[name] = sha256_file(m)
+            else:
+                h = hashlib.sha256()
+                for f in sorted(Path(p).rglob("*")):
+                    if f.is_file():
+                        h.update(str(f.relative_to(p)).encode())
+                        h.update(sha256_file(f).encode())
+                out[name] = h.hexdigest()
+        else:
+            out[name] = sha256_file(Path(p))
+    return out
+
+
+# ------------------------------------------------------------------------- environment
+def package_versions() -> dict[str, Optional[str]]:
+    out: dict[str, Optional[str]] = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit() -> Optional[str]:
+    """Commit of the fairl checkout, with '-dirty' if it has uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+# ------------------------------------------------------------------------------ stages
+def read_manifest(stage_dir: Path) -> Optional[dict]:
+    m = Path(stage_dir) / MANIFEST
+    if not m.is_file():
+        return None
+    try:
+        return json.loads(m.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def require_stage(stage_dir: Path, stage: str, command: str) -> dict:
+    """The manifest of a published stage, or a clear error saying which command to run."""
+    manifest = read_manifest(stage_dir)
+    if manifest is None or manifest.get("status") != "complete":
+        raise MissingArtifactError(
+            f"{stage} output not found at {stage_dir}",
+            hint=f"run `fairl {command}` with the same config (run.name, run.root) first",
+        )
+    return manifest
+
+
+@dataclass
+class StageRun:
+    """The working state of one stage execution: where to write, and what goes in the manifest."""
+
+    stage: str
+    final_dir: Path
+    work_dir: Path
+    fingerprint: str
+    config: dict
+    inputs: dict
+    seed: Optional[int]
+    resumed: bool = False
+    started: float = field(default_factory=time.time)
+    extra: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+    def path(self, *parts: str) -> Path:
+        p = self.work_dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.perf_counter() - t0, 3)
+
+
+class StageSkipped(Exception):
+    """Raised inside `stage_run` when the published stage is already up to date."""
+
+
+@contextmanager
+def stage_run(
+    stage: str,
+    run_dir: Path,
+    config: dict,
+    inputs: dict[str, Optional[Path]],
+    seed: Optional[int],
+    force: bool = False,
+    log=print,
+) -> Iterator[StageRun]:
+    """Run a stage into a private work directory and publish it atomically on success.
+
+    Yields a `StageRun`; raises `StageSkipped` (before yielding) when the published output
+    already has this fingerprint. On any exception, including Ctrl-C, nothing is published and
+    the previous published output, if any, is left untouched.
+    """
+    run_dir = Path(run_dir)
+    final_dir = run_dir / stage
+    input_hashes = hash_inputs(inputs)
+    fingerprint = sha256_json({"stage": stage, "config": config, "inputs": input_hashes})
+    old = read_manifest(final_dir)
+    if not force and old and old.get("status") == "complete" and old.get("fingerprint") == fingerprint:
+        log(f"[{stage}] already done with this config and inputs: {final_dir} (use --force to redo)")
+        raise StageSkipped(stage)
+    if old and old.get("fingerprint") != fingerprint and old.get("status") == "complete":
+        log(f"[{stage}] config or inputs changed since the published run: redoing it")
+
+    # A partial directory left by a killed run with the same fingerprint is kept, so stages
+    # that checkpoint (embedding batches, sampled completions) resume instead of restarting.
+    work_dir = run_dir / f".{stage}.partial"
+    stamp = work_dir / ".fingerprint"
+    resumed = work_dir.exists() and stamp.is_file() and stamp.read_text() == fingerprint
+    if work_dir.exists() and not resumed:
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
+    if resumed:
+        log(f"[{stage}] resuming the interrupted run in {work_dir}")
+    run = StageRun(
+        stage=stage, final_dir=final_dir, work_dir=work_dir, fingerprint=fingerprint,
+        config=config, inputs={k: {"path": str(v) if v else None, "sha256": input_hashes[k]}
+                               for k, v in inputs.items()},
+        seed=seed, resumed=resumed,
+    )
+    yield run
+    stamp.unlink()
+    manifest = {
+        "stage": stage,
+        "status": "complete",
+        "fingerprint": fingerprint,
+        "config": config,
+        "inputs": run.inputs,
+        "seed": seed,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "platform": {"machine": platform.machine(), "system": platform.system(),
+                     "cpu_count": os.cpu_count(), "argv": sys.argv},
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(run.started)),
+        "wall_time_s": round(time.time() - run.started, 3),
+        "timings_s": run.timings,
+        "outputs": sorted(
+            str(p.relative_to(work_dir)) for p in work_dir.rglob("*") if p.is_file()
+        ),
+        **run.extra,
+    }
+    write_json(work_dir / MANIFEST, manifest)
+    publish(work_dir, final_dir)
+
+
+def publish(work_dir: Path, final_dir: Path) -> None:
+    """Swap `work_dir` into place of `final_dir`. Readers require a manifest, so the window in
+    which neither exists only ever looks like 'not run yet', never like a partial result."""
+    trash = final_dir.with_name(f".{final_dir.name}.old")
+    if trash.exists():
+        shutil.rmtree(trash)
+    if final_dir.exists():
+        os.replace(final_dir, trash)
+    os.replace(work_dir, final_dir)
+    if trash.exists():
+        shutil.rmtree(trash)

