@@ -45,6 +45,13 @@ class RewardHead(ABC):
         """Bank: h [G, n, d] -> R [G, n, M]."""
 
     @abstractmethod
+    def forward_pair(self, params: dict[str, torch.Tensor], h: torch.Tensor, b: int):
+        """Bank, training: h [G, 2b, d] holds b o+ rows then b o- rows -> (R+ [G, b, M],
+        R- [G, b, M]). One GEMM for both halves, but biases are added to each half separately:
+        biases that cancel in Delta then get a gradient of exactly 0 (sum g - sum g), as in a
+        per-output implementation, instead of rounding noise that Adam would amplify."""
+
+    @abstractmethod
     def forward_one(self, params: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
         """One model: h [n, d] -> R [n]."""
 
@@ -92,8 +99,21 @@ class LinearHead(RewardHead):
     def init(self, gen):
         return {"w": kaiming_uniform((self.d,), self.d, gen), "b": kaiming_uniform((), self.d, gen)}
 
+    @staticmethod
+    def _scores(h, w):
+        """h @ w, [G,n,d] @ [G,d,M] -> [G,n,M]. A single column is padded to two: with M = 1 the
+        BLAS switches to a GEMV kernel whose rounding differs from the bank's GEMM, which would
+        break bit-equality between a model trained alone and inside a bank."""
+        if w.shape[-1] == 1:
+            return torch.bmm(h, torch.nn.functional.pad(w, (0, 1)))[..., :1]
+        return torch.bmm(h, w)
+
     def forward(self, params, h):
-        return torch.baddbmm(params["b"], h, params["w"])           # [G,1,M] + [G,n,d]@[G,d,M]
+        return self._scores(h, params["w"]) + params["b"]            # [G, n, M]
+
+    def forward_pair(self, params, h, b):
+        z = self._scores(h, params["w"])                              # [G, 2b, M]
+        return z[:, :b] + params["b"], z[:, b:] + params["b"]
 
     def forward_one(self, params, h):
         return h @ params["w"] + params["b"]
@@ -149,9 +169,19 @@ class MLPHead(RewardHead):
     def forward(self, params, h):
         G, n, _ = h.shape
         M = params["b2"].shape[-1]
-        z = torch.relu(torch.baddbmm(params["b1"], h, params["W1"]))  # [G, n, M*H]
+        z = torch.relu(torch.bmm(h, params["W1"]) + params["b1"])     # [G, n, M*H]
         z = z.view(G, n, M, self.hidden)
         return (z * params["w2"]).sum(-1) + params["b2"]              # [G, n, M]
+
+    def forward_pair(self, params, h, b):
+        G, M, H = h.shape[0], params["b2"].shape[-1], self.hidden
+        z = torch.bmm(h, params["W1"])                                # [G, 2b, M*H]
+
+        def out(zh):
+            a = torch.relu(zh + params["b1"]).view(G, b, M, H)
+            return (a * params["w2"]).sum(-1) + params["b2"]          # [G, b, M]
+
+        return out(z[:, :b]), out(z[:, b:])
 
     def forward_one(self, params, h):
         return torch.relu(h @ params["W1"] + params["b1"]) @ params["w2"] + params["b2"]

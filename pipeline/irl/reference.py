@@ -14,24 +14,37 @@ from torch import nn
 
 from pipeline.errors import TrainingDiverged
 from pipeline.irl import objectives as obj
-from pipeline.irl.common import Optim, PairTensors, TrainedReward, flush_denormal, stream
+from pipeline.irl.common import (
+    Optim, PairTensors, TrainedReward, flush_denormal, n_used, stream,
+)
 from pipeline.irl.heads import RewardHead
 from pipeline.irl.methods import MethodSpec
 
 
 class Path_(nn.Module):
-    """One reward path (R_D or R_F) as an nn.Module over a head's parameters."""
+    """One reward path (R_D or R_F) of one model, as an nn.Module.
+
+    It calls the head's functions on a bank of one (G = 1, M = 1) rather than a hand-written
+    matmul: the arithmetic of one model is then the same as inside the bank, bit for bit, which
+    makes "equal to the model trained alone" testable exactly, even for MLPs whose float32
+    trajectories would otherwise amplify rounding differences."""
 
     def __init__(self, head: RewardHead, params: dict[str, torch.Tensor]):
         super().__init__()
         self.head = head
-        self.p = nn.ParameterDict({k: nn.Parameter(v.clone()) for k, v in params.items()})
+        self.p = nn.ParameterDict({k: nn.Parameter(v.clone()) for k, v in head.stack([[params]]).items()})
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head.forward_one(dict(self.p), h)
+        """h [n, d] -> R [n]"""
+        return self.head.forward(dict(self.p), h[None])[0, :, 0]
+
+    def forward_pair(self, h_pos: torch.Tensor, h_neg: torch.Tensor):
+        """(h(o+) [b, d], h(o-) [b, d]) -> (R(o+) [b], R(o-) [b])"""
+        r_pos, r_neg = self.head.forward_pair(dict(self.p), torch.cat([h_pos, h_neg])[None], len(h_pos))
+        return r_pos[0, :, 0], r_neg[0, :, 0]
 
     def snapshot(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.p.items()}
+        return self.head.unstack({k: v.detach() for k, v in self.p.items()}, 0, 0)
 
 
 def train_reference(
@@ -45,7 +58,7 @@ def _train(data, spec, seed, head, optim) -> TrainedReward:
     R_D = Path_(head, head.init(stream(seed, "init/base")))
     R_F = Path_(head, head.init(stream(seed, "init/failure"))) if spec.failure_aware else None
     params = list(R_D.parameters()) + (list(R_F.parameters()) if R_F else [])
-    opt = torch.optim.Adam(params, lr=optim.lr)
+    opt = torch.optim.Adam(params, lr=optim.lr, fused=True)  # as the bank: same rounding
     order_gen = stream(seed, "order")
     sample_gen = stream(seed, f"sample/{spec.name}") if R_F else None
     if spec.needs_labels and not data.has_labels:
@@ -75,17 +88,17 @@ def _train(data, spec, seed, head, optim) -> TrainedReward:
         u = torch.rand(n, generator=sample_gen) if R_F else None
 
         train_loss, n_fail = 0.0, 0
-        for s0 in range(0, n, B):
+        for s0 in range(0, n_used(n, B), B):
             pos = perm[s0:s0 + B]
             rows = train[pos]
             # --- 2: minibatch rewards and margins Delta_i, per path
-            rD_pos, rD_neg = R_D(data.hc[rows]), R_D(data.hr[rows])
+            rD_pos, rD_neg = R_D.forward_pair(data.hc[rows], data.hr[rows])
             dD = rD_pos - rD_neg
             is_mm = spec.objective == "mm"
             if R_F is None:
                 loss = obj.pair_loss(dD, is_mm, spec.margin, spec.tau).mean()
             else:
-                rF_pos, rF_neg = R_F(data.hc[rows]), R_F(data.hr[rows])
+                rF_pos, rF_neg = R_F.forward_pair(data.hc[rows], data.hr[rows])
                 dF = rF_pos - rF_neg
                 d_base = dD + (dF if spec.base_loss_trains_failure_path else dF.detach())
                 l_base = obj.pair_loss(d_base, is_mm, spec.margin, spec.tau).mean()
@@ -105,22 +118,30 @@ def _train(data, spec, seed, head, optim) -> TrainedReward:
                 d_fail = (dD if spec.failure_loss_trains_base_path else dD.detach()) + dF
                 l_fail = obj.pair_loss(d_fail, is_mm, spec.margin_fail, spec.tau_fail)
                 L_fail = (l_fail * spec.fail_weight * S).sum() / S.sum().clamp(min=1)
-                w_sq = sum((R_F.p[k] ** 2).sum() for k in head.weight_names)
-                loss = l_base + lam * L_fail + lam / 2 * w_sq
+                loss = l_base + lam * L_fail  # + (lambda_t / 2) ||w_F||^2, added below
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"{spec.name} seed {seed}: loss is {loss.item()} at epoch {t}",
                     hint="lower irl.lr, and check the embeddings for NaN or inf")
             opt.zero_grad()
             loss.backward()
+            if R_F:
+                # The penalty's gradient lambda_t * w_F, added after backward() as the bank does,
+                # so the three contributions to a weight's gradient are summed in the same order.
+                with torch.no_grad():
+                    w_sq = sum((R_F.p[k] ** 2).sum() for k in head.weight_names)
+                    for k in head.weight_names:
+                        R_F.p[k].grad.add_(R_F.p[k] * lam)
+                loss = loss + lam / 2 * w_sq
             opt.step()
             train_loss += loss.item() * len(pos)
+        train_loss /= n_used(n, B)
 
         # --- validation and early stopping on the base objective
         with torch.no_grad():
             dv = reward(data.hc[data.val]) - reward(data.hr[data.val])
             val = obj.pair_loss(dv, spec.objective == "mm", spec.margin, spec.tau).mean().item()
-        history.append({"epoch": t, "train_loss": train_loss / n, "val_loss": val,
+        history.append({"epoch": t, "train_loss": train_loss, "val_loss": val,
                         "val_pair_acc": (dv > 0).float().mean().item(), "failures": n_fail,
                         "lambda": lam if R_F else 0.0})
         if val < best_val:
