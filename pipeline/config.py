@@ -129,9 +129,10 @@ class FailureSection(Section):
     )
     margin_schedule: Literal["bottom_k", "threshold"] = _f(
         "bottom_k",
-        "fa-*-margin failures: bottom_k flags the k_t lowest-margin training pairs at the start "
-        "of each round (paper's self-supervised variant); threshold flags Delta_i <= gamma_t in "
-        "every minibatch (Algorithm 1 line 4).",
+        "fa-*-margin failures: bottom_k flags, for a whole round, the k_t training pairs with the "
+        "lowest margins as last computed in the minibatches (paper's self-supervised variant; "
+        "round 0 uses one full pass); threshold flags Delta_i <= gamma_t in every minibatch "
+        "(Algorithm 1 line 4).",
     )
     bottom_k_start: float = _f(0.2, "Failure fraction at round 0 (paper: 20%).", ge=0, le=1)
     bottom_k_end: float = _f(0.0, "Failure fraction at the last round (paper: 0%).", ge=0, le=1)

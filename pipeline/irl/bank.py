@@ -71,6 +71,7 @@ class _Bank:
         # fused: one pass over the stacked Adam state instead of ~10 (CPU support: torch >= 2.4)
         self.opt = torch.optim.Adam(list(self.p.values()), lr=optim.lr, fused=True)
         self.order_gens = [stream(s, "order") for s in seeds]
+        self.last_r: Optional[torch.Tensor] = None  # [G, Mf, 2, n_train] latest R(o+), R(o-)
         self.sample_gens = [[stream(s, f"sample/{sp.name}") for sp in self.fa_specs] for s in seeds]
 
         def vec(values, dtype=torch.float32):
@@ -107,9 +108,16 @@ class _Bank:
         return rD.index_add(-1, self.fa_idx, rF) if self.Mf else rD
 
     @torch.no_grad()
-    def _total_reward(self, rows: torch.Tensor, side: torch.Tensor, chunk: int = 4096):
-        """R for the given rows of hc or hr, every model: [G, n, M]."""
-        out = [self._total(self.head.forward(self.p, side[rows[i:i + chunk]][None].expand(self.G, -1, -1)))
+    def _total_reward(self, rows: torch.Tensor, side: torch.Tensor, fa_only: bool = False,
+                      chunk: int = 1024):
+        """R = R_D + R_F for the given rows of hc or hr: [G, n, M], or [G, n, Mf] for the
+        FA-IRL models alone (round-start statistics need no others)."""
+        if fa_only:
+            p = self.head.select(self.p, torch.cat([self.fa_idx, torch.arange(self.M, self.M + self.Mf)]))
+            total = lambda r: r[..., :self.Mf] + r[..., self.Mf:]  # noqa: E731
+        else:
+            p, total = self.p, self._total
+        out = [total(self.head.forward_shared(p, side[rows[i:i + chunk]]))
                for i in range(0, len(rows), chunk)]
         return torch.cat(out, 1)
 
@@ -136,7 +144,8 @@ class _Bank:
             best_epoch = torch.where(improved, t, best_epoch)
             paths_improved = torch.cat([improved, improved[:, self.fa_idx]], 1)
             for k in best:
-                best[k] = torch.where(self.head.model_mask(k, paths_improved), self.p[k].detach(), best[k])
+                mask = self.head.model_mask(k, paths_improved, best[k])
+                best[k] = torch.where(mask, self.p[k].detach(), best[k])
             since_best = torch.where(improved, 0, since_best + 1)
             epochs_run += active.long()
             self._record(t, active, train_loss, val_loss, val_acc, n_fail, history)
@@ -181,9 +190,15 @@ class _Bank:
         gamma = col(torch.tensor([s.gamma_t(t) for s in f]))
         p = col(torch.tensor([s.sample_rate_t(t) for s in f]))
         round_fail = threshold = None
-        if self.any_bottom_k or self.any_supervised:
-            rc = self._total_reward(data.train, data.hc)[..., self.fa_idx].transpose(1, 2)  # [G, Mf, n]
-            rr = self._total_reward(data.train, data.hr)[..., self.fa_idx].transpose(1, 2)
+        track = self.any_bottom_k or self.any_supervised
+        if track:
+            # Round statistics come from each training output's latest reward, recorded as the
+            # minibatches pass (R as Algorithm 1 line 2 computes it); one full pass at round 0.
+            if self.last_r is None:
+                self.last_r = torch.stack([
+                    self._total_reward(data.train, data.hc, fa_only=True).transpose(1, 2),
+                    self._total_reward(data.train, data.hr, fa_only=True).transpose(1, 2)], 2)
+            rc, rr = self.last_r[:, :, 0], self.last_r[:, :, 1]                       # [G, Mf, n]
             if self.any_bottom_k:
                 round_fail = torch.zeros(G, Mf, n, dtype=torch.bool)
                 for j, s in enumerate(f):
@@ -202,7 +217,8 @@ class _Bank:
                 round_fail = torch.gather(round_fail, 2, perm[:, None].expand(-1, Mf, -1))
             if threshold is not None:
                 yc_epoch, yr_epoch = data.yc[rows_epoch][:, None], data.yr[rows_epoch][:, None]
-            lam_paths = torch.cat([torch.zeros(M), lam])
+            lam_F = lam[None].expand(G, -1)                                             # [G, Mf]
+            lam_uniform = float(lam[0]) if bool((lam == lam[0]).all()) else None
         is_mm, margin, tau = col(self.is_mm), col(self.margin), col(self.tau)
         f_is_mm, margin_fail = col(self.f_is_mm), col(self.margin_fail)
         tau_fail, fail_weight = col(self.tau_fail), col(self.fail_weight)
@@ -238,6 +254,11 @@ class _Bank:
                         (r_pos[:, self.fa_idx] + r_pos[:, M:]).detach(),
                         (r_neg[:, self.fa_idx] + r_neg[:, M:]).detach(),
                         yc_epoch[..., sl], yr_epoch[..., sl], threshold)
+                if track:
+                    r_tot = torch.stack([r_pos[:, self.fa_idx] + r_pos[:, M:],
+                                         r_neg[:, self.fa_idx] + r_neg[:, M:]], 2).detach()
+                    at = perm[:, None, None, sl].expand(G, Mf, 2, b)
+                    self.last_r.scatter_(3, at, r_tot)                               # [G, Mf, 2, n]
                 S = (fail & sampled[..., sl]).float()
                 n_fail.index_add_(1, self.fa_idx, fail.sum(-1))
                 # --- stricter failure loss on S_t, weighted by lambda_t (Eq. 3)
@@ -254,11 +275,15 @@ class _Bank:
             self.opt.zero_grad(set_to_none=True)
             L.sum().backward()
             if Mf:
-                # (lambda_t / 2) ||w_F||^2 of Eq. 3, added as its gradient lambda_t * w_F
-                # (bit-identical to autograd's, without a pass to form the norm every step)
+                # (lambda_t / 2) ||w_F||^2 of Eq. 3, added as its gradient lambda_t * w_F after
+                # backward() (autograd would sum it into each weight's gradient in another order)
                 for k in self.head.weight_names:
-                    scale = self.head.model_mask(k, lam_paths[None].expand(G, -1))
-                    self.p[k].grad.add_(self.p[k].detach() * scale)  # not addcmul: no FMA
+                    grad_F = self.head.path_view(k, self.p[k].grad)[:, :, M:]
+                    w_F = self.head.path_view(k, self.p[k].detach())[:, :, M:]
+                    if lam_uniform is not None:
+                        grad_F.add_(w_F, alpha=lam_uniform)  # one pass; the reference makes the same call
+                    else:
+                        grad_F.add_(w_F * lam_F.reshape(G, 1, Mf, *[1] * (w_F.dim() - 3)))
             self.opt.step()
             train_loss += L.detach() * b
         if Mf:  # log the penalty term too (at end-of-epoch weights; the reference uses each step's)

@@ -45,11 +45,16 @@ class RewardHead(ABC):
         """Bank: h [G, n, d] -> R [G, n, M]."""
 
     @abstractmethod
+    def forward_shared(self, params: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        """Bank, every group on the same inputs: h [n, d] -> R [G, n, M]. One GEMM over all
+        groups' columns; equal to `forward` on h expanded over G (GEMM columns are independent)."""
+
+    @abstractmethod
     def forward_pair(self, params: dict[str, torch.Tensor], h: torch.Tensor, b: int):
         """Bank, training: h [G, 2b, d] holds b o+ rows then b o- rows -> (R+ [G, b, M],
-        R- [G, b, M]). One GEMM for both halves, but biases are added to each half separately:
-        biases that cancel in Delta then get a gradient of exactly 0 (sum g - sum g), as in a
-        per-output implementation, instead of rounding noise that Adam would amplify."""
+        R- [G, b, M]). One GEMM for both halves, but the output bias is added to each half
+        separately: it cancels in Delta, and only then is its gradient exactly 0 (sum g - sum g)
+        rather than rounding noise that Adam would amplify into lr-sized steps."""
 
     @abstractmethod
     def forward_one(self, params: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
@@ -60,12 +65,32 @@ class RewardHead(ABC):
         """models[g][m] (one model's params) -> bank params."""
 
     @abstractmethod
-    def unstack(self, params: dict[str, torch.Tensor], g: int, m: int) -> dict[str, torch.Tensor]:
-        """Bank params -> model (g, m)'s params (a copy)."""
+    def path_view(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """Bank tensor of parameter `name` viewed as [G, X, M, ...]: the model axis is dim 2."""
 
     @abstractmethod
-    def model_mask(self, name: str, mask: torch.Tensor) -> torch.Tensor:
-        """Per-model bool mask [G, M] broadcast to the bank shape of parameter `name`."""
+    def unpath_view(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """Inverse of `path_view` (for any number of models)."""
+
+    def unstack(self, params: dict[str, torch.Tensor], g: int, m: int) -> dict[str, torch.Tensor]:
+        """Bank params -> model (g, m)'s params (a copy)."""
+        one = {k: self.unpath_view(k, self.path_view(k, v)[g:g + 1, :, m:m + 1]) for k, v in params.items()}
+        return {k: v.reshape(self.shape(k)).clone() for k, v in one.items()}
+
+    def select(self, params: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The sub-bank of models `idx` (same groups), detached."""
+        return {k: self.unpath_view(k, self.path_view(k, v.detach())[:, :, idx]) for k, v in params.items()}
+
+    def model_mask(self, name: str, per_model: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Per-model values [G, M] broadcast to the layout of `like`, bank tensor `name`."""
+        view = self.path_view(name, like)
+        values = per_model.reshape(*per_model.shape[:1], 1, per_model.shape[1],
+                                   *([1] * (view.dim() - 3)))
+        return self.unpath_view(name, values.expand_as(view))
+
+    @abstractmethod
+    def shape(self, name: str) -> tuple[int, ...]:
+        """One model's shape of parameter `name`."""
 
     @abstractmethod
     def sq_weight_norm(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -111,6 +136,12 @@ class LinearHead(RewardHead):
     def forward(self, params, h):
         return self._scores(h, params["w"]) + params["b"]            # [G, n, M]
 
+    def forward_shared(self, params, h):
+        G, d, M = params["w"].shape
+        w = params["w"].permute(1, 0, 2).reshape(1, d, G * M)
+        z = self._scores(h[None], w)[0].view(-1, G, M).transpose(0, 1)   # [G, n, M]
+        return z + params["b"]
+
     def forward_pair(self, params, h, b):
         z = self._scores(h, params["w"])                              # [G, 2b, M]
         return z[:, :b] + params["b"], z[:, b:] + params["b"]
@@ -124,11 +155,14 @@ class LinearHead(RewardHead):
             "b": torch.stack([torch.stack([p["b"] for p in row]) for row in models])[:, None, :],
         }
 
-    def unstack(self, params, g, m):
-        return {"w": params["w"][g, :, m].clone(), "b": params["b"][g, 0, m].clone()}
+    def shape(self, name):
+        return (self.d,) if name == "w" else ()
 
-    def model_mask(self, name, mask):
-        return mask[:, None, :]
+    def path_view(self, name, t):
+        return t                                                      # w [G,d,M], b [G,1,M]
+
+    def unpath_view(self, name, t):
+        return t
 
     def sq_weight_norm(self, params):
         return (params["w"] ** 2).sum(1)
@@ -173,15 +207,21 @@ class MLPHead(RewardHead):
         z = z.view(G, n, M, self.hidden)
         return (z * params["w2"]).sum(-1) + params["b2"]              # [G, n, M]
 
+    def forward_shared(self, params, h):
+        G, d, MH = params["W1"].shape
+        M, H = MH // self.hidden, self.hidden
+        W1 = params["W1"].permute(1, 0, 2).reshape(d, G * MH)
+        a = torch.relu_((h @ W1).view(-1, G, MH) + params["b1"][:, 0])   # [n, G, M*H]
+        r = (a.view(-1, G, M, H) * params["w2"][:, 0]).sum(-1)           # [n, G, M]
+        return r.transpose(0, 1) + params["b2"]                          # [G, n, M]
+
     def forward_pair(self, params, h, b):
         G, M, H = h.shape[0], params["b2"].shape[-1], self.hidden
-        z = torch.bmm(h, params["W1"])                                # [G, 2b, M*H]
-
-        def out(zh):
-            a = torch.relu(zh + params["b1"]).view(G, b, M, H)
-            return (a * params["w2"]).sum(-1) + params["b2"]          # [G, b, M]
-
-        return out(z[:, :b]), out(z[:, b:])
+        # b1 does not cancel in Delta, so it is added to both halves at once; slicing z into
+        # halves first would make autograd rebuild z's gradient from two copies.
+        a = torch.relu_(torch.bmm(h, params["W1"]) + params["b1"])   # [G, 2b, M*H]
+        r = (a.view(G, 2 * b, M, H) * params["w2"]).sum(-1)           # [G, 2b, M]
+        return r[:, :b] + params["b2"], r[:, b:] + params["b2"]
 
     def forward_one(self, params, h):
         return torch.relu(h @ params["W1"] + params["b1"]) @ params["w2"] + params["b2"]
@@ -194,23 +234,16 @@ class MLPHead(RewardHead):
             "b2": torch.stack([torch.stack([p["b2"] for p in row]) for row in models])[:, None, :],
         }
 
-    def unstack(self, params, g, m):
-        H = self.hidden
-        cols = slice(m * H, (m + 1) * H)
-        return {
-            "W1": params["W1"][g, :, cols].clone(),
-            "b1": params["b1"][g, 0, cols].clone(),
-            "w2": params["w2"][g, 0, m].clone(),
-            "b2": params["b2"][g, 0, m].clone(),
-        }
+    def shape(self, name):
+        return {"W1": (self.d, self.hidden), "b1": (self.hidden,), "w2": (self.hidden,), "b2": ()}[name]
 
-    def model_mask(self, name, mask):
-        G, M = mask.shape
-        if name in ("W1", "b1"):
-            return mask[:, None, :, None].expand(G, 1, M, self.hidden).reshape(G, 1, M * self.hidden)
-        if name == "w2":
-            return mask[:, None, :, None]
-        return mask[:, None, :]
+    def path_view(self, name, t):
+        if name in ("W1", "b1"):                                      # [G, X, M*H] -> [G, X, M, H]
+            return t.unflatten(2, (-1, self.hidden))
+        return t                                                      # w2 [G,1,M,H], b2 [G,1,M]
+
+    def unpath_view(self, name, t):
+        return t.flatten(2) if name in ("W1", "b1") else t
 
     def sq_weight_norm(self, params):
         G, d, MH = params["W1"].shape

@@ -68,6 +68,8 @@ def _train(data, spec, seed, head, optim) -> TrainedReward:
         return R_D(h) + R_F(h) if R_F else R_D(h)
 
     train, n, B = data.train, len(data.train), optim.batch_size
+    track = R_F is not None and (spec.uses_bottom_k or spec.needs_labels)
+    last_r: Optional[torch.Tensor] = None
     best_val, best_epoch, since_best = float("inf"), -1, 0
     best_D, best_F = R_D.snapshot(), (R_F.snapshot() if R_F else None)
     history = []
@@ -76,9 +78,13 @@ def _train(data, spec, seed, head, optim) -> TrainedReward:
         lam, gamma, p = spec.lambda_t(t), spec.gamma_t(t), spec.sample_rate_t(t)
         round_fail: Optional[torch.Tensor] = None
         threshold = None
-        if R_F and (spec.uses_bottom_k or spec.needs_labels):
-            with torch.no_grad():
-                rc, rr = reward(data.hc[train]), reward(data.hr[train])
+        if track:
+            # Latest R(o+), R(o-) of every training pair: recorded by the minibatches of the
+            # previous round (a full pass before round 0).
+            if last_r is None:
+                with torch.no_grad():
+                    last_r = torch.stack([reward(data.hc[train]), reward(data.hr[train])])  # [2, n]
+            rc, rr = last_r[0], last_r[1]
             if spec.uses_bottom_k:
                 round_fail = obj.bottom_k_failures(rc - rr, spec.bottom_k_t(t))
             if spec.needs_labels:
@@ -112,6 +118,9 @@ def _train(data, spec, seed, head, optim) -> TrainedReward:
                     fail = obj.supervised_failures(
                         (rD_pos + rF_pos).detach(), (rD_neg + rF_neg).detach(),
                         data.yc[rows], data.yr[rows], threshold)
+                if track:
+                    last_r[0, pos] = (rD_pos + rF_pos).detach()
+                    last_r[1, pos] = (rD_neg + rF_neg).detach()
                 S = fail & (u[s0:s0 + len(pos)] < p)
                 n_fail += int(fail.sum())
                 # --- 11-12: stricter loss on S_t, lambda_t weighting, ||w_F||^2 penalty (Eq. 3)
@@ -131,7 +140,7 @@ def _train(data, spec, seed, head, optim) -> TrainedReward:
                 with torch.no_grad():
                     w_sq = sum((R_F.p[k] ** 2).sum() for k in head.weight_names)
                     for k in head.weight_names:
-                        R_F.p[k].grad.add_(R_F.p[k] * lam)
+                        R_F.p[k].grad.add_(R_F.p[k], alpha=float(torch.tensor(lam)))
                 loss = loss + lam / 2 * w_sq
             opt.step()
             train_loss += loss.item() * len(pos)

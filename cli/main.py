@@ -1,0 +1,144 @@
+"""The `fairl` command: one thin Typer command per pipeline stage, plus `fairl run` to chain them.
+
+Each command loads the YAML config, applies `--set` overrides, validates, and calls
+`pipeline.<stage>.run(cfg)`. User errors print a message and a hint and exit non-zero
+(2 config, 3 data, 4 missing upstream artifact, 5 diverged training, 6 stage not built yet,
+130 interrupted); nothing half-written is ever published.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from pipeline.config import (
+    STAGES, EvaluateSection, IRLSection, MakePairsSection, ReRLHFSection, RunSection,
+    TrainExpertSection, describe_section, load_config,
+)
+from pipeline.errors import FairlError
+
+app = typer.Typer(
+    name="fairl",
+    help="Audit RLHF-aligned language models with Failure-Aware Inverse RL (FA-IRL).\n\n"
+         "Stages chain through files: train-expert -> make-pairs -> irl -> evaluate -> re-rlhf, "
+         "each writing runs/<run.name>/<stage>/ with a manifest.json.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+ConfigArg = Annotated[Optional[Path], typer.Argument(
+    help="Experiment YAML (same as --config).", show_default=False)]
+ConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", "-c", help="Experiment YAML: one section per stage (see configs/).", show_default=False)]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", "-s", help="Override a config value, section.key=value (YAML value). Repeatable.",
+    show_default=False)]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Redo the stage even if its published output matches this config.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
+
+
+def _epilog(section_cls, name: str) -> str:
+    keys = describe_section(RunSection, "run") + describe_section(section_cls, name)
+    return "Config keys (YAML section, or --set key=value):\n\n" + "\n\n".join(keys)
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(message)s", stream=sys.stderr, force=True)
+    for noisy in ("sentence_transformers", "transformers", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _invoke(fn: Callable[[], Optional[Path]]) -> None:
+    try:
+        out = fn()
+    except FairlError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: nothing was published; the next run starts this stage afresh "
+                   "(or resumes it where the stage supports that)", err=True)
+        raise typer.Exit(130)
+    if out is not None:
+        typer.echo(str(out))
+
+
+def _load(config: Optional[Path], config_opt: Optional[Path], overrides: Optional[list[str]]):
+    if config is not None and config_opt is not None and config != config_opt:
+        raise FairlError("give the config once: as an argument or with --config, not both")
+    return load_config(config_opt or config, overrides or [])
+
+
+def _stage_command(stage: str, command: str, section_cls, help_text: str) -> None:
+    def cmd(config: ConfigArg = None, config_opt: ConfigOpt = None, set_: SetOpt = None,
+            force: ForceOpt = False, quiet: QuietOpt = False) -> None:
+        _setup_logging(quiet)
+        _invoke(lambda: run_stage(stage, _load(config, config_opt, set_), force))
+
+    cmd.__doc__ = help_text
+    app.command(command, epilog=_epilog(section_cls, stage), help=help_text)(cmd)
+
+
+def run_stage(stage: str, cfg, force: bool = False) -> Optional[Path]:
+    """Dispatch to pipeline.<stage>.run; imported lazily so `--help` stays fast."""
+    if stage == "irl":
+        from pipeline.irl.stage import run
+    elif stage == "evaluate":
+        from pipeline.evaluate.stage import run
+    elif stage == "make_pairs":
+        from pipeline.data.make_pairs import run
+    elif stage == "train_expert":
+        from pipeline.policy import train_expert_run as run
+    elif stage == "re_rlhf":
+        from pipeline.policy import re_rlhf_run as run
+    else:  # pragma: no cover
+        raise ValueError(stage)
+    return run(cfg, force=force)
+
+
+_stage_command("train_expert", "train-expert", TrainExpertSection,
+               "RLHF a base LM into a detoxified expert with PPO against a toxicity classifier.")
+_stage_command("make_pairs", "make-pairs", MakePairsSection,
+               "Make preference pairs (base vs expert completions, or scored dataset continuations).")
+_stage_command("irl", "irl", IRLSection,
+               "Recover the reward with Max-Margin, Max-Entropy and FA-IRL (every method x seed).")
+_stage_command("evaluate", "evaluate", EvaluateSection,
+               "Score every recovered reward against the ground truth; write metrics.json, "
+               "report.md and plots.")
+_stage_command("re_rlhf", "re-rlhf", ReRLHFSection,
+               "Fine-tune a base model with an extracted reward and measure its toxicity.")
+
+
+@app.command("run", epilog="Stages run in pipeline order: " + ", ".join(STAGES) + ". Default: "
+             "every stage whose section appears in the config file (or run.stages).")
+def run_all(config: ConfigArg = None, config_opt: ConfigOpt = None, set_: SetOpt = None,
+            force: ForceOpt = False, quiet: QuietOpt = False) -> None:
+    """Run every stage of the config in order, skipping those already done with this config."""
+    _setup_logging(quiet)
+
+    def chain() -> Optional[Path]:
+        cfg = _load(config, config_opt, set_)
+        out = None
+        for stage in cfg.stages_to_run():
+            logging.getLogger("fairl").info("== %s ==", stage)
+            out = run_stage(stage, cfg, force) or out
+        if out is not None and (out / "report.md").is_file():
+            typer.echo(f"report: {out / 'report.md'}")
+        return out
+
+    _invoke(chain)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

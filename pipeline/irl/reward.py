@@ -1,0 +1,175 @@
+"""A recovered reward as a durable artifact, and as a scorer `texts -> rewards`.
+
+On disk, one directory per reward:
+
+    reward.safetensors   base.<param> (R_D) and, for FA-IRL, failure.<param> (R_F); float32
+    reward.json          format, head, encoder (name + fingerprint), text mode, method, seed,
+                         training summary; everything needed to rebuild the scorer
+    sentence-transformer/  (optional) the same reward as a plain sentence-transformers model:
+                         encoder modules + Dense layers, R_D + R_F folded into one head, so
+                         `SentenceTransformer(path).encode(texts)[:, 0]` gives the reward with
+                         no fairl installed
+
+    >>> from pipeline import load_reward
+    >>> r = load_reward("runs/x/irl/rewards/fa-me-margin/seed-0")
+    >>> r.score(["a completion", "another one"])          # tensor([...]), higher is better
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.artifacts import atomic_path, write_json
+from pipeline.errors import FairlError
+from pipeline.irl.heads import RewardHead, make_head
+
+FORMAT = "fairl-reward"
+VERSION = 1
+
+
+class RewardModel:
+    """R(o) = R_D(h(o)) + R_F(h(o)) on a frozen encoder h."""
+
+    def __init__(self, head: RewardHead, base: dict[str, torch.Tensor],
+                 failure: Optional[dict[str, torch.Tensor]], meta: dict):
+        self.head, self.base, self.failure, self.meta = head, base, failure, meta
+        self._folded = head.fold(base, failure) if failure else base
+        self._embedder = None
+
+    # ------------------------------------------------------------------------- scoring
+    @torch.no_grad()
+    def score_embeddings(self, h: torch.Tensor) -> torch.Tensor:
+        """h [n, d] -> R [n], through the folded single head (what the export computes)."""
+        return self.head.forward_one(self._folded, h.float())
+
+    def score(self, texts: Sequence[str], prompts: Optional[Sequence[str]] = None,
+              batch_size: int = 64) -> torch.Tensor:
+        """Rewards for completions (prompts are prepended if this reward embeds prompt+completion)."""
+        if self.meta.get("text") == "prompt+completion":
+            if prompts is None:
+                raise FairlError("this reward was trained on prompt+completion; pass prompts=")
+            texts = [p + c for p, c in zip(prompts, texts)]
+        return self.score_embeddings(self.embedder(batch_size).embed(list(texts)))
+
+    def embedder(self, batch_size: int = 64):
+        if self._embedder is None:
+            from pipeline.embed import Embedder
+
+            enc = self.meta["encoder"]
+            self._embedder = Embedder(enc["name"], batch_size=batch_size)
+            if self._embedder.fingerprint != enc.get("fingerprint"):
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "encoder %s resolves to files (%s) other than the ones this reward was "
+                    "trained on (%s): scores may differ", enc["name"],
+                    self._embedder.fingerprint, enc.get("fingerprint"))
+        return self._embedder
+
+    # ------------------------------------------------------------------------------ i/o
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {f"base.{k}": v.contiguous() for k, v in self.base.items()}
+        if self.failure:
+            tensors.update({f"failure.{k}": v.contiguous() for k, v in self.failure.items()})
+        with atomic_path(path / "reward.safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(VERSION)})
+        write_json(path / "reward.json", {"format": FORMAT, "version": VERSION,
+                                          **self.head.describe(), **self.meta})
+
+    @classmethod
+    def load(cls, path: Path) -> "RewardModel":
+        path = Path(path)
+        meta_path, weights = path / "reward.json", path / "reward.safetensors"
+        if not meta_path.is_file() or not weights.is_file():
+            raise FairlError(f"{path} is not a fairl reward directory",
+                             hint="expected reward.json and reward.safetensors inside it")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise FairlError(f"{path}: unsupported reward format {meta.get('format')} "
+                             f"v{meta.get('version')}")
+        head = make_head(meta["head"], meta["in_dim"], meta.get("hidden", 0))
+        tensors = load_file(str(weights))
+        base = {k.removeprefix("base."): v for k, v in tensors.items() if k.startswith("base.")}
+        failure = {k.removeprefix("failure."): v for k, v in tensors.items()
+                   if k.startswith("failure.")} or None
+        drop = ("format", "version", "head", "in_dim", "hidden", "activation")
+        return cls(head, base, failure, {k: v for k, v in meta.items() if k not in drop})
+
+    # --------------------------------------------------------------------------- export
+    def export_sentence_transformers(self, path: Path, encoder_dir: Path,
+                                     link_from: Optional[Path] = None) -> None:
+        """Write a plain sentence-transformers model: the encoder's modules, then one Dense
+        layer per head layer, the dual path folded exactly into a single MLP.
+
+        `link_from`: an earlier export with the same encoder; its large files are hard-linked
+        instead of copied (30 rewards then cost one encoder on disk, not 30).
+        """
+        from sentence_transformers import SentenceTransformer, models
+
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        dense = []
+        for W, b, act in self.head.dense_layers(self._folded):
+            layer = models.Dense(W.shape[1], W.shape[0], bias=True,
+                                 activation_function=torch.nn.ReLU() if act == "relu" else torch.nn.Identity())
+            with torch.no_grad():
+                layer.linear.weight.copy_(W)
+                layer.linear.bias.copy_(b)
+            dense.append(layer)
+        if link_from is not None and (link_from / "modules.json").is_file():
+            # Same encoder: hard-link its files, then write only the Dense modules afresh.
+            shutil.copytree(link_from, tmp, copy_function=_link_or_copy)
+            modules = json.loads((tmp / "modules.json").read_text())
+            n_enc = len(modules) - len(dense)
+            for i, layer in enumerate(dense):
+                sub = tmp / modules[n_enc + i]["path"]
+                shutil.rmtree(sub)   # unlink, never write through a shared inode
+                layer.save(str(sub))
+        else:
+            encoder = SentenceTransformer(str(encoder_dir), device="cpu")
+            SentenceTransformer(modules=[*encoder, *dense], device="cpu").save(str(tmp))
+        (tmp / "README.md").unlink(missing_ok=True)  # may be a hard link: never write through it
+        (tmp / "README.md").write_text(_EXPORT_README.format(
+            method=self.meta.get("method"), seed=self.meta.get("seed"),
+            text=self.meta.get("text", "completion")))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+_EXPORT_README = """# fairl reward ({method}, seed {seed})
+
+A reward model recovered by fairl (Failure-Aware IRL), as a plain sentence-transformers model.
+
+```python
+from sentence_transformers import SentenceTransformer
+reward = SentenceTransformer("<this directory>")
+scores = reward.encode(texts)[:, 0]   # one reward per text, higher is better
+```
+
+Input text: the {text}. The last Dense layers are the reward head (base and failure paths folded
+into one). The canonical artifact, with the paths kept apart, is ../reward.safetensors.
+"""
+
+
+def load_reward(path: Path) -> RewardModel:
+    """Load a reward saved by `fairl irl` (the directory holding reward.json)."""
+    return RewardModel.load(path)

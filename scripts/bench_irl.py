@@ -1,0 +1,130 @@
+"""Benchmark fairl's IRL trainer (pipeline.irl.bank) against the naive one-model-at-a-time loop.
+
+Workload (the foundation issue): 20,000 synthetic pairs of 384-dim Gaussian embeddings with
+Bradley-Terry preferences from a known linear reward, the 6 methods of Table 1 x 5 seeds,
+batch 32, Adam. Both trainers run the same epochs without early stopping (patience > epochs),
+after a warm-up of each on a small problem, in this process.
+
+Prints, per head (linear; MLP with hidden 256):
+  pairs*epochs/s   training pairs processed per second, summed over all 30 models
+  speedup          bank throughput / naive throughput
+  fraction of peak useful training FLOP/s (forward + weight gradients of every path) over the
+                   fp32 matmul peak measured here (2048^3 GEMMs, same thread count)
+  max |diff|       largest difference between any parameter of any model trained in the bank
+                   and the same model trained alone by the naive loop (0 = bit-identical)
+Last line: `bench_irl linear_speedup=<x> mlp_speedup=<y> max_abs_diff=<z>`.
+
+    python scripts/bench_irl.py               # the issue's workload (~3 min on 2 cores)
+    python scripts/bench_irl.py --quick       # 4,000 pairs, 1 epoch: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from pipeline.config import IRLSection
+from pipeline.irl.bank import train_bank
+from pipeline.irl.common import Optim, PairTensors, tune_allocator
+from pipeline.irl.heads import make_head
+from pipeline.irl.methods import method_spec
+from pipeline.irl.reference import train_reference
+
+
+def synthetic_pairs(n: int, d: int, seed: int = 0, val_fraction: float = 0.1) -> PairTensors:
+    """Gaussian h(o), reward r = theta^T h, o+ drawn by Bradley-Terry, labels y = sign(r)."""
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(d, generator=g) / d ** 0.5 * 3
+    a, b = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+    a_wins = torch.rand(n, generator=g) < torch.sigmoid(a @ theta - b @ theta)
+    hc = torch.where(a_wins[:, None], a, b)
+    hr = torch.where(a_wins[:, None], b, a)
+    n_val = int(n * val_fraction)
+    return PairTensors(
+        hc=hc, hr=hr, train=torch.arange(n - n_val), val=torch.arange(n - n_val, n),
+        yc=torch.where(hc @ theta > 0, 1.0, -1.0), yr=torch.where(hr @ theta > 0, 1.0, -1.0))
+
+
+def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def useful_flops_per_pair(head, specs) -> int:
+    """Forward and weight-gradient FLOPs of one pair through every path of every method."""
+    paths = sum(2 if s.failure_aware else 1 for s in specs)
+    return paths * head.flops_per_pair()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=20_000)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--quick", action="store_true", help="4,000 pairs, 1 epoch")
+    args = ap.parse_args()
+    if args.quick:
+        args.pairs, args.epochs = 4000, 1
+
+    tune_allocator()
+    torch.manual_seed(0)
+    irl = IRLSection()
+    specs = [method_spec(m, irl) for m in irl.methods]
+    seeds = list(range(args.seeds))
+    data = synthetic_pairs(args.pairs, args.dim)
+    n_train = len(data.train)
+    optim = Optim(max_epochs=args.epochs, patience=args.epochs + 1)
+    print(f"bench_irl: {args.pairs} pairs ({n_train} train) x {args.dim} dims, "
+          f"{len(specs)} methods x {len(seeds)} seeds, {args.epochs} epoch(s), batch 32, Adam; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    peak = matmul_peak_gflops()
+    print(f"fp32 matmul peak (2048^3, measured): {peak:.0f} GFLOP/s")
+
+    results = {}
+    for kind in ("linear", "mlp"):
+        head = make_head(kind, args.dim, args.hidden)
+        warm = synthetic_pairs(2000, args.dim, seed=1)
+        train_bank(warm, specs, seeds[:2], head, Optim(max_epochs=1), progress=False)
+        for s in specs:
+            train_reference(warm, s, 0, head, Optim(max_epochs=1))
+
+        t0 = time.perf_counter()
+        bank = train_bank(data, specs, seeds, head, optim, progress=False)
+        t_bank = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        naive = [train_reference(data, r.method, r.seed, head, optim) for r in bank]
+        t_naive = time.perf_counter() - t0
+
+        diff = 0.0
+        for b, r in zip(bank, naive):
+            for path in ("base", "failure"):
+                pb, pr = getattr(b, path), getattr(r, path)
+                if pb is not None:
+                    diff = max(diff, max((pb[k] - pr[k]).abs().max().item() for k in pb))
+        work = len(bank) * n_train * args.epochs                    # pair-epochs, all models
+        flops = useful_flops_per_pair(head, specs) * len(seeds) * n_train * args.epochs
+        label = kind if kind == "linear" else f"mlp (hidden {args.hidden})"
+        print(f"\n{label}:")
+        print(f"  naive loop : {t_naive:7.1f} s  {work / t_naive:10.0f} pairs*epochs/s  "
+              f"{flops / t_naive / 1e9 / peak:6.1%} of peak")
+        print(f"  fairl bank : {t_bank:7.1f} s  {work / t_bank:10.0f} pairs*epochs/s  "
+              f"{flops / t_bank / 1e9 / peak:6.1%} of peak")
+        print(f"  speedup    : {t_naive / t_bank:.1f}x   max |param diff| bank vs alone: {diff:.3g}")
+        results[kind] = (t_naive / t_bank, diff)
+
+    max_diff = max(d for _, d in results.values())
+    print(f"bench_irl linear_speedup={results['linear'][0]:.1f} "
+          f"mlp_speedup={results['mlp'][0]:.1f} max_abs_diff={max_diff:.3g}")
+
+
+if __name__ == "__main__":
+    main()
