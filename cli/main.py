@@ -54,6 +54,16 @@ def _setup_logging(quiet: bool) -> None:
                         format="%(message)s", stream=sys.stderr, force=True)
     for noisy in ("sentence_transformers", "transformers", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # weight-loading and shard-writing bars of transformers / hub: noise next to our own bars
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def _invoke(fn: Callable[[], Optional[Path]]) -> None:

@@ -28,6 +28,8 @@ from typing import Any, Iterator, Optional
 from pipeline.errors import MissingArtifactError
 
 MANIFEST = "manifest.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 TRACKED_PACKAGES = (
     "fairl", "torch", "transformers", "sentence-transformers", "trl", "accelerate",
     "datasets", "numpy", "scikit-learn", "safetensors", "pydantic", "typer",
@@ -43,6 +45,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; published files follow the umask
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -201,11 +204,14 @@ def stage_run(
     seed: Optional[int],
     force: bool = False,
     log=print,
+    resumable: bool = False,
 ) -> Iterator[StageRun]:
     """Run a stage into a private work directory and publish it atomically on success.
 
     Yields a `StageRun`; raises `StageSkipped` (before yielding) when the published output
-    already has this fingerprint. On any exception, including Ctrl-C, nothing is published and
+    already has this fingerprint. A `resumable` stage keeps the work directory of an
+    interrupted run with the same fingerprint (`run.resumed`) so it can pick up where it stopped;
+    other stages start afresh (their expensive inputs are cached elsewhere). On any exception, including Ctrl-C, nothing is published and
     the previous published output, if any, is left untouched.
     """
     run_dir = Path(run_dir)
@@ -223,8 +229,10 @@ def stage_run(
     # that checkpoint (embedding batches, sampled completions) resume instead of restarting.
     work_dir = run_dir / f".{stage}.partial"
     stamp = work_dir / ".fingerprint"
-    resumed = work_dir.exists() and stamp.is_file() and stamp.read_text() == fingerprint
+    resumed = (resumable and work_dir.exists() and stamp.is_file()
+               and stamp.read_text() == fingerprint)
     if work_dir.exists() and not resumed:
+        log(f"[{stage}] discarding the partial output of an interrupted or changed run")
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Optional, Sequence
@@ -165,7 +166,7 @@ class Embedder:
                 chunk = todo[start:start + shard_size]
                 emb = self.model.encode(
                     [texts[i] for i in chunk], batch_size=self.batch_size,
-                    show_progress_bar=True, convert_to_numpy=True,
+                    show_progress_bar=sys.stderr.isatty(), convert_to_numpy=True,
                 ).astype(np.float32)
                 self._save_shard(hashes[chunk], emb)
                 cached.update({keys[i]: e for i, e in zip(chunk, emb)})

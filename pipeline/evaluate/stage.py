@@ -138,6 +138,10 @@ def _evaluate(run_, cfg, irl_dir: Path, irl_manifest: dict, summary: dict, compa
     if not pairs.has_scores:
         notes.append("no chosen_score/rejected_score: reward distances (STARC etc.) are skipped")
     groups = _groups(df, test)
+    if np.bincount(groups).max() < 2:
+        groups = None
+        notes.append("starc_val (per-prompt centering) skipped: every test output answers a "
+                     "different prompt, so there is nothing to centre within a prompt")
 
     # 3. Per-model metrics.
     per_model: dict[str, dict] = {}
@@ -156,7 +160,7 @@ def _evaluate(run_, cfg, irl_dir: Path, irl_manifest: dict, summary: dict, compa
                 flat.update(_prefixed("heldout", classify.classification_metrics(sc.heldout, heldout["toxic"], c)))
         if pairs.has_scores:
             d = distances.all_distances(*_outputs(df, test, sc, "score"), groups=groups)
-            notes.extend(f"{method} seed {seed}: {n}" for n in d.pop("_notes", []))
+            notes.extend(f"{method} seed {seed}: {n}" for n in d.pop("_notes", []))  # rare: constant rewards
             flat.update(_prefixed("test", d))
         per_model[f"{method}/seed-{seed}"] = {"method": method, "seed": seed,
                                               "threshold": thresholds.get((method, seed)), **flat}

@@ -134,7 +134,7 @@ class _Bank:
         history: list[list[list[dict]]] = [[[] for _ in range(M)] for _ in range(G)]
 
         bar = tqdm(range(optim.max_epochs), desc=f"irl: {G * M} rewards", unit="epoch",
-                   disable=not self.progress, leave=False)
+                   disable=None if self.progress else True, leave=False)  # None: off without a TTY
         for t in bar:
             train_loss, n_fail = self._epoch(t, n)
             val_loss, val_acc = self._validate()

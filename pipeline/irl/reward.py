@@ -135,6 +135,7 @@ class RewardModel:
             for i, layer in enumerate(dense):
                 sub = tmp / modules[n_enc + i]["path"]
                 shutil.rmtree(sub)   # unlink, never write through a shared inode
+                sub.mkdir()
                 layer.save(str(sub))
         else:
             encoder = SentenceTransformer(str(encoder_dir), device="cpu")
