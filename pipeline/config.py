@@ -144,6 +144,12 @@ class FailureSection(Section):
     )
     sample_rate_start: float = _f(1.0, "p_0: probability a failure enters S_t.", gt=0, le=1)
     sample_rate_end: float = _f(1.0, "p_T, annealed linearly from p_0.", gt=0, le=1)
+    early_stop_after_rounds: bool = _f(
+        True,
+        "Arm early stopping (and best-epoch selection) only once the failure schedule has run its "
+        "rounds. While lambda_t is large the base validation loss rises by design; stopping then "
+        "would cut the curriculum short.",
+    )
     base_loss_trains_failure_path: bool = _f(
         False,
         "Let L_base update R_F. Default off: the failure path is 'trained only on the "

@@ -78,6 +78,7 @@ class _Bank:
             return torch.tensor(values, dtype=dtype)
 
         # Per-model constants, broadcast over [G, b, M] or [G, b, Mf].
+        self.first_stoppable = vec([s.first_stoppable_epoch for s in specs], torch.long)
         self.is_mm = vec([s.objective == "mm" for s in specs], torch.bool)
         self.margin = vec([s.margin for s in specs])
         self.tau = vec([s.tau for s in specs])
@@ -139,14 +140,15 @@ class _Bank:
             train_loss, n_fail = self._epoch(t, n)
             val_loss, val_acc = self._validate()
             # --- early stopping, per model; a model's R_F follows its R_D
-            improved = active & (val_loss < best_val)
+            eligible = (self.first_stoppable <= t) | (t == optim.max_epochs - 1)    # [M]
+            improved = active & eligible & (val_loss < best_val)
             best_val = torch.where(improved, val_loss, best_val)
             best_epoch = torch.where(improved, t, best_epoch)
             paths_improved = torch.cat([improved, improved[:, self.fa_idx]], 1)
             for k in best:
                 mask = self.head.model_mask(k, paths_improved, best[k])
                 best[k] = torch.where(mask, self.p[k].detach(), best[k])
-            since_best = torch.where(improved, 0, since_best + 1)
+            since_best = torch.where(improved, 0, since_best + eligible.long())
             epochs_run += active.long()
             self._record(t, active, train_loss, val_loss, val_acc, n_fail, history)
             active &= since_best < optim.patience

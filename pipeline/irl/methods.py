@@ -44,6 +44,7 @@ class MethodSpec:
     sample_rate_end: float = 1.0
     base_loss_trains_failure_path: bool = False
     failure_loss_trains_base_path: bool = True
+    early_stop_after_rounds: bool = True
 
     @property
     def failure_aware(self) -> bool:
@@ -60,6 +61,11 @@ class MethodSpec:
     @property
     def needs_labels(self) -> bool:
         return self.failures == "supervised"
+
+    @property
+    def first_stoppable_epoch(self) -> int:
+        """Epochs before this one are never chosen as best, nor counted towards patience."""
+        return self.rounds if self.failure_aware and self.early_stop_after_rounds else 0
 
     # Schedules at round t (Algorithm 1 line 13).
     def lambda_t(self, t: int) -> float:
@@ -100,4 +106,5 @@ def method_spec(name: str, irl: IRLSection) -> MethodSpec:
         sample_rate_start=fa.sample_rate_start, sample_rate_end=fa.sample_rate_end,
         base_loss_trains_failure_path=fa.base_loss_trains_failure_path,
         failure_loss_trains_base_path=fa.failure_loss_trains_base_path,
+        early_stop_after_rounds=fa.early_stop_after_rounds,
     )

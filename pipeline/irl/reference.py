@@ -153,6 +153,9 @@ def _train(data, spec, seed, head, optim) -> TrainedReward:
         history.append({"epoch": t, "train_loss": train_loss, "val_loss": val,
                         "val_pair_acc": (dv > 0).float().mean().item(), "failures": n_fail,
                         "lambda": lam if R_F else 0.0})
+        # The last epoch is always eligible, so a run shorter than the schedule keeps its end state.
+        if t < spec.first_stoppable_epoch and t < optim.max_epochs - 1:
+            continue
         if val < best_val:
             best_val, best_epoch, since_best = val, t, 0
             best_D, best_F = R_D.snapshot(), (R_F.snapshot() if R_F else None)
