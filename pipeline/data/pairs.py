@@ -10,7 +10,8 @@ Optional columns (each pair of columns comes together or not at all)
     chosen_subtypes, rejected_subtypes  {name: float}  per-subtype scores in [0, 1] or 0/1
                                       labels; flat columns chosen_sub_<name> also work
     chosen_prompt, rejected_prompt    str    per-side prompts when the two completions answer
-                                      different prompts (used instead of `prompt` for embedding)
+                                      different prompts (used instead of `prompt` for embedding;
+                                      a null falls back to `prompt`)
     split             "train" | "val" | "test"   else the config's split rule applies
 Other columns are carried along and ignored.
 
@@ -135,6 +136,9 @@ def load_pairs(
 
 
 def _check_text(df: pd.DataFrame, path: Path) -> None:
+    for col in ("chosen_prompt", "rejected_prompt"):  # optional per row: default to `prompt`
+        if col in df:
+            df[col] = df[col].where(df[col].map(lambda v: isinstance(v, str)), df["prompt"])
     text_cols = [*REQUIRED, *(c for c in ("chosen_prompt", "rejected_prompt") if c in df)]
     for col in text_cols:
         bad = df.index[~df[col].map(lambda v: isinstance(v, str))].tolist()

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from pipeline.errors import TrainingDiverged
 from pipeline.irl import objectives as obj
 from pipeline.irl.common import (
-    Optim, PairTensors, TrainedReward, flush_denormal, n_used, stream, tune_allocator,
+    Interrupted, Optim, PairTensors, TrainedReward, n_used, run_flushing_denormals, stream,
+    tune_allocator,
 )
 from pipeline.irl.heads import RewardHead
 from pipeline.irl.methods import MethodSpec
@@ -42,8 +43,8 @@ def train_bank(
     if any(s.needs_labels for s in specs) and not data.has_labels:
         raise ValueError("a ground-truth-failure method needs toxic labels")
     tune_allocator()
-    with flush_denormal():
-        return _Bank(data, specs, seeds, head, optim, sink, progress).fit()
+    return run_flushing_denormals(
+        lambda stop: _Bank(data, specs, seeds, head, optim, sink, progress, stop).fit())
 
 
 def _uniform(flags: list[bool]) -> Optional[bool]:
@@ -52,9 +53,9 @@ def _uniform(flags: list[bool]) -> Optional[bool]:
 
 
 class _Bank:
-    def __init__(self, data, specs, seeds, head, optim, sink, progress):
+    def __init__(self, data, specs, seeds, head, optim, sink, progress, stop):
         self.data, self.specs, self.seeds, self.head = data, specs, seeds, head
-        self.optim, self.sink, self.progress = optim, sink, progress
+        self.optim, self.sink, self.progress, self.stop = optim, sink, progress, stop
         self.G, self.M = len(seeds), len(specs)
         fa = [i for i, s in enumerate(specs) if s.failure_aware]
         self.fa_specs = [specs[i] for i in fa]
@@ -229,6 +230,8 @@ class _Bank:
         train_loss = torch.zeros(G, M)
         n_fail = torch.zeros(G, M, dtype=torch.long)
         for s0 in range(0, n_used(n, B), B):
+            if self.stop.is_set():
+                raise Interrupted()
             b = min(B, n - s0)
             sl = slice(s0, s0 + b)
             idx = torch.cat([idx_epoch[:, sl], idx_epoch[:, n + s0:n + s0 + b]], 1)

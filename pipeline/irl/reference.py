@@ -15,7 +15,7 @@ from torch import nn
 from pipeline.errors import TrainingDiverged
 from pipeline.irl import objectives as obj
 from pipeline.irl.common import (
-    Optim, PairTensors, TrainedReward, flush_denormal, n_used, stream,
+    Interrupted, Optim, PairTensors, TrainedReward, n_used, run_flushing_denormals, stream,
 )
 from pipeline.irl.heads import RewardHead
 from pipeline.irl.methods import MethodSpec
@@ -50,11 +50,10 @@ class Path_(nn.Module):
 def train_reference(
     data: PairTensors, spec: MethodSpec, seed: int, head: RewardHead, optim: Optim = Optim()
 ) -> TrainedReward:
-    with flush_denormal():
-        return _train(data, spec, seed, head, optim)
+    return run_flushing_denormals(lambda stop: _train(data, spec, seed, head, optim, stop))
 
 
-def _train(data, spec, seed, head, optim) -> TrainedReward:
+def _train(data, spec, seed, head, optim, stop) -> TrainedReward:
     R_D = Path_(head, head.init(stream(seed, "init/base")))
     R_F = Path_(head, head.init(stream(seed, "init/failure"))) if spec.failure_aware else None
     params = list(R_D.parameters()) + (list(R_F.parameters()) if R_F else [])
@@ -95,6 +94,8 @@ def _train(data, spec, seed, head, optim) -> TrainedReward:
 
         train_loss, n_fail = 0.0, 0
         for s0 in range(0, n_used(n, B), B):
+            if stop.is_set():
+                raise Interrupted()
             pos = perm[s0:s0 + B]
             rows = train[pos]
             # --- 2: minibatch rewards and margins Delta_i, per path

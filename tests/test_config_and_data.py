@@ -1,0 +1,163 @@
+"""Config validation and the pairs / held-out schemas: good input loads, bad input says what to do."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import make_pairs_records, write_jsonl
+from pipeline.config import load_config
+from pipeline.data.jigsaw import load_heldout
+from pipeline.data.pairs import load_pairs
+from pipeline.errors import ConfigError, DataError
+
+
+# ------------------------------------------------------------------------------ config
+def test_defaults_are_the_papers():
+    cfg = load_config()
+    irl = cfg.irl
+    assert (irl.margin, irl.tau, irl.lr, irl.batch_size, irl.max_epochs) == (0.8, 1.0, 1e-3, 32, 800)
+    assert irl.fa.lambda_0 == 10.0 and irl.fa.rounds == 100
+    assert (irl.fa.bottom_k_start, irl.fa.bottom_k_end) == (0.2, 0.0)
+    assert irl.embed.encoder.endswith("all-MiniLM-L6-v2") and irl.head == "mlp"
+    assert list(irl.methods) == ["mm", "me", "fa-mm-gt", "fa-me-gt", "fa-mm-margin", "fa-me-margin"]
+
+
+def test_unknown_key_names_the_key_and_the_valid_ones(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("irl:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "irl.lrr" in msg and "lr" in msg and "batch_size" in msg
+
+
+def test_unknown_nested_and_section_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"irl\.fa\.lambda0.*lambda_0"):
+        load_config(overrides=["irl.fa.lambda0=3"])
+    with pytest.raises(ConfigError, match=r"'irll'.*irl"):
+        load_config(overrides=["irll.lr=3"])
+
+
+def test_wrong_type_names_the_field():
+    with pytest.raises(ConfigError, match=r"irl\.max_epochs"):
+        load_config(overrides=["irl.max_epochs=lots"])
+    with pytest.raises(ConfigError, match=r"irl\.lr.*greater than 0"):
+        load_config(overrides=["irl.lr=-1"])
+    with pytest.raises(ConfigError, match="irl.methods"):
+        load_config(overrides=["irl.methods=[mm, maxent]"])
+
+
+def test_overrides_parse_yaml_values_and_win_over_the_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("run:\n  name: a\nirl:\n  seeds: [1]\n")
+    cfg = load_config(p, ["irl.seeds=[0, 4]", "run.name=b", "irl.fa.rounds=7", "irl.head=linear"])
+    assert cfg.irl.seeds == [0, 4] and cfg.run.name == "b" and cfg.irl.fa.rounds == 7
+    assert cfg.irl.head == "linear"
+    assert cfg.stages_to_run() == ["irl"]  # sections named in the file
+
+
+def test_failure_losses_must_be_stricter():
+    with pytest.raises(ConfigError, match="margin_fail"):
+        load_config(overrides=["irl.fa.margin_fail=0.5"])
+    load_config(overrides=["irl.fa.margin_fail=0.5", "irl.fa.fail_weight=2"])  # weight instead
+
+
+def test_config_file_problems(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("irl: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(overrides=["irl.lr"])
+
+
+# ------------------------------------------------------------------------------- pairs
+def test_jsonl_and_parquet_load_the_same(tmp_path):
+    rows = make_pairs_records(40)
+    a = load_pairs(write_jsonl(tmp_path / "p.jsonl", rows))
+    pd.DataFrame(rows).to_parquet(tmp_path / "p.parquet")
+    b = load_pairs(tmp_path / "p.parquet")
+    assert a.has_scores and a.has_labels and a.subtypes == ["insult"]
+    pd.testing.assert_frame_equal(a.df, b.df, check_dtype=False)
+
+
+def test_splits_are_by_prompt_and_complete(tmp_path):
+    rows = make_pairs_records(60)
+    for i, r in enumerate(rows):
+        r["prompt"] = f"shared prompt {i // 3}"     # three pairs per prompt
+    ps = load_pairs(write_jsonl(tmp_path / "p.jsonl", rows), test_fraction=0.25, val_fraction=0.2)
+    by_prompt = ps.df.groupby("prompt")["split"].nunique()
+    assert (by_prompt == 1).all()                    # no prompt in two splits
+    assert set(ps.df["split"]) == {"train", "val", "test"}
+
+
+def test_a_split_column_is_respected(tmp_path):
+    ps = load_pairs(write_jsonl(tmp_path / "p.jsonl", make_pairs_records(50, with_split=True)))
+    assert (ps.df["split"] == "test").sum() == 10
+    assert set(ps.df["split"]) == {"train", "val", "test"}   # val carved from train
+
+
+@pytest.mark.parametrize("content,match", [
+    ("", "empty"),
+    ('{"prompt": "p", "chosen": "a"}\n', r"lacks required column.*rejected"),
+    ('{"prompt": "p", "chosen": "a", "rejected": null}\n', "rejected.*must be text"),
+    ('{"prompt": "p", "chosen": "a", "rejected": "b"}\nnot json\n', "line 2: not valid JSON"),
+    ('{"prompt": "p", "chosen": "a", "rejected": "b", "chosen_score": 1}\n', "has chosen_score but not rejected_score"),
+    ('{"prompt": "p", "chosen": "a", "rejected": "b", "split": "dev"}\n', "unknown split"),
+    ('{"prompt": "p", "chosen": "a", "rejected": "b", "chosen_toxic": 2, "rejected_toxic": 0}\n', "true/false or 0/1"),
+])
+def test_bad_pairs_files_give_clear_errors(tmp_path, content, match):
+    p = tmp_path / "p.jsonl"
+    p.write_text(content)
+    with pytest.raises(DataError, match=match):
+        load_pairs(p)
+
+
+def test_missing_pairs_file(tmp_path):
+    with pytest.raises(DataError, match="does not exist") as e:
+        load_pairs(tmp_path / "nope.jsonl")
+    assert "make-pairs" in str(e.value)
+
+
+def test_null_scores_error_by_default_and_drop_on_request(tmp_path):
+    rows = make_pairs_records(30)
+    rows[4]["rejected_score"] = None
+    rows[9]["chosen_toxic"] = None
+    p = write_jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(DataError, match=r"(?s)2 row\(s\) have null ground truth.*null_scores=drop"):
+        load_pairs(p)
+    ps = load_pairs(p, null_scores="drop")
+    assert len(ps.df) == 28 and ps.dropped == 2
+
+
+def test_optional_ground_truth_may_be_absent(tmp_path):
+    rows = [{"prompt": f"p{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(20)]
+    ps = load_pairs(write_jsonl(tmp_path / "p.jsonl", rows))
+    assert not ps.has_scores and not ps.has_labels and ps.subtypes == []
+
+
+def test_prompt_plus_completion_uses_per_side_prompts(tmp_path):
+    rows = make_pairs_records(10)
+    rows[0].update(chosen_prompt="A: ", rejected_prompt="B: ")
+    ps = load_pairs(write_jsonl(tmp_path / "p.jsonl", rows))
+    i = ps.df.index[ps.df["pair_id"] == 0][0]
+    assert ps.texts("chosen", "prompt+completion")[i].startswith("A: ")
+    assert ps.texts("rejected", "prompt+completion")[i].startswith("B: ")
+    assert ps.texts("chosen", "completion")[i] == rows[0]["chosen"]
+
+
+# ----------------------------------------------------------------------------- held-out
+def test_jigsaw_heldout(tmp_path):
+    p = tmp_path / "j.csv"
+    pd.DataFrame({"id": [1, 2, 3], "comment_text": ["a", "b", "c"], "toxic": [0, 1, 1],
+                  "insult": [0, 1, 0]}).to_csv(p, index=False)
+    df = load_heldout(p)
+    assert df["toxic"].tolist() == [False, True, True] and "insult" in df
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "x", "toxic": 1}) + "\n")
+    with pytest.raises(DataError, match="comment_text"):
+        load_heldout(tmp_path / "bad.jsonl")
