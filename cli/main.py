@@ -50,6 +50,9 @@ def _epilog(section_cls, name: str) -> str:
 
 
 def _setup_logging(quiet: bool) -> None:
+    from pipeline.irl.common import enable_flush_to_zero
+
+    enable_flush_to_zero()  # before any parallel torch kernel creates the worker pool
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(message)s", stream=sys.stderr, force=True)
     for noisy in ("sentence_transformers", "transformers", "httpx", "huggingface_hub"):

@@ -28,7 +28,9 @@ import torch
 
 from pipeline.config import IRLSection
 from pipeline.irl.bank import train_bank
-from pipeline.irl.common import Optim, PairTensors, tune_allocator
+from pipeline.irl.common import (
+    Optim, PairTensors, enable_flush_to_zero, run_flushing_denormals, tune_allocator,
+)
 from pipeline.irl.heads import make_head
 from pipeline.irl.methods import method_spec
 from pipeline.irl.reference import train_reference
@@ -75,6 +77,7 @@ def main() -> None:
     if args.quick:
         args.pairs, args.epochs = 4000, 1
 
+    enable_flush_to_zero()   # first: the worker pool inherits it (pipeline.irl.common)
     tune_allocator()
     torch.manual_seed(0)
     irl = IRLSection()
@@ -94,14 +97,16 @@ def main() -> None:
         head = make_head(kind, args.dim, args.hidden)
         warm = synthetic_pairs(2000, args.dim, seed=1)
         train_bank(warm, specs, seeds[:2], head, Optim(max_epochs=1), progress=False)
-        for s in specs:
-            train_reference(warm, s, 0, head, Optim(max_epochs=1))
+        run_flushing_denormals(
+            lambda stop: [train_reference(warm, s, 0, head, Optim(max_epochs=1)) for s in specs])
 
         t0 = time.perf_counter()
         bank = train_bank(data, specs, seeds, head, optim, progress=False)
         t_bank = time.perf_counter() - t0
+        # One training thread for the whole naive loop, as the bank gets one for all its models.
         t0 = time.perf_counter()
-        naive = [train_reference(data, r.method, r.seed, head, optim) for r in bank]
+        naive = run_flushing_denormals(
+            lambda stop: [train_reference(data, r.method, r.seed, head, optim) for r in bank])
         t_naive = time.perf_counter() - t0
 
         diff = 0.0

@@ -19,6 +19,10 @@ os.environ["FAIRL_CACHE"] = str(_SESSION_TMP / "cache")            # embedding c
 os.environ["HF_DATASETS_CACHE"] = str(_SESSION_TMP / "hf-datasets")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import torch  # noqa: E402
+
+torch.set_flush_denormal(True)  # before any test creates the CPU worker pool (see irl.common)
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 RTP_DIR = SHARED / "data" / "rtp-challenging"

@@ -16,6 +16,7 @@ a seed one shared GEMM.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Optional, TypeVar
@@ -25,6 +26,7 @@ import torch
 from pipeline.irl.methods import MethodSpec
 
 T = TypeVar("T")
+log = logging.getLogger("fairl.irl")
 
 
 def stream(seed: int, purpose: str) -> torch.Generator:
@@ -32,26 +34,57 @@ def stream(seed: int, purpose: str) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
+_local = threading.local()
+
+
 class Interrupted(KeyboardInterrupt):
     """Raised inside a training thread when the caller was interrupted (Ctrl-C)."""
 
 
-def run_flushing_denormals(fn: Callable[[threading.Event], T]) -> T:
-    """Run `fn(stop)` in a fresh thread whose float unit flushes denormals to zero.
+def enable_flush_to_zero() -> bool:
+    """Flush float32 denormals to zero in this thread; returns whether the OpenMP workers that
+    run its parallel kernels flush too.
 
     Saturated losses drive Adam's moments and some weights geometrically towards zero; once
-    they are denormal (< 1.2e-38) every CPU kernel touching them slows ~100x (measured here:
-    an MLP-bank epoch went from 0.2 s to 2.4 s). `torch.set_flush_denormal` only affects the
-    calling thread and the OpenMP workers it creates later, and the process's worker pool
-    usually exists already (the encoder ran). A new thread gets its own OpenMP team, created
-    after flush-to-zero is set, so every worker inherits it. Ctrl-C in the caller sets `stop`,
-    which `fn` polls; the thread then unwinds and the interrupt is re-raised here.
+    they are denormal (< 1.2e-38) every CPU kernel touching them slows ~100x (measured here: an
+    MLP-bank epoch went from 0.2 s to 2.4 s after ~100 epochs). `torch.set_flush_denormal`
+    affects the calling thread and the OpenMP workers created *after* it; call this at start-up
+    (the CLI does) so the worker pool inherits it. The mode stays on: values below 1.2e-38 read
+    as zero, which no result of fairl depends on.
     """
+    torch.set_flush_denormal(True)
+    probe = torch.full((1 << 20,), 1e-30)      # large enough to be split across the workers
+    return bool(((probe * 1e-10) == 0).all())
+
+
+def run_flushing_denormals(fn: Callable[[threading.Event], T]) -> T:
+    """Run `fn(stop)` where every worker thread flushes denormals to zero.
+
+    Normally that is the calling thread (see `enable_flush_to_zero`). If the process's worker
+    pool was created before flush-to-zero was enabled, `fn` runs in a fresh thread instead, whose
+    own OpenMP team inherits the mode (slower for tiny models: a non-main thread's team handles
+    small parallel regions less well). There, Ctrl-C in the caller sets `stop`, which `fn`
+    polls, and the interrupt is re-raised once the thread has unwound. Nested calls reuse the
+    enclosing context.
+    """
+    current = getattr(_local, "stop", None)
+    if current is not None:
+        return fn(current)
+    if enable_flush_to_zero():
+        _local.stop = threading.Event()
+        try:
+            return fn(_local.stop)
+        finally:
+            _local.stop = None
+    log.info("the CPU worker pool predates flush-to-zero; training in a fresh thread so that "
+             "denormals cannot slow it (call pipeline.irl.common.enable_flush_to_zero() first "
+             "thing to avoid this)")
     stop = threading.Event()
     out: dict = {}
 
     def target() -> None:
         torch.set_flush_denormal(True)
+        _local.stop = stop
         try:
             out["value"] = fn(stop)
         except BaseException as e:  # re-raised in the caller
