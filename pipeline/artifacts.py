@@ -10,6 +10,7 @@ redoes it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -25,7 +26,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from pipeline.errors import MissingArtifactError
+from pipeline.errors import FairlError, MissingArtifactError
+
+
+class StageBusy(FairlError):
+    """Another process holds this stage's lock."""
 
 MANIFEST = "manifest.json"
 _UMASK = os.umask(0)
@@ -211,8 +216,9 @@ def stage_run(
     Yields a `StageRun`; raises `StageSkipped` (before yielding) when the published output
     already has this fingerprint. A `resumable` stage keeps the work directory of an
     interrupted run with the same fingerprint (`run.resumed`) so it can pick up where it stopped;
-    other stages start afresh (their expensive inputs are cached elsewhere). On any exception, including Ctrl-C, nothing is published and
-    the previous published output, if any, is left untouched.
+    other stages start afresh (their expensive inputs are cached elsewhere). On any exception,
+    including Ctrl-C, nothing is published and the previous published output, if any, is left
+    untouched. A lock file keeps two processes from running the same stage of one run at once.
     """
     run_dir = Path(run_dir)
     final_dir = run_dir / stage
@@ -225,8 +231,26 @@ def stage_run(
     if old and old.get("fingerprint") != fingerprint and old.get("status") == "complete":
         log(f"[{stage}] config or inputs changed since the published run: redoing it")
 
-    # A partial directory left by a killed run with the same fingerprint is kept, so stages
-    # that checkpoint (embedding batches, sampled completions) resume instead of restarting.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(run_dir / f".{stage}.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise StageBusy(f"another fairl process is running {stage} in {run_dir}",
+                        hint="wait for it to finish, or use another run.name") from None
+    try:
+        yield from _stage_run_locked(stage, run_dir, final_dir, fingerprint, config, inputs,
+                                     input_hashes, seed, log, resumable)
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+def _stage_run_locked(stage, run_dir, final_dir, fingerprint, config, inputs, input_hashes, seed,
+                      log, resumable):
+    # A partial directory left by a killed run with the same fingerprint is kept for resumable
+    # stages (sampled batches, RL checkpoints), so they pick up instead of restarting.
     work_dir = run_dir / f".{stage}.partial"
     stamp = work_dir / ".fingerprint"
     resumed = (resumable and work_dir.exists() and stamp.is_file()

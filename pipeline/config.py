@@ -53,6 +53,26 @@ class RunSection(Section):
     )
 
 
+# ------------------------------------------------------------------------ offline world
+class WorldSection(Section):
+    """The synthetic detoxification world (pipeline.world), built once per config and cached.
+    Anywhere a model, prompts file or held-out file is expected, `world` / `world:<item>`
+    (base-lm, prompts, heldout, tokenizer) refers to it."""
+
+    seed: int = _f(0, "Seed of everything in the world: corpus, prompts, held-out set, base LM.")
+    n_sentences: int = _f(20000, "Sentences in the pretraining corpus.", gt=100)
+    n_prompts: int = _f(3000, "RealToxicityPrompts-schema prompts (fresh sentences).", gt=10)
+    n_heldout: int = _f(1000, "Jigsaw-schema labelled held-out sentences.", gt=10)
+    vocab_size: int = _f(384, "Byte-level BPE vocabulary trained on the corpus.", gt=260)
+    hidden_size: int = _f(64, "Base LM width (GPT-NeoX, the Pythia architecture).", gt=0)
+    layers: int = _f(2, "Base LM layers.", gt=0)
+    heads: int = _f(4, "Base LM attention heads.", gt=0)
+    context: int = _f(48, "Pretraining sequence length (tokens).", gt=8)
+    pretrain_steps: int = _f(1500, "Pretraining steps (AdamW, cosine schedule).", gt=0)
+    batch_size: int = _f(32, "Pretraining batch size.", gt=0)
+    lr: float = _f(3e-3, "Pretraining learning rate.", gt=0)
+
+
 # ---------------------------------------------------------------------------- embeddings
 class EmbedSection(Section):
     encoder: str = _f(
@@ -72,6 +92,96 @@ class EmbedSection(Section):
         "Embedding cache, keyed by encoder fingerprint and text hash. "
         "Default: $FAIRL_CACHE/embeddings, else ~/.cache/fairl/embeddings.",
     )
+
+
+# ----------------------------------------------------------------- ground truth, prompts
+class GroundTruthSection(Section):
+    """The ground-truth scorer (pipeline.scorers): RL against it, pairs and toxicity scored by it."""
+
+    kind: Literal["hf-classifier", "profanity-check", "lexicon"] = _f(
+        "hf-classifier",
+        "hf-classifier: a sequence-classification model; profanity-check: alt-profanity-check "
+        "(offline); lexicon: the offline world's exact ground truth.")
+    model: str = _f("s-nlp/roberta_toxicity_classifier",
+                    "hf-classifier: hub name or local path (paper: s-nlp/roberta_toxicity_classifier).")
+    reward_label: str = _f("neutral", "hf-classifier: the class whose raw logit is the reward.")
+    toxic_label: str = _f("toxic", "hf-classifier: the class whose probability > 0.5 means toxic.")
+    batch_size: int = _f(32, "Classifier batch size.", gt=0)
+    max_length: int = _f(128, "Classifier truncation length (tokens).", gt=0)
+
+
+class PromptsSection(Section):
+    """RealToxicityPrompts-schema prompts, shared by the policy stages. Each prompt belongs to
+    one of three disjoint parts by a hash of its text: RL training (train-expert, re-rlhf),
+    evaluation (toxicity measured on held-out prompts), and pairs (make-pairs), so the pairs
+    share no prompt with the prompts the expert was trained on."""
+
+    source: list[str] = _f(["allenai/real-toxicity-prompts"],
+                           "A hub dataset name, local JSONL files, or `world`.")
+    eval_fraction: float = _f(0.1, "Share of prompts held out for measuring toxicity.", gt=0, lt=1)
+    pairs_fraction: float = _f(0.4, "Share reserved for make-pairs.", gt=0, lt=1)
+    max_eval_prompts: int = _f(200, "Held-out prompts used per toxicity measurement.", gt=0)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "PromptsSection":
+        if self.eval_fraction + self.pairs_fraction >= 1:
+            raise ValueError("prompts.eval_fraction + prompts.pairs_fraction must be below 1 "
+                             "(the rest trains the policies)")
+        return self
+
+
+class GenerationSection(Section):
+    max_new_tokens: int = _f(20, "Response length (paper setting: 20-30 new tokens).", gt=0)
+    temperature: float = _f(1.0, "Sampling temperature; every logprob divides by it too.", gt=0)
+    top_p: float = _f(1.0, "Nucleus sampling (1 = off). No top-k: it biases the KL estimate.", gt=0, le=1)
+    batch_size: int = _f(32, "Prompts per generation batch.", gt=0)
+    max_prompt_tokens: int = _f(64, "Prompts are truncated to this many tokens.", gt=0)
+
+
+class PPOSection(Section):
+    """PPO (pipeline.policy.ppo, docs ppo.md). Defaults: TRL 0.11 / Ziegler et al."""
+
+    steps: int = _f(100, "PPO steps (one rollout batch each).", gt=0)
+    batch_size: int = _f(32, "Rollouts per step, over all ranks.", gt=0)
+    mini_batch_size: int = _f(8, "Rollouts per gradient step.", gt=0)
+    ppo_epochs: int = _f(4, "Passes over each rollout batch.", gt=0)
+    lr: float = _f(1.41e-5, "Adam learning rate (1e-5 to 1e-6 for real models; tiny ones take more).", gt=0)
+    adam_eps: float = _f(1e-5, "Adam epsilon.", gt=0)
+    max_grad_norm: Optional[float] = _f(1.0, "Gradient clipping (null: off).")
+    init_kl_coef: float = _f(0.2, "Initial KL coefficient.", ge=0)
+    adaptive_kl: bool = _f(True, "Adaptive KL controller (Ziegler et al.); false keeps it fixed.")
+    target_kl: float = _f(6.0, "Adaptive controller target (sequence KL).", gt=0)
+    horizon: int = _f(10000, "Adaptive controller horizon.", gt=0)
+    gamma: float = _f(1.0, "GAE discount.", ge=0, le=1)
+    lam: float = _f(0.95, "GAE lambda.", ge=0, le=1)
+    cliprange: float = _f(0.2, "Policy ratio clip.", gt=0)
+    cliprange_value: float = _f(0.2, "Value clip.", gt=0)
+    vf_coef: float = _f(0.1, "Value loss weight.", ge=0)
+    whiten_rewards: bool = _f(False, "Whiten per-token rewards before GAE.")
+    normalize_reward: Literal["auto", "always", "never"] = _f(
+        "auto", "Normalise the score to mean 0 / std 1 on reference-policy samples: auto = for "
+        "learned rewards only (their scale is arbitrary).")
+    normalize_samples: int = _f(128, "Reference samples used for that normalisation.", gt=1)
+    missing_eos_penalty: Optional[float] = _f(None, "Subtract this from responses that never end.")
+    sample_every: int = _f(10, "Log a table of samples every this many steps.", gt=0)
+    checkpoint_every: int = _f(25, "Checkpoint (and resume from) every this many steps.", gt=0)
+
+    @model_validator(mode="after")
+    def _batches(self) -> "PPOSection":
+        if self.batch_size % self.mini_batch_size:
+            raise ValueError(f"ppo.batch_size ({self.batch_size}) must be a multiple of "
+                             f"ppo.mini_batch_size ({self.mini_batch_size})")
+        return self
+
+
+class TRLSection(Section):
+    """TRL's maintained trainers, for algorithm: grpo | rloo (same reward interface)."""
+
+    steps: int = _f(100, "Optimiser steps.", gt=0)
+    batch_size: int = _f(32, "Completions per step (per device).", gt=0)
+    num_generations: int = _f(4, "Completions per prompt (the group).", gt=1)
+    lr: float = _f(1e-5, "Learning rate.", gt=0)
+    beta: float = _f(0.04, "KL coefficient against the reference model.", ge=0)
 
 
 # ---------------------------------------------------------------------------- make_pairs
@@ -99,6 +209,12 @@ class MakePairsSection(Section):
         "generate: one base and one expert completion per prompt (paper Section 5). "
         "dataset: pair existing scored continuations, lower toxicity preferred.",
     )
+    base_model: Optional[str] = _f(None, "generate: o- model; default train_expert.base_model.")
+    expert_model: Optional[str] = _f(None, "generate: o+ model; default this run's train_expert output.")
+    prompt_toxicity_min: float = _f(0.5, "generate: prompts with toxicity above this (paper 0.5).", ge=0, lt=1)
+    n_pairs: int = _f(20000, "generate: at most this many pairs (paper: 20,000).", gt=0)
+    test_fraction: float = _f(0.2, "generate: test share of the pairs, split by prompt.", gt=0, lt=1)
+    generation: GenerationSection = _f(GenerationSection(), "generate: sampling.")
     dataset: DatasetPairsSection = _f(DatasetPairsSection(), "Settings for source=dataset.")
 
 
@@ -134,6 +250,10 @@ class FailureSection(Section):
         "round 0 uses one full pass); threshold flags Delta_i <= gamma_t in every minibatch "
         "(Algorithm 1 line 4).",
     )
+    gt_failures: Literal["supervised", "union"] = _f(
+        "supervised",
+        "fa-*-gt failures: supervised = outputs the reward misclassifies (Table 1's 'Ground Truth "
+        "Failures'); union = those or the margin failures (Algorithm 1 line 10: F_margin | F_sup).")
     bottom_k_start: float = _f(0.2, "Failure fraction at round 0 (paper: 20%).", ge=0, le=1)
     bottom_k_end: float = _f(0.0, "Failure fraction at the last round (paper: 0%).", ge=0, le=1)
     gamma_start: float = _f(
@@ -169,7 +289,7 @@ class IRLSection(Section):
         "Pairs file (.jsonl or .parquet) in the fairl pairs schema (README). "
         "Default: this run's make_pairs output.",
     )
-    methods: list[MethodName] = _f(list(METHODS), "Methods to train (Table 1 presets).")
+    methods: list[MethodName] = _f(list(METHODS), "Methods to train (Table 1 presets).", min_length=1)
     seeds: list[int] = _f([0, 1, 2, 3, 4], "One reward per method per seed.", min_length=1)
     head: Literal["linear", "mlp"] = _f(
         "mlp", "Reward head on h(o): linear theta^T h + b, or a two-layer MLP (paper)."
@@ -207,12 +327,14 @@ class IRLSection(Section):
 
     @model_validator(mode="after")
     def _stricter_failures(self) -> "IRLSection":
-        if self.fa.margin_fail <= self.margin and self.fa.fail_weight == 1.0:
+        fa_mm = any(m.startswith("fa-mm") for m in self.methods)
+        fa_me = any(m.startswith("fa-me") for m in self.methods)
+        if fa_mm and self.fa.margin_fail <= self.margin and self.fa.fail_weight == 1.0:
             raise ValueError(
                 f"irl.fa.margin_fail ({self.fa.margin_fail}) must exceed irl.margin ({self.margin}) "
                 "unless irl.fa.fail_weight > 1: the failure loss must be stricter (Theorem 1)"
             )
-        if self.fa.tau_fail >= self.tau and self.fa.fail_weight == 1.0:
+        if fa_me and self.fa.tau_fail >= self.tau and self.fa.fail_weight == 1.0:
             raise ValueError(
                 f"irl.fa.tau_fail ({self.fa.tau_fail}) must be below irl.tau ({self.tau}) "
                 "unless irl.fa.fail_weight > 1: the failure loss must be stricter (Theorem 1)"
@@ -244,18 +366,35 @@ class EvaluateSection(Section):
     plots: bool = _f(True, "Write PNG plots.")
 
 
-# ------------------------------------------------------------------- not built yet (issue 3)
 class TrainExpertSection(Section):
-    """PPO against a ground-truth scorer. Not built yet; fields arrive with the stage."""
+    base_model: str = _f("EleutherAI/pythia-410m", "Base LM: hub name, local path, or `world`.")
+    algorithm: Literal["ppo", "grpo", "rloo"] = _f(
+        "ppo", "ppo: fairl's PPO (the paper's); grpo / rloo: TRL's trainers.")
+    prompt_toxicity_min: float = _f(0.3, "RL prompts: prompt.toxicity above this (paper 0.3).", ge=0, lt=1)
+    generation: GenerationSection = _f(GenerationSection(), "Sampling.")
+    ppo: PPOSection = _f(PPOSection(), "PPO settings.")
+    trl: TRLSection = _f(TRLSection(), "GRPO / RLOO settings.")
 
 
 class ReRLHFSection(Section):
-    """Fine-tune a base model with an extracted reward. Not built yet."""
+    base_model: Optional[str] = _f(None, "Base LM to fine-tune; default train_expert.base_model.")
+    rewards: dict[str, str] = _f(
+        {"ground_truth": "ground_truth", "fa-irl": "irl:fa-me-margin", "irl": "irl:me"},
+        "name -> reward: `ground_truth`, `irl:<method>` (this run's irl, first seed), or a "
+        "reward directory.")
+    algorithm: Literal["ppo", "grpo", "rloo"] = _f("ppo", "As in train_expert.")
+    eval_every: int = _f(10, "Measure the held-out toxicity rate every this many steps.", gt=0)
+    generation: GenerationSection = _f(GenerationSection(), "Sampling.")
+    ppo: PPOSection = _f(PPOSection(), "PPO settings.")
+    trl: TRLSection = _f(TRLSection(), "GRPO / RLOO settings.")
 
 
 # ------------------------------------------------------------------------------ top level
 class ExperimentConfig(Section):
     run: RunSection = _f(RunSection(), "Run name, output root, seed, stages.")
+    world: Optional[WorldSection] = _f(None, "The offline world, if the config uses it.")
+    ground_truth: GroundTruthSection = _f(GroundTruthSection(), "The ground-truth scorer.")
+    prompts: PromptsSection = _f(PromptsSection(), "Prompts for the policy stages.")
     train_expert: TrainExpertSection = _f(TrainExpertSection(), "fairl train-expert.")
     make_pairs: MakePairsSection = _f(MakePairsSection(), "fairl make-pairs.")
     irl: IRLSection = _f(IRLSection(), "fairl irl.")

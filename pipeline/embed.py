@@ -148,8 +148,14 @@ class Embedder:
                       str(tmp), metadata={"fairl": json.dumps(meta)})
 
     # ---------------------------------------------------------------------------- embed
-    def embed(self, texts: Sequence[str], shard_size: int = 4096) -> torch.Tensor:
-        """float32 [len(texts), d]; duplicate and cached texts are not re-embedded."""
+    def embed(self, texts: Sequence[str], shard_size: int = 4096, cache: bool = True) -> torch.Tensor:
+        """float32 [len(texts), d]; duplicate and cached texts are not re-embedded.
+        `cache=False` embeds in memory only (RL samples: mostly new, many small batches)."""
+        if not cache:
+            if not texts:
+                return torch.empty(0, self.dim)
+            return self.model.encode(list(texts), batch_size=self.batch_size, show_progress_bar=False,
+                                     convert_to_tensor=True).float().cpu()
         hashes = text_hashes(texts)
         keys = [h.tobytes() for h in hashes]
         first: dict[bytes, int] = {}

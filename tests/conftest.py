@@ -103,3 +103,48 @@ def small_config(tmp_path: Path, pairs: Path, **irl) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+# A small offline world: builds in seconds, still continues toxic prompts toxically.
+MICRO_WORLD = {"n_sentences": 4000, "n_prompts": 800, "n_heldout": 200, "pretrain_steps": 500,
+               "hidden_size": 48, "context": 40}
+
+
+@pytest.fixture(scope="session")
+def micro_world():
+    from pipeline.config import WorldSection
+    from pipeline.world.build import get_world
+
+    return get_world(WorldSection(**MICRO_WORLD))
+
+
+def micro_config(tmp_path: Path, **overrides) -> Path:
+    """The whole pipeline on the micro world, with budgets that run in seconds."""
+    import yaml
+
+    gen = {"max_new_tokens": 12, "batch_size": 64}
+    ppo = {"steps": 12, "batch_size": 32, "mini_batch_size": 8, "lr": 3.0e-4, "init_kl_coef": 0.05,
+           "checkpoint_every": 4}
+    cfg = {
+        "run": {"name": "m", "root": str(tmp_path / "runs")},
+        "world": dict(MICRO_WORLD),
+        "ground_truth": {"kind": "lexicon"},
+        "prompts": {"source": ["world"], "eval_fraction": 0.15, "pairs_fraction": 0.4, "max_eval_prompts": 64},
+        "train_expert": {"base_model": "world", "generation": gen, "ppo": ppo,
+                         "trl": {"steps": 20, "batch_size": 16, "num_generations": 4, "lr": 5.0e-4}},
+        "make_pairs": {"source": "generate", "n_pairs": 160, "generation": gen},
+        "irl": {"seeds": [0], "max_epochs": 40, "patience": 5, "head": "linear", "fa": {"rounds": 5}},
+        "evaluate": {"heldout": "world"},
+        "re_rlhf": {"eval_every": 3, "generation": gen,
+                    "ppo": {**ppo, "steps": 6, "init_kl_coef": 0.2}},
+    }
+    for dotted, value in overrides.items():
+        node = cfg
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "micro.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -39,18 +39,6 @@ def test_help_documents_every_option(command, key):
     assert key in out and "--set" in out and "--force" in out
 
 
-@pytest.mark.parametrize("command", ["train-expert", "re-rlhf"])
-def test_unbuilt_stages_exit_non_zero_and_write_nothing(tmp_path, command):
-    res = invoke(command, "--set", f"run.root={tmp_path}")
-    assert res.exit_code == 6 and "not built yet" in res.output
-    assert not any(tmp_path.iterdir())
-
-
-def test_make_pairs_generate_is_not_built_yet(tmp_path):
-    res = invoke("make-pairs", "--set", f"run.root={tmp_path}")
-    assert res.exit_code == 6 and "not built yet" in res.output and not any(tmp_path.iterdir())
-
-
 # --------------------------------------------------------------------------- pipeline
 def test_irl_then_evaluate_end_to_end(tmp_path):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", make_pairs_records(80))
@@ -212,3 +200,39 @@ def test_real_realtoxicityprompts_subset_end_to_end(tmp_path, rtp_dir, monkeypat
         assert m["mean"]["test/auc"] > 0.8          # Perspective toxicity is learnable from MiniLM
         assert m["mean"]["test/starc"] < 0.9
     assert "Table 1" in (ev / "report.md").read_text()
+
+
+def test_a_missing_heldout_file_fails_before_any_work(tmp_path):
+    cfg = small_config(tmp_path, write_jsonl(tmp_path / "p.jsonl", make_pairs_records(40)),
+                       methods=["mm"], seeds=[0])
+    assert invoke("irl", cfg).exit_code == 0
+    res = invoke("evaluate", cfg, "--set", f"evaluate.heldout={tmp_path / 'nope.csv'}")
+    assert res.exit_code == 3 and "does not exist" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "runs/t/.evaluate.partial").exists()
+
+
+def test_make_pairs_notices_a_changed_file_inside_an_input_directory(tmp_path, rtp_dir):
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(rtp_dir / "toxic.jsonl", data / "a.jsonl")
+    args = ["make-pairs", "--set", f"run.root={tmp_path}", "--set", "make_pairs.source=dataset",
+            "--set", f"make_pairs.dataset.files=[{data}]"]
+    assert invoke(*args).exit_code == 0
+    lines = (data / "a.jsonl").read_text().splitlines()
+    (data / "a.jsonl").write_text("\n".join(lines[: len(lines) // 2]) + "\n")
+    res = invoke(*args)
+    assert res.exit_code == 0 and "changed" in res.output
+
+
+def test_a_stage_running_elsewhere_is_not_clobbered(tmp_path):
+    import fcntl
+
+    (tmp_path / "runs" / "t").mkdir(parents=True)
+    cfg = small_config(tmp_path, write_jsonl(tmp_path / "p.jsonl", make_pairs_records(40)),
+                       methods=["mm"], seeds=[0])
+    with open(tmp_path / "runs/t/.irl.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        res = invoke("irl", cfg)
+    assert res.exit_code == 1 and "another fairl process" in res.output

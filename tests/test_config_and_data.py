@@ -161,3 +161,79 @@ def test_jigsaw_heldout(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "x", "toxic": 1}) + "\n")
     with pytest.raises(DataError, match="comment_text"):
         load_heldout(tmp_path / "bad.jsonl")
+
+
+# ------------------------------------------------------------- review findings, pinned down
+def test_methods_may_not_be_empty_and_strictness_checks_apply_only_to_selected_methods():
+    with pytest.raises(ConfigError, match="irl.methods"):
+        load_config(overrides=["irl.methods=[]"])
+    cfg = load_config(overrides=["irl.margin=2", "irl.methods=[mm, fa-me-margin]"])  # no fa-mm
+    assert cfg.irl.margin == 2
+    with pytest.raises(ConfigError, match="margin_fail"):
+        load_config(overrides=["irl.margin=2", "irl.methods=[fa-mm-gt]"])
+
+
+def test_too_few_prompts_for_the_splits_is_a_data_error(tmp_path):
+    rows = make_pairs_records(20)
+    for r in rows:
+        r["prompt"] = "one prompt for all"
+    with pytest.raises(DataError, match="distinct prompt"):
+        load_pairs(write_jsonl(tmp_path / "p.jsonl", rows))
+
+
+def test_a_split_column_without_test_rows_gets_a_test_split_carved(tmp_path):
+    rows = make_pairs_records(40)
+    for r in rows:
+        r["split"] = "train"
+    ps = load_pairs(write_jsonl(tmp_path / "p.jsonl", rows), test_fraction=0.25)
+    assert set(ps.df["split"]) == {"train", "val", "test"}
+
+
+def test_subtypes_on_one_side_only_are_unknown_on_the_other(tmp_path):
+    rows = make_pairs_records(30)
+    for r in rows:
+        r.pop("rejected_subtypes")
+        r["chosen_subtypes"] = {"threat": 0.2}
+    ps = load_pairs(write_jsonl(tmp_path / "p.jsonl", rows))
+    assert ps.subtypes == ["threat"] and ps.df["rejected_sub_threat"].isna().all()
+
+
+def test_extra_columns_are_carried_as_text(tmp_path):
+    rows = make_pairs_records(30)
+    for i, r in enumerate(rows):
+        r["meta"] = {} if i % 2 else 7
+    ps = load_pairs(write_jsonl(tmp_path / "p.jsonl", rows))
+    ps.df.to_parquet(tmp_path / "out.parquet")   # previously failed inside pyarrow
+
+
+def test_lone_surrogates_are_reported(tmp_path):
+    rows = make_pairs_records(10)
+    rows[2]["chosen"] = "broken \ud83d text"
+    p = tmp_path / "p.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match="invalid Unicode"):
+        load_pairs(p)
+
+
+def test_jigsaw_minus_one_labels_are_rejected(tmp_path):
+    p = tmp_path / "j.csv"
+    pd.DataFrame({"comment_text": ["a", "b"], "toxic": [-1, 1]}).to_csv(p, index=False)
+    with pytest.raises(DataError, match="outside"):
+        load_heldout(p)
+
+
+def test_rtp_max_pairs_caps_both_splits_in_proportion(rtp_dir):
+    from pipeline.config import DatasetPairsSection
+    from pipeline.data.make_pairs import pairs_from_continuations
+    from pipeline.data.rtp import load_rtp
+
+    ds = load_rtp([str(rtp_dir / "toxic.jsonl"), str(rtp_dir / "nontoxic.jsonl")])
+    df, _ = pairs_from_continuations(ds, DatasetPairsSection(max_pairs=100), seed=0)
+    counts = df["split"].value_counts()
+    assert len(df) == 100 and counts["train"] > counts["test"] > 0
+
+
+def test_one_round_schedule_starts_at_its_start_value():
+    from pipeline.irl.objectives import linear_anneal
+
+    assert linear_anneal(0.2, 0.0, 0, 1) == 0.2 and linear_anneal(0.2, 0.0, 1, 1) == 0.0

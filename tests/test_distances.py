@@ -1,4 +1,6 @@
-"""Every property of docs/starc.md, for every reward distance, plus hand-computed values."""
+"""Every property a reward distance must have (identity, positive-affine invariance, maximal for
+a negated reward, symmetry, a clear error for constant rewards), for every distance fairl
+reports, plus hand-computed values."""
 
 import math
 
@@ -69,7 +71,7 @@ def test_constant_reward_raises_a_clear_error(name, constant_side):
 
 
 def test_l2_starc_equals_sqrt_of_one_minus_pearson_over_two():
-    # The identity of docs/starc.md: with global centering 0.5 ||s1 - s2||_2 = sqrt((1 - rho)/2).
+    # With global centering 0.5 ||s1 - s2||_2 = sqrt((1 - rho)/2).
     rng = np.random.default_rng(0)
     for _ in range(20):
         a, b = rng.normal(size=50), rng.normal(size=50)

@@ -38,5 +38,10 @@ def load_heldout(path: Path) -> pd.DataFrame:
         if values.isna().any():
             raise DataError(f"held-out file {path}: {col} is null or not numeric in rows "
                             f"{_rows(df.index[values.isna()].tolist())}")
+        outside = values[(values < 0) | (values > 1)]
+        if len(outside):
+            raise DataError(f"held-out file {path}: {col} must be 0/1 or a probability; rows "
+                            f"{_rows(outside.index.tolist())} are outside [0, 1]",
+                            hint="Kaggle's test_labels.csv marks unscored rows -1: drop them")
         out[col] = values > 0.5
     return out.reset_index(drop=True)

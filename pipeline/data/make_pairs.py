@@ -9,7 +9,11 @@ source: dataset   Pair existing, already-scored continuations (RealToxicityPromp
                   Perspective attributes. Records with a null continuation toxicity are dropped
                   and counted. The two continuations answer different prompts, so the pair
                   records both (`chosen_prompt`, `rejected_prompt`); `prompt` is the chosen one's.
-source: generate  One base and one expert completion per prompt (paper Section 5). Not built yet.
+source: generate  One completion from the base model (o-) and one from the expert (o+) per
+                  prompt of the prompts' `pairs` part with prompt.toxicity > 0.5 (paper Section 5),
+                  scored by the ground truth, split train/test by prompt. Batches are sampled with
+                  seeds derived from their index and written one file each, so an interrupted run
+                  resumes and yields exactly the pairs of an uninterrupted one.
 
 Writes `runs/<name>/make_pairs/pairs.parquet` (+ pairs.jsonl for reading) and summary.json.
 """
@@ -25,7 +29,7 @@ import pandas as pd
 from pipeline.artifacts import StageSkipped, stage_run, write_json
 from pipeline.config import ExperimentConfig, to_dict
 from pipeline.data.rtp import SCORES, load_rtp
-from pipeline.errors import DataError, NotBuiltError
+from pipeline.errors import DataError
 
 log = logging.getLogger("fairl.make_pairs")
 
@@ -33,13 +37,9 @@ log = logging.getLogger("fairl.make_pairs")
 def run(cfg: ExperimentConfig, force: bool = False) -> Path:
     mp = cfg.make_pairs
     if mp.source == "generate":
-        raise NotBuiltError(
-            "make-pairs with source=generate (base vs expert completions) is not built yet; "
-            "nothing was written",
-            hint="set make_pairs.source=dataset to pair scored dataset continuations, or bring "
-                 "your own pairs file (irl.pairs)")
+        return _generate(cfg, force)
     files = mp.dataset.files
-    local = {f"file{i}": Path(f) for i, f in enumerate(files) if Path(f).is_file()}
+    local = {f"file{i}": Path(f) for i, f in enumerate(files) if Path(f).exists()}  # files or dirs
     config = {"make_pairs": to_dict(mp), "run.seed": cfg.run.seed}
     try:
         with stage_run("make_pairs", cfg.run.root / cfg.run.name, config, local,
@@ -71,22 +71,29 @@ def pairs_from_continuations(ds, settings, seed: int) -> tuple[pd.DataFrame, dic
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(scored))
     n_test = max(2, int(round(settings.test_fraction * len(scored))))
-    rows = []
-    for split, idx in (("test", order[:n_test]), ("train", order[n_test:])):
+    by_split: dict[str, list] = {}
+    for split, idx in (("train", order[n_test:]), ("test", order[:n_test])):
         idx = rng.permutation(idx)
+        by_split[split] = []
         for a, b in zip(idx[0::2], idx[1::2]):
             ra, rb = scored[a], scored[b]
             ta, tb = ra["continuation"]["toxicity"], rb["continuation"]["toxicity"]
             if abs(ta - tb) < settings.min_gap:
                 continue
             good, bad = (ra, rb) if ta < tb else (rb, ra)
-            rows.append(_pair(good, bad, split, settings.toxic_threshold))
-    if settings.max_pairs is not None:
-        rows = rows[:settings.max_pairs]
-    df = pd.DataFrame(rows)
-    if df.empty:
-        raise DataError(f"no pairs left: every candidate pair's toxicity gap is below "
-                        f"min_gap={settings.min_gap}", hint="lower make_pairs.dataset.min_gap")
+            by_split[split].append(_pair(good, bad, split, settings.toxic_threshold))
+    total = sum(len(v) for v in by_split.values())
+    if settings.max_pairs is not None and total > settings.max_pairs:
+        # Cap both splits in proportion, so the cap never empties one of them.
+        keep_test = round(settings.max_pairs * len(by_split["test"]) / total)
+        by_split = {"train": by_split["train"][:settings.max_pairs - keep_test],
+                    "test": by_split["test"][:keep_test]}
+    if not by_split["train"] or not by_split["test"]:
+        raise DataError(
+            f"too few pairs: {len(by_split['train'])} train and {len(by_split['test'])} test after "
+            f"dropping pairs whose toxicity gap is below min_gap={settings.min_gap}",
+            hint="lower make_pairs.dataset.min_gap, raise max_pairs, or add records")
+    df = pd.DataFrame(by_split["train"] + by_split["test"])
     stats = {"records": len(records), "dropped_null_toxicity": dropped, "pairs": len(df),
              "n_train": int((df["split"] == "train").sum()), "n_test": int((df["split"] == "test").sum()),
              "toxic_rate_chosen": float(df["chosen_toxic"].mean()),
@@ -109,3 +116,96 @@ def _pair(good: dict, bad: dict, split: str, threshold: float) -> dict:
             **{f"chosen_sub_{k}": v for k, v in g["subtypes"].items()},
             **{f"rejected_sub_{k}": v for k, v in b["subtypes"].items()},
             "chosen_prompt": g["prompt"], "rejected_prompt": b["prompt"], "split": split}
+
+
+# ------------------------------------------------------------------------ source: generate
+def _generate(cfg: ExperimentConfig, force: bool) -> Path:
+    from pipeline import world
+    from pipeline.artifacts import require_stage
+    from pipeline.data.prompts import select_prompts
+    from pipeline.policy.models import resolve_model
+    from pipeline.policy.stages import model_inputs, shared_config
+    from pipeline.scorers import make_scorer
+
+    mp = cfg.make_pairs
+    base = resolve_model(world.resolve(mp.base_model or cfg.train_expert.base_model, cfg, "base-lm"),
+                         "base model")
+    if mp.expert_model:
+        expert = resolve_model(world.resolve(mp.expert_model, cfg, "base-lm"), "expert model")
+    else:
+        require_stage(cfg.stage_dir("train_expert"), "train_expert", "train-expert")
+        expert = str(cfg.stage_dir("train_expert") / "model")
+    prompts = select_prompts(cfg, "pairs", mp.prompt_toxicity_min, mp.n_pairs)
+    gt = make_scorer(cfg.ground_truth)
+    config = {"make_pairs": to_dict(mp), **shared_config(cfg), "base_model": base, "expert_model": expert}
+    inputs = {**model_inputs(base), "expert_model": Path(expert) if Path(expert).is_dir() else None}
+    try:
+        with stage_run("make_pairs", cfg.run.root / cfg.run.name, config, inputs, seed=cfg.run.seed,
+                       force=force, log=log.info, resumable=True) as run_:
+            rows = _sample_batches(run_, prompts, base, expert, gt, mp.generation, cfg.run.seed)
+            df = pd.DataFrame(rows)
+            df["split"] = _split_by_prompt(df["prompt"], mp.test_fraction, cfg.run.seed)
+            df.to_parquet(run_.path("pairs.parquet"), index=False)
+            df.to_json(run_.path("pairs.jsonl"), orient="records", lines=True, force_ascii=False)
+            stats = {"pairs": len(df), "n_train": int((df["split"] == "train").sum()),
+                     "n_test": int((df["split"] == "test").sum()),
+                     "toxic_rate_chosen": float(df["chosen_toxic"].mean()),
+                     "toxic_rate_rejected": float(df["rejected_toxic"].mean()),
+                     "base_model": base, "expert_model": expert}
+            write_json(run_.path("summary.json"), stats)
+            import shutil
+
+            shutil.rmtree(run_.path("batches"))
+            log.info("make-pairs: %d pairs; toxic rate expert %.3f, base %.3f", len(df),
+                     stats["toxic_rate_chosen"], stats["toxic_rate_rejected"])
+    except StageSkipped:
+        pass
+    return cfg.stage_dir("make_pairs")
+
+
+def _sample_batches(run_, prompts, base: str, expert: str, gt, gen, seed: int) -> list[dict]:
+    import json as _json
+
+    from tqdm.auto import tqdm
+
+    from pipeline.artifacts import atomic_path
+    from pipeline.policy.models import batch_seed, load_policy, sample
+
+    batches = [prompts[i:i + gen.batch_size] for i in range(0, len(prompts), gen.batch_size)]
+    out_dir = run_.path("batches", "x").parent
+    todo = [b for b in range(len(batches)) if not (out_dir / f"{b:06d}.jsonl").is_file()]
+    if len(todo) < len(batches):
+        log.info("make-pairs: %d of %d batches already sampled, resuming", len(batches) - len(todo), len(batches))
+    if todo:
+        models = {"base": load_policy(base), "expert": load_policy(expert)}
+        for b in tqdm(todo, desc="make-pairs: sampling", unit="batch", disable=None, leave=False):
+            texts = [p.text for p in batches[b]]
+            comps = {}
+            for name, (model, tok) in models.items():
+                *_, comps[name] = sample(model, tok, texts, gen.max_new_tokens, gen.temperature,
+                                         gen.top_p, seed=batch_seed(seed, "pairs", name, b),
+                                         max_prompt_tokens=gen.max_prompt_tokens)
+            s_exp, s_base = gt.score(comps["expert"]), gt.score(comps["base"])
+            with atomic_path(out_dir / f"{b:06d}.jsonl") as tmp, open(tmp, "w") as f:
+                for i, p in enumerate(batches[b]):
+                    row = {"prompt": p.text, "prompt_id": p.id, "prompt_toxicity": p.toxicity,
+                           "chosen": comps["expert"][i], "rejected": comps["base"][i],
+                           "chosen_score": float(s_exp.reward[i]), "rejected_score": float(s_base.reward[i])}
+                    if s_exp.toxic is not None:
+                        row.update(chosen_toxic=bool(s_exp.toxic[i]), rejected_toxic=bool(s_base.toxic[i]))
+                    for k in s_exp.subtypes:
+                        row[f"chosen_sub_{k}"] = float(s_exp.subtypes[k][i])
+                        row[f"rejected_sub_{k}"] = float(s_base.subtypes[k][i])
+                    f.write(_json.dumps(row) + "\n")
+    rows = []
+    for b in range(len(batches)):
+        with open(out_dir / f"{b:06d}.jsonl") as f:
+            rows += [_json.loads(line) for line in f]
+    return rows
+
+
+def _split_by_prompt(prompts: pd.Series, test_fraction: float, seed: int) -> list[str]:
+    unique = sorted(set(prompts))
+    rng = np.random.default_rng(seed)
+    test = set(rng.permutation(np.array(unique, dtype=object))[:max(1, int(round(test_fraction * len(unique))))].tolist())
+    return ["test" if p in test else "train" for p in prompts]

@@ -13,7 +13,7 @@ Optional columns (each pair of columns comes together or not at all)
                                       different prompts (used instead of `prompt` for embedding;
                                       a null falls back to `prompt`)
     split             "train" | "val" | "test"   else the config's split rule applies
-Other columns are carried along and ignored.
+Other columns are carried along (as text) and otherwise ignored.
 
 Nulls: a null text is always an error. A null score or label is an error by default
 (`irl.null_scores: error`); `drop` removes those rows and says how many.
@@ -59,7 +59,8 @@ class PairSet:
     @property
     def subtypes(self) -> list[str]:
         pre = "chosen_sub_"
-        return sorted(c[len(pre):] for c in self.df.columns if c.startswith(pre))
+        return sorted(c[len(pre):] for c in self.df.columns
+                      if c.startswith(pre) and f"rejected_sub_{c[len(pre):]}" in self.df)
 
     def split(self, name: str) -> pd.DataFrame:
         return self.df[self.df["split"] == name]
@@ -103,7 +104,12 @@ def read_table(path: Path) -> pd.DataFrame:
                     raise DataError(f"{path}, line {i}: expected a JSON object, got "
                                     f"{type(row).__name__}")
                 rows.append(row)
-        return pd.DataFrame(rows)
+        try:
+            return pd.DataFrame(rows)
+        except UnicodeEncodeError:   # pandas' arrow-backed strings reject lone surrogates
+            bad = [i for i, r in enumerate(rows, 1) if not _encodable(json.dumps(r, ensure_ascii=False))]
+            raise DataError(f"{path}: invalid Unicode (lone surrogates) in record(s) {_rows(bad)}",
+                            hint="re-encode those texts") from None
     raise DataError(f"{path}: unsupported file type {suffix!r}", hint="use .jsonl or .parquet")
 
 
@@ -131,6 +137,11 @@ def load_pairs(
         raise DataError(f"pairs file {path}: no rows left after dropping {dropped} with nulls")
     if "pair_id" not in df:
         df.insert(0, "pair_id", np.arange(len(df)))
+    known = {*REQUIRED, "pair_id", "split", *(f"{s}_{k}" for s in SIDES
+                                                for k in ("prompt", "score", "toxic"))}
+    for c in df.columns:   # anything else is carried along as text, so it always serialises
+        if c not in known and "_sub_" not in c and df[c].dtype == object:
+            df[c] = df[c].map(lambda v: None if v is None else str(v))
     df = assign_splits(df, path, test_fraction, val_fraction, seed)
     return PairSet(df=df.reset_index(drop=True), source=str(path), dropped=dropped)
 
@@ -148,6 +159,18 @@ def _check_text(df: pd.DataFrame, path: Path) -> None:
                 "or not strings",
                 hint="fix or remove those rows",
             )
+        bad = df.index[~df[col].map(_encodable)].tolist()
+        if bad:
+            raise DataError(f"pairs file {path}: column {col!r} holds invalid Unicode (lone "
+                            f"surrogates) in rows {_rows(bad)}", hint="re-encode those texts")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _flatten_subtypes(df: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -169,6 +192,12 @@ def _flatten_subtypes(df: pd.DataFrame, path: Path) -> pd.DataFrame:
         df = df.drop(columns=[col])
         for name, values in expanded.items():
             df[f"{side}_sub_{name}"] = values
+    # A subtype given for one side only is unknown (NaN) on the other.
+    for side, other in (("chosen", "rejected"), ("rejected", "chosen")):
+        for c in [c for c in df.columns if c.startswith(f"{side}_sub_")]:
+            twin = f"{other}_sub_{c[len(side) + 5:]}"
+            if twin not in df:
+                df[twin] = None
     return df
 
 
@@ -242,10 +271,17 @@ def assign_splits(
     if not (df["split"] == "train").any():
         raise DataError(f"pairs file {path} has no training pairs",
                         hint="mark some rows split=train, or drop the split column")
-    if not (df["split"] == "val").any():
-        train = df["split"] == "train"
-        val = _by_prompt(df.loc[train, "prompt"], val_fraction, rng, "val", "train")
-        df.loc[train, "split"] = val.values
+    for part, fraction in (("test", test_fraction), ("val", val_fraction)):
+        if not (df["split"] == part).any():   # carve the missing part out of train, by prompt
+            train = df["split"] == "train"
+            df.loc[train, "split"] = _by_prompt(df.loc[train, "prompt"], fraction, rng, part, "train").values
+    counts = df["split"].value_counts()
+    if any(counts.get(p, 0) == 0 for p in SPLITS):
+        raise DataError(
+            f"pairs file {path}: cannot form train, val and test splits "
+            f"({dict(counts)}); splits are by prompt and there are only "
+            f"{df['prompt'].nunique()} distinct prompt(s)",
+            hint="give the pairs more distinct prompts, or a split column with train, val and test rows")
     return df
 
 

@@ -1,7 +1,7 @@
 """Distances between a learned reward r_hat and the ground truth r_gt on the same N outputs.
 
 The paper reports "STARC" with two different formulas; fairl computes both and the standard
-forms, each under its own name (docs/starc.md):
+forms, each under its own name:
 
     starc            paper Eq. 4, L1/L1: s(r) = (r - mean r) / ||r - mean r||_1,
                      d = ||s(r_hat) - s(r_gt)||_1, range [0, 2]. The headline number.

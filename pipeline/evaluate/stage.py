@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline import world
 from pipeline.artifacts import StageSkipped, require_stage, stage_run, write_json, write_text
 from pipeline.config import ExperimentConfig, to_dict
 from pipeline.data.jigsaw import load_heldout
@@ -72,12 +73,15 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
             if m not in methods:
                 raise MissingArtifactError(f"evaluate.compare names {m!r}, which irl did not train",
                                            hint=f"trained methods: {', '.join(methods)}")
+    heldout = Path(world.resolve(ev.heldout, cfg, "heldout")) if ev.heldout is not None else None
+    if heldout is not None:
+        load_heldout(heldout)   # a missing or malformed file fails here, before any work
     config = {"evaluate": to_dict(ev), "irl": irl_manifest["fingerprint"]}
     try:
         with stage_run("evaluate", cfg.run.root / cfg.run.name, config,
-                       {"irl": irl_dir, "heldout": ev.heldout}, seed=cfg.run.seed, force=force,
+                       {"irl": irl_dir, "heldout": heldout}, seed=cfg.run.seed, force=force,
                        log=log.info) as run_:
-            _evaluate(run_, cfg, irl_dir, irl_manifest, summary, comparisons)
+            _evaluate(run_, cfg, irl_dir, irl_manifest, summary, comparisons, heldout)
     except StageSkipped:
         pass
     return cfg.stage_dir("evaluate")
@@ -101,7 +105,8 @@ def _outputs(df: pd.DataFrame, mask: np.ndarray, sc: Scores, col: Optional[str] 
     return r, np.concatenate([df[f"chosen_{col}"].to_numpy()[mask], df[f"rejected_{col}"].to_numpy()[mask]])
 
 
-def _evaluate(run_, cfg, irl_dir: Path, irl_manifest: dict, summary: dict, comparisons) -> None:
+def _evaluate(run_, cfg, irl_dir: Path, irl_manifest: dict, summary: dict, comparisons,
+              heldout_path: Optional[Path]) -> None:
     ev = cfg.evaluate
     irl_cfg = irl_manifest["config"]["irl"]
     df = pd.read_parquet(irl_dir / "pairs.parquet")
@@ -114,8 +119,8 @@ def _evaluate(run_, cfg, irl_dir: Path, irl_manifest: dict, summary: dict, compa
     with run_.timed("embed"):
         hc, hr = embed_pairs(pairs, embedder, irl_cfg["embed"]["text"])
         heldout, hh = None, None
-        if ev.heldout is not None:
-            heldout = load_heldout(ev.heldout)
+        if heldout_path is not None:
+            heldout = load_heldout(heldout_path)
             hh = embedder.embed(heldout["text"].tolist())
             if irl_cfg["embed"]["text"] != "completion":
                 notes.append("held-out texts have no prompt: they are embedded alone although the "
@@ -165,6 +170,19 @@ def _evaluate(run_, cfg, irl_dir: Path, irl_manifest: dict, summary: dict, compa
         per_model[f"{method}/seed-{seed}"] = {"method": method, "seed": seed,
                                               "threshold": thresholds.get((method, seed)), **flat}
 
+    if pairs.has_labels:
+        for split, mask in (("train", train), ("test", test)):
+            y = np.concatenate([df["chosen_toxic"].to_numpy()[mask], df["rejected_toxic"].to_numpy()[mask]])
+            if y.all() or not y.any():
+                notes.append(f"{split} outputs are all {'toxic' if y.all() else 'non-toxic'}: "
+                             f"{split}/auc is undefined" + ("" if y.any() else f" and {split}/f1 too"))
+        if heldout is not None and (heldout["toxic"].all() or not heldout["toxic"].any()):
+            notes.append("the held-out set has one class only: heldout/auc (and f1 without toxic "
+                         "comments) are undefined")
+        for st in pairs.subtypes:
+            lab = df[[f"chosen_sub_{st}", f"rejected_sub_{st}"]].to_numpy(float)
+            if not (np.nan_to_num(lab) > 0.5).any():
+                notes.append(f"subtype {st!r}: no output carries it (score > 0.5), so its Table 3 rows are empty")
     methods = list(dict.fromkeys(m for m, _ in scores))
     seeds_of = {m: sorted(s for mm, s in scores if mm == m) for m in methods}
 
@@ -195,7 +213,7 @@ def _evaluate(run_, cfg, irl_dir: Path, irl_manifest: dict, summary: dict, compa
                  "n_train": int(train.sum()), "n_val": int((df["split"] == "val").sum()),
                  "n_test": int(test.sum()), "has_scores": pairs.has_scores,
                  "has_labels": pairs.has_labels, "subtypes": pairs.subtypes,
-                 "heldout": None if heldout is None else {"path": str(ev.heldout), "n": len(heldout),
+                 "heldout": None if heldout is None else {"path": str(heldout_path), "n": len(heldout),
                                                           "toxic_rate": float(heldout["toxic"].mean())}},
         "definitions": {**DISTANCE_NAMES,
                         "classification": "positive class = toxic; toxic iff reward <= threshold "

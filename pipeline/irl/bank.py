@@ -8,8 +8,9 @@ total loss is a sum of per-model losses, one Adam over the stacked tensors perfo
 model's own Adam update. Per-model hyper-parameters (objective, M, tau, schedules, failure mode)
 are tensors broadcast over the model axis, so a step has no Python loop over models.
 
-For each model the result equals `pipeline.irl.reference.train_reference` up to float rounding
-(summation order inside the batched GEMMs); tests/test_irl_bank.py checks it.
+For each model the result is bit-identical to `pipeline.irl.reference.train_reference` training
+that model alone, for whole minibatches of 32 (at least 32 training pairs) and MLP widths that
+are multiples of 32 (DEVELOPERS.md says why); tests/test_irl_training.py checks it.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from pipeline.irl import objectives as obj
 class MethodSpec:
     name: str
     objective: Literal["mm", "me"]
-    failures: Literal["none", "supervised", "margin"]
+    failures: Literal["none", "supervised", "margin", "both"]
     margin: float
     tau: float
     # FA-IRL only (ignored when failures == "none")
@@ -52,15 +52,15 @@ class MethodSpec:
 
     @property
     def uses_bottom_k(self) -> bool:
-        return self.failures == "margin" and self.margin_schedule == "bottom_k"
+        return self.failures in ("margin", "both") and self.margin_schedule == "bottom_k"
 
     @property
     def uses_threshold(self) -> bool:
-        return self.failures == "margin" and self.margin_schedule == "threshold"
+        return self.failures in ("margin", "both") and self.margin_schedule == "threshold"
 
     @property
     def needs_labels(self) -> bool:
-        return self.failures == "supervised"
+        return self.failures in ("supervised", "both")
 
     @property
     def first_stoppable_epoch(self) -> int:
@@ -93,7 +93,10 @@ def method_spec(name: str, irl: IRLSection) -> MethodSpec:
         return MethodSpec(name=name, objective=objective, failures="none",
                           margin=irl.margin, tau=irl.tau)
     fa = irl.fa
-    failures = "supervised" if name.endswith("-gt") else "margin"
+    if name.endswith("-gt"):
+        failures = "both" if fa.gt_failures == "union" else "supervised"
+    else:
+        failures = "margin"
     return MethodSpec(
         name=name, objective=objective, failures=failures, margin=irl.margin, tau=irl.tau,
         # The stricter failure loss is the one matching the base objective (Section 4.2).

@@ -33,9 +33,10 @@ def pair_loss(delta: torch.Tensor, is_mm, margin, tau) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- schedules
 def linear_anneal(start: float, end: float, t: int, rounds: int) -> float:
-    """Value at round t of a linear schedule from `start` (t=0) to `end` (t=rounds-1), then held."""
+    """Value at round t of a linear schedule from `start` (t=0) to `end` (t=rounds-1), then held.
+    A one-round schedule is `start` for that round and `end` afterwards."""
     if rounds <= 1:
-        return end
+        return start if t < 1 else end
     frac = min(max(t, 0), rounds - 1) / (rounds - 1)
     return start + (end - start) * frac
 

@@ -2,7 +2,7 @@
 
 This is the readable statement of what fairl trains, and the oracle the vectorised bank
 (pipeline.irl.bank) is tested against: for every method and seed, the bank's result equals this
-loop's up to float rounding. It is also the "naive loop" of scripts/bench_irl.py.
+loop's bit for bit. It is also the "naive loop" of scripts/bench_irl.py.
 """
 
 from __future__ import annotations
@@ -110,13 +110,13 @@ def _train(data, spec, seed, head, optim, stop) -> TrainedReward:
                 d_base = dD + (dF if spec.base_loss_trains_failure_path else dF.detach())
                 l_base = obj.pair_loss(d_base, is_mm, spec.margin, spec.tau).mean()
                 # --- 3-10: identify failures F_t with the current reward, sample S_t at rate p_t
-                delta = (dD + dF).detach()
+                fail = torch.zeros(len(pos), dtype=torch.bool)
                 if spec.uses_threshold:
-                    fail = obj.margin_failures(delta, gamma)
-                elif spec.uses_bottom_k:
-                    fail = round_fail[pos]
-                else:
-                    fail = obj.supervised_failures(
+                    fail |= obj.margin_failures((dD + dF).detach(), gamma)
+                if spec.uses_bottom_k:
+                    fail |= round_fail[pos]
+                if spec.needs_labels:
+                    fail |= obj.supervised_failures(
                         (rD_pos + rF_pos).detach(), (rD_neg + rF_neg).detach(),
                         data.yc[rows], data.yr[rows], threshold)
                 if track:

@@ -110,8 +110,9 @@ class RewardModel:
         """Write a plain sentence-transformers model: the encoder's modules, then one Dense
         layer per head layer, the dual path folded exactly into a single MLP.
 
-        `link_from`: an earlier export with the same encoder; its large files are hard-linked
-        instead of copied (30 rewards then cost one encoder on disk, not 30).
+        `link_from`: an earlier export with the same encoder; its weight files are hard-linked
+        instead of copied (30 rewards then cost one encoder on disk, not 30). A hard-linked file
+        is shared: never save a model into an export in place (write a new directory).
         """
         from sentence_transformers import SentenceTransformer, models
 
@@ -150,10 +151,14 @@ class RewardModel:
 
 
 def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+    """Hard-link the encoder's weight files (tens of MB each), copy everything else."""
+    if src.endswith((".safetensors", ".bin")):
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
 
 
 _EXPORT_README = """# fairl reward ({method}, seed {seed})

@@ -1,0 +1,137 @@
+"""The policy stages on the micro world, through the CLI: train-expert (PPO and GRPO),
+make-pairs (resumable), re-rlhf, and the bad inputs a user can give them."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from conftest import micro_config
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_every_command_end_to_end_on_the_micro_world(tmp_path, micro_world):
+    """Acceptance 2 and 4: the whole pipeline through the CLI; the expert at least halves the
+    ground-truth toxicity of held-out completions (same prompts, same sampling)."""
+    cfg = micro_config(tmp_path)
+    run = tmp_path / "runs" / "m"
+    for command in ("train-expert", "make-pairs", "irl", "evaluate", "re-rlhf"):
+        res = invoke(command, cfg)
+        assert res.exit_code == 0, f"{command}: {res.output}"
+        stage = command.replace("-", "_")
+        assert json.loads((run / stage / "manifest.json").read_text())["status"] == "complete"
+
+    ev = json.loads((run / "train_expert" / "eval.json").read_text())
+    assert ev["expert"]["toxicity_rate"] <= 0.5 * ev["base"]["toxicity_rate"], ev
+    assert ev["expert"]["kl_to_base"] > 0
+    assert (run / "train_expert" / "model" / "config.json").is_file()
+    assert (run / "train_expert" / "samples.jsonl").is_file()
+    log = pd.read_json(run / "train_expert" / "metrics.jsonl", lines=True)
+    for key in ("ppo/score", "ppo/kl", "ppo/kl_coef", "ppo/approx_kl", "ppo/clipfrac", "ppo/vf_loss",
+                "ppo/entropy", "ppo/response_length"):
+        assert key in log and log[key].notna().all()
+
+    pairs = pd.read_parquet(run / "make_pairs" / "pairs.parquet")
+    assert {"prompt", "chosen", "rejected", "chosen_score", "rejected_toxic", "split"} <= set(pairs)
+    assert set(pairs["split"]) == {"train", "test"}
+    assert pairs.groupby("prompt")["split"].nunique().max() == 1
+    assert pairs["chosen_toxic"].mean() < pairs["rejected_toxic"].mean()
+
+    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    assert metrics["data"]["heldout"]["n"] == 200 and "insult" in metrics["data"]["subtypes"]
+
+    curves = json.loads((run / "re_rlhf" / "curves.json").read_text())
+    assert set(curves) == {"ground_truth", "fa-irl", "irl"}
+    for name, c in curves.items():
+        steps = [p["step"] for p in c["points"]]
+        assert steps == [0, 3, 6]
+        assert c["points"][-1]["toxicity_rate"] < c["points"][0]["toxicity_rate"], name
+    assert (run / "re_rlhf" / "curves.png").stat().st_size > 5000
+
+
+def test_grpo_expert_halves_toxicity_too(tmp_path, micro_world):
+    res = invoke("train-expert", micro_config(tmp_path, train_expert__algorithm="grpo"))
+    assert res.exit_code == 0, res.output
+    ev = json.loads((tmp_path / "runs/m/train_expert/eval.json").read_text())
+    assert ev["algorithm"] == "grpo"
+    assert ev["expert"]["toxicity_rate"] <= 0.5 * ev["base"]["toxicity_rate"], ev
+    assert "kl_to_base" in ev["expert"]
+
+
+def test_make_pairs_killed_half_way_resumes_to_the_same_pairs(tmp_path, micro_world, monkeypatch):
+    import pipeline.policy.models as models
+
+    cfg = micro_config(tmp_path, make_pairs__expert_model="world", make_pairs__generation={"batch_size": 16, "max_new_tokens": 10})
+    clean = micro_config(tmp_path / "clean", make_pairs__expert_model="world",
+                         make_pairs__generation={"batch_size": 16, "max_new_tokens": 10})
+    assert invoke("make-pairs", clean).exit_code == 0
+    expected = pd.read_parquet(tmp_path / "clean/runs/m/make_pairs/pairs.parquet")
+
+    real_sample, calls = models.sample, {"n": 0}
+
+    def dying_sample(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 6:            # three batches of (base, expert), then "Ctrl-C"
+            raise KeyboardInterrupt
+        return real_sample(*a, **k)
+
+    import pipeline.data.make_pairs as mp_module  # noqa: F401  (imports sample lazily)
+    monkeypatch.setattr(models, "sample", dying_sample)
+    res = invoke("make-pairs", cfg)
+    assert res.exit_code == 130
+    assert not (tmp_path / "runs/m/make_pairs").exists()
+    assert len(list((tmp_path / "runs/m/.make_pairs.partial/batches").glob("*.jsonl"))) == 3
+    monkeypatch.setattr(models, "sample", real_sample)
+    res = invoke("make-pairs", cfg)
+    assert res.exit_code == 0 and "resuming" in res.output
+    got = pd.read_parquet(tmp_path / "runs/m/make_pairs/pairs.parquet")
+    pd.testing.assert_frame_equal(got, expected)
+
+
+# ------------------------------------------------------------------------- bad input
+def test_a_model_path_that_does_not_exist(tmp_path, micro_world):
+    res = invoke("train-expert", micro_config(tmp_path, train_expert__base_model=str(tmp_path / "nope")))
+    assert res.exit_code == 1 and "does not exist" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("manifest.json"))
+
+
+def test_a_classifier_without_the_configured_label(tmp_path, micro_world):
+    from tiny_models import build_roberta_classifier
+
+    clf = build_roberta_classifier(tmp_path / "clf", labels=("LABEL_0", "LABEL_1"))
+    res = invoke("train-expert", micro_config(
+        tmp_path, ground_truth={"kind": "hf-classifier", "model": str(clf)}))
+    assert res.exit_code == 2
+    assert "has no label 'neutral'" in res.output and "label_0" in res.output.lower()
+
+
+def test_a_prompts_file_without_prompt_text(tmp_path, micro_world):
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text("".join(json.dumps({"prompt": {"toxicity": 0.9}, "continuation": {"text": "x"}}) + "\n"
+                           for _ in range(5)))
+    res = invoke("train-expert", micro_config(tmp_path, prompts={"source": [str(bad)]}))
+    assert res.exit_code == 3 and "prompt.text" in res.output
+
+
+def test_zero_prompts_left_after_filtering_and_nothing_lost(tmp_path, micro_world):
+    cfg = micro_config(tmp_path)
+    assert invoke("make-pairs", cfg, "--set", "make_pairs.expert_model=world").exit_code == 0
+    before = (tmp_path / "runs/m/make_pairs/manifest.json").read_bytes()
+    res = invoke("make-pairs", cfg, "--set", "make_pairs.expert_model=world",
+                 "--set", "make_pairs.prompt_toxicity_min=0.99")
+    assert res.exit_code == 3 and "no prompts left" in res.output
+    assert (tmp_path / "runs/m/make_pairs/manifest.json").read_bytes() == before
+
+
+def test_re_rlhf_needs_the_irl_rewards_it_names(tmp_path, micro_world):
+    res = invoke("re-rlhf", micro_config(tmp_path))
+    assert res.exit_code == 4 and "fairl irl" in res.output
