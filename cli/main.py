@@ -2,13 +2,14 @@
 
 Each command loads the YAML config, applies `--set` overrides, validates, and calls
 `pipeline.<stage>.run(cfg)`. User errors print a message and a hint and exit non-zero
-(2 config, 3 data, 4 missing upstream artifact, 5 diverged training, 6 stage not built yet,
-130 interrupted); nothing half-written is ever published.
+(1 other, 2 config, 3 data, 4 missing upstream artifact, 5 diverged training, 130 interrupted);
+nothing half-written is ever published.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -58,8 +59,6 @@ def _setup_logging(quiet: bool) -> None:
     for noisy in ("sentence_transformers", "transformers", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # weight-loading and shard-writing bars of transformers / hub: noise next to our own bars
-    import os
-
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
@@ -77,10 +76,15 @@ def _invoke(fn: Callable[[], Optional[Path]]) -> None:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(e.exit_code)
     except KeyboardInterrupt:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not cut the exit short
         typer.echo("interrupted: nothing was published; the next run starts this stage afresh "
                    "(or resumes it where the stage supports that)", err=True)
         raise typer.Exit(130)
-    if out is not None:
+    from pipeline.artifacts import distributed_rank
+
+    if out is not None and distributed_rank() == 0:
         typer.echo(str(out))
 
 
@@ -100,8 +104,16 @@ def _stage_command(stage: str, command: str, section_cls, help_text: str) -> Non
     app.command(command, epilog=_epilog(section_cls, stage), help=help_text)(cmd)
 
 
+DATA_PARALLEL = ("train_expert", "re_rlhf")
+
+
 def run_stage(stage: str, cfg, force: bool = False) -> Optional[Path]:
-    """Dispatch to pipeline.<stage>.run; imported lazily so `--help` stays fast."""
+    """Dispatch to pipeline.<stage>.run; imported lazily so `--help` stays fast. Under a
+    data-parallel launch, stages that are not data-parallel run on rank 0 only."""
+    from pipeline.artifacts import distributed_rank
+
+    if distributed_rank() > 0 and stage not in DATA_PARALLEL:
+        return None
     if stage == "irl":
         from pipeline.irl.stage import run
     elif stage == "evaluate":
@@ -137,21 +149,39 @@ def run_all(config: ConfigArg = None, config_opt: ConfigOpt = None, set_: SetOpt
     """Run every stage of the config in order, skipping those already done with this config."""
     _setup_logging(quiet)
 
-    def chain() -> Optional[Path]:
+    def chain() -> None:
         cfg = _load(config, config_opt, set_)
-        out = None
+        from pipeline.artifacts import distributed_rank
+
+        outputs = {}
         for stage in cfg.stages_to_run():
             logging.getLogger("fairl").info("== %s ==", stage)
-            out = run_stage(stage, cfg, force) or out
-        if out is not None and (out / "report.md").is_file():
-            typer.echo(f"report: {out / 'report.md'}")
-        return out
+            outputs[stage] = run_stage(stage, cfg, force)
+        if distributed_rank() > 0:
+            return
+        for stage in outputs:
+            typer.echo(f"{stage}: {outputs[stage]}")
+        if "re_rlhf" in outputs:
+            typer.echo(f"curves: {outputs['re_rlhf'] / 'curves.png'}")
+        if "evaluate" in outputs:
+            typer.echo(f"report: {outputs['evaluate'] / 'report.md'}")
 
     _invoke(chain)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as e:
+        if e.code == 130:
+            # Interrupted: everything is already cleaned up (nothing was published). Leave now,
+            # so interpreter teardown (library threads, a late second signal) cannot turn the
+            # documented exit status 130 into a kill by SIGINT.
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise
 
 
 if __name__ == "__main__":

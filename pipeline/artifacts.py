@@ -178,13 +178,15 @@ class StageRun:
     inputs: dict
     seed: Optional[int]
     resumed: bool = False
+    is_main: bool = True           # False on the other ranks of a data-parallel launch
     started: float = field(default_factory=time.time)
     extra: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
 
     def path(self, *parts: str) -> Path:
         p = self.work_dir.joinpath(*parts)
-        p.parent.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
     @contextmanager
@@ -231,6 +233,10 @@ def stage_run(
     if old and old.get("fingerprint") != fingerprint and old.get("status") == "complete":
         log(f"[{stage}] config or inputs changed since the published run: redoing it")
 
+    if distributed_rank() > 0:
+        # Another rank of a data-parallel launch: compute alongside rank 0, write nothing.
+        yield _secondary_rank_run(stage, run_dir, final_dir, fingerprint, config, seed)
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = open(run_dir / f".{stage}.lock", "w")
     try:
@@ -245,6 +251,22 @@ def stage_run(
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
+
+
+def distributed_rank() -> int:
+    """This process's rank under torchrun / accelerate launch (0 when not distributed)."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
+def _secondary_rank_run(stage, run_dir, final_dir, fingerprint, config, seed) -> "StageRun":
+    """Wait until rank 0 has prepared the work directory for this very config (so checkpoints
+    to resume from are visible to every rank), then share it read-only."""
+    work_dir = run_dir / f".{stage}.partial"
+    stamp = work_dir / ".fingerprint"
+    while not (stamp.is_file() and stamp.read_text() == fingerprint):
+        time.sleep(0.5)
+    return StageRun(stage=stage, final_dir=final_dir, work_dir=work_dir, fingerprint=fingerprint,
+                    config=config, inputs={}, seed=seed, is_main=False)
 
 
 def _stage_run_locked(stage, run_dir, final_dir, fingerprint, config, inputs, input_hashes, seed,

@@ -1,11 +1,13 @@
 """One YAML file per experiment, one validated section per stage.
 
     run:          name, output root, global seed, which stages `fairl run` chains
-    train_expert: RLHF a base LM into a detoxified expert (not built yet)
+    world:        the offline synthetic world (optional; `world` references resolve to it)
+    ground_truth: the ground-truth scorer; prompts: the prompt pool of the policy stages
+    train_expert: RLHF a base LM into a detoxified expert (PPO, or TRL's GRPO / RLOO)
     make_pairs:   preference pairs, from scored dataset continuations or from base-vs-expert samples
     irl:          reward recovery: Max-Margin, Max-Entropy and FA-IRL (paper Sections 3-5)
     evaluate:     fidelity and classification of every recovered reward (paper Section 5, App. C)
-    re_rlhf:      fine-tune a base model with an extracted reward (not built yet)
+    re_rlhf:      fine-tune the base model with each extracted reward, tracking its toxicity
 
 Unknown keys are errors that name the key and list the valid ones; wrong types name the field.
 Defaults are the paper's where it gives one; every other default says why in its help text.

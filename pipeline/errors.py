@@ -45,8 +45,3 @@ class TrainingDiverged(FairlError):
 
     exit_code = 5
 
-
-class NotBuiltError(FairlError):
-    """The stage exists in the CLI but is not implemented yet; it never fakes a result."""
-
-    exit_code = 6

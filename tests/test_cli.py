@@ -163,12 +163,13 @@ def test_ctrl_c_mid_training_publishes_nothing(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "irl", str(cfg), "--set", f"irl.pairs={pairs}",
          "--set", "irl.max_epochs=100000", "--set", "irl.patience=100000", "--set", "irl.head=mlp"],
-        cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        start_new_session=True)   # only this test's signal reaches it
     lines = []
     deadline = time.time() + 120
     for line in proc.stderr:
         lines.append(line)
-        if "training" in line or time.time() > deadline:
+        if line.startswith("irl: training") or time.time() > deadline:   # (tmp path says "training")
             break
     time.sleep(2.0)  # well inside the epochs
     proc.send_signal(signal.SIGINT)

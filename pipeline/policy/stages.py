@@ -54,7 +54,7 @@ def train_expert_run(cfg: ExperimentConfig, force: bool = False) -> Path:
                        seed=cfg.run.seed, force=force, log=log.info, resumable=True) as run_:
             log.info("train-expert: %s with %s on %d prompts (toxicity > %s); %d held out",
                      base, te.algorithm, len(train_prompts), te.prompt_toxicity_min, len(eval_prompts))
-            with MetricsSink(run_.path("metrics.jsonl")) as sink, run_.timed("train"):
+            with MetricsSink(run_.path("metrics.jsonl") if run_.is_main else None) as sink, run_.timed("train"):
                 if te.algorithm == "ppo":
                     trainer = rl_train(base, gt, train_prompts, te.ppo, te.generation, cfg.run.seed,
                                        run_.work_dir, sink, namespace="ppo")
@@ -63,6 +63,8 @@ def train_expert_run(cfg: ExperimentConfig, force: bool = False) -> Path:
                     expert, tok = trl_train(te.algorithm, base, gt, train_prompts, te.trl,
                                             te.generation, cfg.run.seed, run_.work_dir, sink,
                                             namespace=te.algorithm)
+            if not run_.is_main:
+                return run_.final_dir   # other ranks trained with rank 0; rank 0 writes and evaluates
             expert.save_pretrained(str(run_.path("model")))
             tok.save_pretrained(str(run_.path("model")))
             # Base vs expert on held-out prompts, same sampling seeds.
@@ -133,6 +135,15 @@ def re_rlhf_run(cfg: ExperimentConfig, force: bool = False) -> Path:
 
 def _re_rlhf(run_, cfg, base, rewards, train_prompts, eval_prompts, gt) -> None:
     rr = cfg.re_rlhf
+    if not run_.is_main:   # another rank of a data-parallel launch: train alongside rank 0 only
+        done_path = run_.work_dir / "curves.json"
+        done = json.loads(done_path.read_text()) if done_path.is_file() else {}
+        for name, spec in rewards.items():
+            if done.get(name, {}).get("done"):
+                continue
+            rl_train(base, reward_scorer(spec, gt), train_prompts, rr.ppo, rr.generation,
+                     cfg.run.seed, run_.work_dir / "runs" / name, MetricsSink(None))
+        return
     curves_path = run_.path("curves.json")
     curves: dict = json.loads(curves_path.read_text()) if curves_path.is_file() else {}
     base_model, base_tok = load_policy(base)
