@@ -169,10 +169,23 @@ def run_all(config: ConfigArg = None, config_opt: ConfigOpt = None, set_: SetOpt
     _invoke(chain)
 
 
+def _end_distributed() -> None:
+    """Tear the process group down before exit: gloo aborts the process otherwise."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main() -> None:
     try:
         app()
     except SystemExit as e:
+        if e.code in (0, None):
+            _end_distributed()
         if e.code == 130:
             # Interrupted: everything is already cleaned up (nothing was published). Leave now,
             # so interpreter teardown (library threads, a late second signal) cannot turn the

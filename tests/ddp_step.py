@@ -38,6 +38,9 @@ def main(model_dir: str, prompts_file: str, out: str) -> None:
         "world_size": acc.num_processes, "distributed_type": str(acc.distributed_type),
         "before": before, "after": weights_hash(trainer.policy), "prompts": mine,
         "kl_coef": stats["ppo/kl_coef"], "score": stats["ppo/score"]}))
+    acc.wait_for_everyone()
+    if torch.distributed.is_initialized():   # gloo aborts at exit without this
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def sample(model, tok, prompts: Sequence[str], max_new_tokens: int, temperature:
     if seed is not None:
         torch.manual_seed(seed)
     enc = tok(list(prompts), return_tensors="pt", padding=True, truncation=True,
-              max_length=max_prompt_tokens)
+              max_length=max_prompt_tokens).to(model.device)
     out = model.generate(
         input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=True,
         temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,

@@ -199,7 +199,7 @@ class PPOTrainer:
         self.cfg, self.gen, self.acc, self.tok = cfg, gen, accelerator, tokenizer
         self.score_fn = score_fn
         self.reward_norm = reward_norm or RewardNorm()
-        self.ref = copy.deepcopy(model).eval()               # frozen reference policy
+        self.ref = copy.deepcopy(model).eval().to(accelerator.device)   # frozen reference policy
         for p in self.ref.parameters():
             p.requires_grad_(False)
         wrapped = PolicyWithValue(model)
@@ -220,7 +220,7 @@ class PPOTrainer:
         p_ids, p_mask, r_ids, r_mask, texts = sample(
             self.policy, self.tok, prompts, gen.max_new_tokens, gen.temperature, gen.top_p,
             seed=seed, max_prompt_tokens=gen.max_prompt_tokens)
-        raw = self.score_fn(texts).float()
+        raw = self.score_fn(texts).float().to(r_ids.device)
         scores = self.reward_norm(raw)
         if cfg.missing_eos_penalty is not None:
             ended = ((r_ids == self.tok.eos_token_id) & (r_mask > 0)).any(-1)

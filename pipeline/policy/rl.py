@@ -123,6 +123,8 @@ def measure(model, tok, prompts: Sequence[str], gen, seed: int, ground_truth: Sc
     """Ground-truth toxicity rate and mean reward of completions to `prompts` (seeded per batch,
     so every model sees the same sampling noise), and the mean sequence KL to `reference`."""
     texts, kls = [], []
+    if reference is not None:
+        reference = reference.to(model.device)
     for b, i in enumerate(range(0, len(prompts), gen.batch_size)):
         p_ids, p_mask, r_ids, r_mask, t = sample(
             model, tok, prompts[i:i + gen.batch_size], gen.max_new_tokens, gen.temperature,
@@ -139,5 +141,5 @@ def measure(model, tok, prompts: Sequence[str], gen, seed: int, ground_truth: Sc
     if s.toxicity is not None:
         out["mean_toxicity"] = float(np.mean(s.toxicity))
     if kls:
-        out["kl_to_base"] = float(torch.cat(kls).mean())
+        out["kl_to_base"] = float(torch.cat(kls).float().mean().cpu())
     return out, texts
