@@ -151,12 +151,13 @@ def run_all(config: ConfigArg = None, config_opt: ConfigOpt = None, set_: SetOpt
 
     def chain() -> None:
         cfg = _load(config, config_opt, set_)
-        from pipeline.artifacts import distributed_rank
+        from pipeline.artifacts import distributed_rank, wait_for_all_ranks
 
         outputs = {}
         for stage in cfg.stages_to_run():
             logging.getLogger("fairl").info("== %s ==", stage)
             outputs[stage] = run_stage(stage, cfg, force)
+            wait_for_all_ranks()   # data-parallel launch: the next stage reads what rank 0 wrote
         if distributed_rank() > 0:
             return
         for stage in outputs:
@@ -176,7 +177,9 @@ def _end_distributed() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        from pipeline.artifacts import wait_for_all_ranks
+
+        wait_for_all_ranks()   # rank 0 may still be evaluating or writing
         dist.destroy_process_group()
 
 

@@ -258,6 +258,39 @@ def distributed_rank() -> int:
     return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
 
 
+_RANK_BARRIER_GROUP = None
+
+
+def wait_for_all_ranks() -> None:
+    """Under a data-parallel launch, hold every rank here until all have arrived (no-op otherwise).
+
+    `fairl run` calls it between stages: the other ranks must not resolve a stage's inputs (say,
+    re-rlhf's reward paths) before rank 0 has published the stages that only it runs (make-pairs,
+    irl, evaluate). Those can take hours, longer than the default process group's timeout, so
+    the barrier uses a gloo group of its own with a long one. torchrun stops every rank when one
+    fails, so no rank waits here for a rank 0 that is gone."""
+    global _RANK_BARRIER_GROUP
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState(cpu=not _cuda_available())   # joins torchrun's rendezvous
+    if _RANK_BARRIER_GROUP is None:
+        _RANK_BARRIER_GROUP = dist.new_group(backend="gloo", timeout=timedelta(days=7))
+    dist.barrier(group=_RANK_BARRIER_GROUP)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _secondary_rank_run(stage, run_dir, final_dir, fingerprint, config, seed) -> "StageRun":
     """Wait until rank 0 has prepared the work directory for this very config (so checkpoints
     to resume from are visible to every rank), then share it read-only."""

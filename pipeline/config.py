@@ -135,7 +135,9 @@ class PromptsSection(Section):
 class GenerationSection(Section):
     max_new_tokens: int = _f(20, "Response length (paper setting: 20-30 new tokens).", gt=0)
     temperature: float = _f(1.0, "Sampling temperature; every logprob divides by it too.", gt=0)
-    top_p: float = _f(1.0, "Nucleus sampling (1 = off). No top-k: it biases the KL estimate.", gt=0, le=1)
+    top_p: float = _f(1.0, "Nucleus sampling (1 = off). No top-k, and keep top_p = 1 for RL: "
+                      "logprobs use the full distribution, so truncated sampling biases the KL "
+                      "estimate (ppo.md 9).", gt=0, le=1)
     batch_size: int = _f(32, "Prompts per generation batch.", gt=0)
     max_prompt_tokens: int = _f(64, "Prompts are truncated to this many tokens.", gt=0)
 
@@ -145,7 +147,7 @@ class PPOSection(Section):
 
     steps: int = _f(100, "PPO steps (one rollout batch each).", gt=0)
     batch_size: int = _f(32, "Rollouts per step, over all ranks.", gt=0)
-    mini_batch_size: int = _f(8, "Rollouts per gradient step.", gt=0)
+    mini_batch_size: int = _f(8, "Rollouts per gradient step, over all ranks.", gt=0)
     ppo_epochs: int = _f(4, "Passes over each rollout batch.", gt=0)
     lr: float = _f(1.41e-5, "Adam learning rate (1e-5 to 1e-6 for real models; tiny ones take more).", gt=0)
     adam_eps: float = _f(1e-5, "Adam epsilon.", gt=0)

@@ -56,6 +56,13 @@ def test_every_command_end_to_end_on_the_micro_world(tmp_path, micro_world):
         assert steps == [0, 3, 6]
         assert c["points"][-1]["toxicity_rate"] < c["points"][0]["toxicity_rate"], name
     assert (run / "re_rlhf" / "curves.png").stat().st_size > 5000
+    assert not list((run / "re_rlhf").rglob("*checkpoint*"))   # finished runs drop checkpoints
+
+    # Other prompt parts than the expert was trained with could overlap its training prompts.
+    before = (run / "make_pairs" / "manifest.json").read_bytes()
+    res = invoke("make-pairs", cfg, "--set", "prompts.pairs_fraction=0.3")
+    assert res.exit_code == 2 and "train-expert used" in res.output, res.output
+    assert (run / "make_pairs" / "manifest.json").read_bytes() == before
 
 
 def test_grpo_expert_halves_toxicity_too(tmp_path, micro_world):
@@ -135,3 +142,32 @@ def test_zero_prompts_left_after_filtering_and_nothing_lost(tmp_path, micro_worl
 def test_re_rlhf_needs_the_irl_rewards_it_names(tmp_path, micro_world):
     res = invoke("re-rlhf", micro_config(tmp_path))
     assert res.exit_code == 4 and "fairl irl" in res.output
+
+
+def test_re_rlhf_killed_and_resumed_measures_each_step_once(tmp_path, micro_world, monkeypatch):
+    """Killed after the step-4 measurement with the checkpoint at step 3: the resumed run redoes
+    step 4 and its measurement replaces the first one, so the curve never runs backwards."""
+    from pipeline.policy import ppo
+
+    cfg = micro_config(tmp_path, re_rlhf__rewards={"ground_truth": "ground_truth"}, re_rlhf__eval_every=1,
+                       re_rlhf__ppo={"steps": 6, "batch_size": 16, "mini_batch_size": 8,
+                                     "checkpoint_every": 3, "lr": 3.0e-4})
+    real_step, calls = ppo.PPOTrainer.step, {"n": 0}
+
+    def dying_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(ppo.PPOTrainer, "step", dying_step)
+    assert invoke("re-rlhf", cfg).exit_code == 130
+    partial = tmp_path / "runs/m/.re_rlhf.partial/runs/ground_truth"
+    assert [p["step"] for p in json.loads((partial / "points.json").read_text())] == [0, 1, 2, 3, 4]
+    assert json.loads((partial / "checkpoint/trainer_state.json").read_text())["step"] == 3
+    monkeypatch.setattr(ppo.PPOTrainer, "step", real_step)
+    res = invoke("re-rlhf", cfg)
+    assert res.exit_code == 0 and "resuming" in res.output, res.output
+    curves = json.loads((tmp_path / "runs/m/re_rlhf/curves.json").read_text())
+    assert [p["step"] for p in curves["ground_truth"]["points"]] == list(range(7))
+    assert not list((tmp_path / "runs/m/re_rlhf").rglob("*checkpoint*"))

@@ -168,3 +168,90 @@ def test_checkpoint_round_trip(micro_world, tmp_path):
     assert other.step_count == 1 and other.kl_ctl.value == trainer.kl_ctl.value
     for (k, a), b in zip(trainer.policy.state_dict().items(), other.policy.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_pad_is_never_sampled_and_gets_no_probability(micro_world):
+    """Even when the model favours PAD (here: +30 on its logit), a response holds no PAD and its
+    mask is one contiguous run; logprobs give PAD probability 0, as sampling does."""
+    model, tok = load_policy(str(micro_world.base_lm))
+    pad = tok.pad_token_id
+
+    def favour_pad(module, inputs, out):
+        out = out.clone()
+        out[..., pad] += 30.0
+        return out
+
+    model.get_output_embeddings().register_forward_hook(favour_pad)
+    p_ids, p_mask, r_ids, r_mask, texts = sample(model, tok, ["the quiet dog", "you idiot, the"] * 8, 16, seed=0)
+    assert r_mask[:, 0].all() and not (r_ids[r_mask.bool()] == pad).any()
+    lengths = r_mask.sum(-1)
+    assert torch.equal(r_mask, (torch.arange(r_mask.shape[1]) < lengths[:, None]).long())  # no holes
+    ids, mask = torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1)
+    lp, _, ent = ppo.response_forward(model, ids, mask, p_ids.shape[1], 1.0, with_values=False,
+                                      exclude_token=pad)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+    logits = logits[:, p_ids.shape[1] - 1:-1]
+    keep = torch.arange(logits.shape[-1]) != pad
+    manual = torch.log_softmax(logits[..., keep], -1)
+    column = r_ids - (r_ids > pad).long()             # token ids in the PAD-less vocabulary
+    manual = manual.gather(2, column.clamp(min=0)[..., None])[..., 0]
+    m = r_mask.bool()
+    assert torch.allclose(lp[m], manual[m], atol=1e-5) and torch.isfinite(ent).all()
+
+
+def test_an_added_pad_token_is_initialised_the_same_in_every_process(tmp_path):
+    """Pythia-style tokenizers have no PAD: the row added for it must not depend on the global
+    RNG (restarts, ranks and the reference model must agree), and must not consume it."""
+    from tiny_models import build_causal_lm
+
+    path = str(build_causal_lm("gpt_neox", tmp_path / "neox"))
+    torch.manual_seed(1)
+    state = torch.random.get_rng_state()
+    m1, t1 = load_policy(path)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.manual_seed(2)
+    m2, t2 = load_policy(path)
+    assert t1.pad_token_id == t2.pad_token_id != t1.eos_token_id
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_minibatches_count_over_all_ranks():
+    from types import SimpleNamespace
+
+    from pipeline.errors import ConfigError
+
+    cfg, gen = PPOSection(batch_size=64, mini_batch_size=16), GenerationSection()
+    with pytest.raises(ConfigError, match="multiples of the rank count"):
+        ppo.PPOTrainer(None, None, None, cfg, gen, SimpleNamespace(num_processes=3))
+
+
+def test_a_checkpoint_is_swapped_in_whole(micro_world, tmp_path, monkeypatch):
+    """A kill while writing keeps the previous checkpoint; a kill between the swap's two renames
+    leaves the previous one where resuming finds it."""
+    import os
+
+    trainer, _ = _trainer(micro_world)
+    ck = tmp_path / "checkpoint"
+    trainer.step(_toxic_prompts(micro_world), seed=0)
+    trainer.save_checkpoint(ck)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    saved = {p.name: p.read_bytes() for p in ck.iterdir()}
+
+    trainer.step_count = 2
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ppo, "save_optimizer", killed)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint(ck)
+    assert {p.name: p.read_bytes() for p in ck.iterdir()} == saved     # untouched
+    assert ppo.latest_checkpoint(ck) == ck
+
+    os.replace(ck, tmp_path / ".checkpoint.old")                      # killed mid-swap
+    assert ppo.latest_checkpoint(ck) == tmp_path / ".checkpoint.old"
+    monkeypatch.undo()
+    trainer.save_checkpoint(ck)                                        # the next save cleans up
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    assert '"step": 2' in (ck / "trainer_state.json").read_text()

@@ -29,7 +29,7 @@ import pandas as pd
 from pipeline.artifacts import StageSkipped, stage_run, write_json
 from pipeline.config import ExperimentConfig, to_dict
 from pipeline.data.rtp import SCORES, load_rtp
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 
 log = logging.getLogger("fairl.make_pairs")
 
@@ -133,8 +133,16 @@ def _generate(cfg: ExperimentConfig, force: bool) -> Path:
     if mp.expert_model:
         expert = resolve_model(world.resolve(mp.expert_model, cfg, "base-lm"), "expert model")
     else:
-        require_stage(cfg.stage_dir("train_expert"), "train_expert", "train-expert")
+        trained = require_stage(cfg.stage_dir("train_expert"), "train_expert", "train-expert")
         expert = str(cfg.stage_dir("train_expert") / "model")
+        split_keys = ("source", "eval_fraction", "pairs_fraction")   # they draw the parts
+        used = {k: trained["config"].get("prompts", {}).get(k) for k in split_keys}
+        if used != {k: to_dict(cfg.prompts)[k] for k in split_keys}:
+            raise ConfigError(
+                f"prompts settings differ from the ones train-expert used ({used}), so the "
+                "pairs could reuse prompts the expert was trained on",
+                hint="restore those prompts settings, or re-run `fairl train-expert` (or `fairl run`) "
+                     "with the new ones")
     prompts = select_prompts(cfg, "pairs", mp.prompt_toxicity_min, mp.n_pairs)
     gt = make_scorer(cfg.ground_truth)
     config = {"make_pairs": to_dict(mp), **shared_config(cfg), "base_model": base, "expert_model": expert}

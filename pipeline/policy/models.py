@@ -1,8 +1,12 @@
 """Loading policies and classifiers by hub name or local path, and sampling from them.
 
 PAD must differ from EOS (ppo.md 8): if a tokenizer has no pad token, or uses EOS as pad (Pythia,
-SmolLM2), a dedicated `<|pad|>` token is added and the embeddings resized. Prompts are
-left-padded, and position ids follow the attention mask. Dropout is switched off (ppo.md 10).
+SmolLM2), a dedicated `<|pad|>` token is added and the embeddings resized (its new rows are
+initialised from a fixed seed, so every process and every restart holds the same model). PAD is
+never a response token: sampling suppresses it and every logprob excludes it, so a response is
+exactly the tokens up to and including its first EOS. Prompts are left-padded and, when too long,
+truncated from the left (the end of a prompt is what the response continues); position ids follow
+the attention mask. Dropout is switched off (ppo.md 10).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ def load_tokenizer(path: str):
 
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     tok.padding_side = "left"
+    tok.truncation_side = "left"
     if tok.eos_token_id is None:
         raise FairlError(f"tokenizer of {path} has no EOS token; generation could never stop")
     return tok
@@ -69,7 +74,9 @@ def load_policy(name_or_path: str, what: str = "policy"):
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, dtype=torch.float32)
     if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
         tok.add_special_tokens({"pad_token": PAD_TOKEN})
-        model.resize_token_embeddings(len(tok), mean_resizing=False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)   # the same new rows in every process, run and restart
+            model.resize_token_embeddings(len(tok), mean_resizing=False)
         log.info("%s: added a pad token distinct from EOS (id %d)", what, tok.pad_token_id)
     model.config.pad_token_id = tok.pad_token_id
     if model.generation_config is not None:
@@ -103,11 +110,12 @@ def sample(model, tok, prompts: Sequence[str], max_new_tokens: int, temperature:
     out = model.generate(
         input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=True,
         temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        suppress_tokens=[tok.pad_token_id])
     resp = out[:, enc["input_ids"].shape[1]:]
     is_eos = resp == tok.eos_token_id
     after_first_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
-    resp_mask = (~after_first_eos) & (resp != tok.pad_token_id)
+    resp_mask = ~after_first_eos     # PAD is suppressed, so generate pads only after EOS
     resp = torch.where(resp_mask, resp, torch.full_like(resp, tok.pad_token_id))
     texts = tok.batch_decode(torch.where(resp_mask & ~is_eos, resp, tok.pad_token_id),
                              skip_special_tokens=True)

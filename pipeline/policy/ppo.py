@@ -24,6 +24,7 @@ import copy
 import json
 import logging
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -33,6 +34,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from pipeline.artifacts import publish
+from pipeline.errors import ConfigError
 from pipeline.policy.models import position_ids, sample
 
 log = logging.getLogger("fairl.ppo")
@@ -161,9 +164,10 @@ class PolicyWithValue(nn.Module):
 
 
 def response_forward(model, input_ids, attention_mask, n_prompt: int, temperature: float,
-                     with_values: bool = True):
+                     with_values: bool = True, exclude_token: Optional[int] = None):
     """Logprobs (and values, entropy) of the response tokens, logits divided by the sampling
-    temperature. input_ids = prompt (n_prompt, left-padded) + response."""
+    temperature. input_ids = prompt (n_prompt, left-padded) + response. `exclude_token` (PAD)
+    gets probability 0, as in sampling, which suppresses it."""
     if with_values:
         logits, values = model(input_ids, attention_mask)
     else:
@@ -171,6 +175,9 @@ def response_forward(model, input_ids, attention_mask, n_prompt: int, temperatur
                        position_ids=position_ids(attention_mask)).logits
         values = None
     logits = logits[:, n_prompt - 1:-1] / temperature       # predicts response tokens
+    if exclude_token is not None:
+        column = torch.tensor([exclude_token], device=logits.device)
+        logits = logits.index_fill(-1, column, torch.finfo(logits.dtype).min)
     resp = input_ids[:, n_prompt:]
     lp = logprobs_from_logits(logits, resp)
     ent = entropy_from_logits(logits)
@@ -196,6 +203,13 @@ class PPOTrainer:
 
     def __init__(self, model, tokenizer, score_fn: Callable[[list[str]], torch.Tensor], cfg, gen,
                  accelerator, reward_norm: Optional[RewardNorm] = None):
+        n = accelerator.num_processes
+        if cfg.batch_size % n or cfg.mini_batch_size % n:
+            raise ConfigError(
+                f"ppo.batch_size ({cfg.batch_size}) and ppo.mini_batch_size ({cfg.mini_batch_size}) "
+                f"count rollouts over all {n} ranks and must both be multiples of the rank count",
+                hint="every rank must take the same number of gradient steps (DDP syncs each one)")
+        self.rank_mini_batch = cfg.mini_batch_size // n
         self.cfg, self.gen, self.acc, self.tok = cfg, gen, accelerator, tokenizer
         self.score_fn = score_fn
         self.reward_norm = reward_norm or RewardNorm()
@@ -227,10 +241,12 @@ class PPOTrainer:
             scores = torch.where(ended, scores, scores - cfg.missing_eos_penalty)
         ids = torch.cat([p_ids, r_ids], 1)
         mask = torch.cat([p_mask, r_mask], 1)
-        n_prompt = p_ids.shape[1]
+        n_prompt, pad = p_ids.shape[1], self.tok.pad_token_id
         with torch.no_grad():
-            old_lp, old_values, _ = response_forward(self.model, ids, mask, n_prompt, gen.temperature)
-            ref_lp, _, _ = response_forward(self.ref, ids, mask, n_prompt, gen.temperature, with_values=False)
+            old_lp, old_values, _ = response_forward(self.model, ids, mask, n_prompt, gen.temperature,
+                                                     exclude_token=pad)
+            ref_lp, _, _ = response_forward(self.ref, ids, mask, n_prompt, gen.temperature,
+                                            with_values=False, exclude_token=pad)
             # ---- 2. per-token rewards with the KL penalty, then GAE and whitened advantages
             rewards, kl = kl_penalised_rewards(scores, old_lp, ref_lp, r_mask, self.kl_ctl.value)
             if cfg.whiten_rewards:
@@ -243,8 +259,9 @@ class PPOTrainer:
         stats: dict[str, list] = {}
         g = torch.Generator().manual_seed(seed)
         for _ in range(cfg.ppo_epochs):
-            for idx in torch.randperm(B, generator=g).split(cfg.mini_batch_size):
-                lp, values, ent = response_forward(self.model, ids[idx], mask[idx], n_prompt, gen.temperature)
+            for idx in torch.randperm(B, generator=g).split(self.rank_mini_batch):
+                lp, values, ent = response_forward(self.model, ids[idx], mask[idx], n_prompt,
+                                                   gen.temperature, exclude_token=pad)
                 loss, s = ppo_losses(lp, old_lp[idx], adv[idx], values, old_values[idx],
                                      returns[idx], r_mask[idx], cfg.cliprange, cfg.cliprange_value, cfg.vf_coef)
                 self.opt.zero_grad()
@@ -277,13 +294,18 @@ class PPOTrainer:
 
     # --------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, path: Path) -> None:
-        """Policy + value head, optimizer state and controller: safetensors and JSON, no pickle."""
+        """Policy + value head, optimizer state and controller: safetensors and JSON, no pickle.
+        Written beside `path` and swapped in whole, so a kill mid-write keeps the previous one."""
         if self.acc.is_main_process:
-            path.mkdir(parents=True, exist_ok=True)
-            save_model(self.acc.unwrap_model(self.model), str(path / "model.safetensors"))
-            save_optimizer(self.opt, path)
-            (path / "trainer_state.json").write_text(json.dumps(
+            tmp = path.with_name(path.name + ".tmp")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+            save_model(self.acc.unwrap_model(self.model), str(tmp / "model.safetensors"))
+            save_optimizer(self.opt, tmp)
+            (tmp / "trainer_state.json").write_text(json.dumps(
                 {"kl_coef": self.kl_ctl.value, "step": self.step_count}))
+            publish(tmp, path)
         self.acc.wait_for_everyone()
 
     def load_checkpoint(self, path: Path) -> None:
@@ -291,6 +313,15 @@ class PPOTrainer:
         load_optimizer(self.opt, path)
         state = json.loads((path / "trainer_state.json").read_text())
         self.kl_ctl.value, self.step_count = state["kl_coef"], state["step"]
+
+
+def latest_checkpoint(path: Path) -> Optional[Path]:
+    """The checkpoint at `path`, or the previous one if a kill fell between the two renames of
+    `save_checkpoint`'s swap; None when there is none."""
+    for candidate in (path, path.with_name(f".{path.name}.old")):
+        if (candidate / "trainer_state.json").is_file():
+            return candidate
+    return None
 
 
 def save_optimizer(opt, path: Path) -> None:

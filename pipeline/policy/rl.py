@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from pipeline.metrics import MetricsSink
 from pipeline.policy.models import batch_seed, load_policy, sample
-from pipeline.policy.ppo import PPOTrainer, reference_reward_norm, response_forward
+from pipeline.policy.ppo import PPOTrainer, latest_checkpoint, reference_reward_norm, response_forward
 from pipeline.scorers import Scorer
 
 log = logging.getLogger("fairl.rl")
@@ -55,8 +56,9 @@ def rl_train(base_model: str, scorer: Scorer, prompts: Sequence[str], ppo_cfg, g
         log.info("reward normalised on reference samples: gain %.4g, bias %.4g", norm.gain, norm.bias)
     trainer = PPOTrainer(model, tok, score_fn, ppo_cfg, gen, acc, norm)
     ckpt = work_dir / "checkpoint"
-    if (ckpt / "trainer_state.json").is_file():
-        trainer.load_checkpoint(ckpt)
+    found = latest_checkpoint(ckpt)
+    if found is not None:
+        trainer.load_checkpoint(found)
         log.info("resuming PPO from step %d", trainer.step_count)
     samples_path = work_dir / "samples.jsonl"
     bar = tqdm(range(trainer.step_count, ppo_cfg.steps), desc=f"{namespace}: PPO", unit="step",
@@ -80,6 +82,13 @@ def rl_train(base_model: str, scorer: Scorer, prompts: Sequence[str], ppo_cfg, g
             trainer.save_checkpoint(ckpt)
     bar.close()
     return trainer
+
+
+def discard_checkpoints(work_dir: Path) -> None:
+    """Drop the RL checkpoints of a finished run, so they are not published with the stage."""
+    for name in ("checkpoint", "checkpoint.tmp", ".checkpoint.old"):
+        if (work_dir / name).exists():
+            shutil.rmtree(work_dir / name)
 
 
 def trl_train(algorithm: str, base_model: str, scorer: Scorer, prompts: Sequence[str], trl_cfg,
@@ -132,8 +141,9 @@ def measure(model, tok, prompts: Sequence[str], gen, seed: int, ground_truth: Sc
         texts += t
         if reference is not None:
             ids, mask = torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1)
-            lp, _, _ = response_forward(model, ids, mask, p_ids.shape[1], gen.temperature, with_values=False)
-            rl, _, _ = response_forward(reference, ids, mask, p_ids.shape[1], gen.temperature, with_values=False)
+            n, pad = p_ids.shape[1], tok.pad_token_id
+            lp, _, _ = response_forward(model, ids, mask, n, gen.temperature, False, pad)
+            rl, _, _ = response_forward(reference, ids, mask, n, gen.temperature, False, pad)
             kls.append(((lp - rl) * r_mask).sum(-1))
     s = ground_truth.score(texts)
     out = {"toxicity_rate": float(np.mean(s.toxic)), "mean_reward": float(np.mean(s.reward)),

@@ -24,7 +24,7 @@ from pipeline.data.prompts import select_prompts
 from pipeline.errors import ConfigError, FairlError
 from pipeline.metrics import MetricsSink
 from pipeline.policy.models import load_policy, resolve_model
-from pipeline.policy.rl import measure, rl_train, trl_train
+from pipeline.policy.rl import discard_checkpoints, measure, rl_train, trl_train
 from pipeline.scorers import make_scorer, reward_scorer
 
 log = logging.getLogger("fairl.policy")
@@ -82,10 +82,7 @@ def train_expert_run(cfg: ExperimentConfig, force: bool = False) -> Path:
             with open(run_.path("eval_samples.jsonl"), "w") as f:
                 for p, b, e in list(zip(eval_prompts, base_texts, expert_texts))[:50]:
                     f.write(json.dumps({"prompt": p, "base": b, "expert": e}) + "\n")
-            if (run_.work_dir / "checkpoint").exists():
-                import shutil
-
-                shutil.rmtree(run_.work_dir / "checkpoint")
+            discard_checkpoints(run_.work_dir)
             run_.extra["eval"] = report
             log.info("train-expert: toxicity rate %.3f -> %.3f on %d held-out prompts (mean KL %.2f)",
                      before["toxicity_rate"], after["toxicity_rate"], len(eval_prompts),
@@ -161,6 +158,8 @@ def _re_rlhf(run_, cfg, base, rewards, train_prompts, eval_prompts, gt) -> None:
 
             def on_step(step, trainer, points=points):
                 if step % rr.eval_every == 0 or step == rr.ppo.steps:
+                    # after a resume from an earlier checkpoint, steps past it are measured anew
+                    points[:] = [p for p in points if p["step"] < step]
                     m, _ = measure(trainer.policy, trainer.tok, eval_prompts, rr.generation,
                                    cfg.run.seed, gt, reference=base_model)
                     points.append({"step": step, **m})
@@ -178,6 +177,7 @@ def _re_rlhf(run_, cfg, base, rewards, train_prompts, eval_prompts, gt) -> None:
                 points.append({"step": rr.trl.steps, **m})
             curves[name] = {"reward": spec, "points": points, "done": True}
             write_json(curves_path, curves)
+            discard_checkpoints(work)
     from pipeline.policy.plots import plot_curves
 
     plot_curves(curves, run_.path("curves.png"), cfg.run.name)
