@@ -104,7 +104,8 @@ def trl_train(algorithm: str, base_model: str, scorer: Scorer, prompts: Sequence
         num_generations=trl_cfg.num_generations, max_completion_length=gen.max_new_tokens,
         temperature=gen.temperature, top_p=gen.top_p, learning_rate=trl_cfg.lr,
         beta=trl_cfg.beta, max_steps=trl_cfg.steps, logging_steps=1, report_to=[],
-        save_strategy="no", seed=seed, data_seed=seed)
+        save_strategy="no", seed=seed, data_seed=seed,
+        generation_kwargs={"suppress_tokens": [tok.pad_token_id]})   # PAD is never a response token
     if algorithm == "grpo":
         from trl import GRPOConfig as Config, GRPOTrainer as Trainer
     else:
