@@ -52,7 +52,7 @@ def test_irl_then_evaluate_end_to_end(tmp_path):
     irl_dir = tmp_path / "runs" / "t" / "irl"
     manifest = json.loads((irl_dir / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["inputs"]["pairs"]["sha256"]
-    assert {"config", "versions", "seed", "wall_time_s", "git_commit"} <= set(manifest)
+    assert {"config", "versions", "seed", "wall_time_s", "git_commit", "embeddings_sha256"} <= set(manifest)
     assert manifest["versions"]["torch"].startswith("2.13")
     rewards = sorted(p.relative_to(irl_dir / "rewards").as_posix()
                      for p in (irl_dir / "rewards").glob("*/seed-*"))

@@ -13,6 +13,8 @@ Reads a pairs file (README: Pairs schema), writes `runs/<name>/irl/`:
 
 from __future__ import annotations
 
+import hashlib
+
 import logging
 from pathlib import Path
 
@@ -92,6 +94,10 @@ def _fit(run_, cfg: ExperimentConfig, pairs: PairSet, specs, embedder: Embedder)
         hc, hr = embed_pairs(pairs, embedder, irl.embed.text)
     log.info("irl: embeddings %s (%d cached, %d new)", tuple(hc.shape),
              embedder.stats["cached"], embedder.stats["embedded"])
+    # Batched float32 inference differs in the last bits with batch composition, so embeddings
+    # depend slightly on the cache's history; their hash tells two runs' inputs apart.
+    run_.extra["embeddings_sha256"] = hashlib.sha256(
+        torch.cat([hc, hr]).contiguous().numpy().tobytes()).hexdigest()
     labels = {}
     if pairs.has_labels:  # y = +1 non-toxic, -1 toxic
         labels = {"yc": torch.tensor(1.0 - 2.0 * df["chosen_toxic"].to_numpy(float), dtype=torch.float32),
