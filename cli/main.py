@@ -70,7 +70,11 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _invoke(fn: Callable[[], Optional[Path]]) -> None:
+    from pipeline.artifacts import distributed_rank, rank_barrier_group
+
     try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            rank_barrier_group()   # a data-parallel launch: join the ranks while they are in step
         out = fn()
     except FairlError as e:
         typer.echo(f"error: {e}", err=True)
@@ -82,8 +86,6 @@ def _invoke(fn: Callable[[], Optional[Path]]) -> None:
         typer.echo("interrupted: nothing was published; the next run starts this stage afresh "
                    "(or resumes it where the stage supports that)", err=True)
         raise typer.Exit(130)
-    from pipeline.artifacts import distributed_rank
-
     if out is not None and distributed_rank() == 0:
         typer.echo(str(out))
 

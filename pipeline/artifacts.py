@@ -269,20 +269,29 @@ def wait_for_all_ranks() -> None:
     irl, evaluate). Those can take hours, longer than the default process group's timeout, so
     the barrier uses a gloo group of its own with a long one. torchrun stops every rank when one
     fails, so no rank waits here for a rank 0 that is gone."""
-    global _RANK_BARRIER_GROUP
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
-    from datetime import timedelta
-
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        from accelerate import PartialState
+    dist.barrier(group=rank_barrier_group())
 
-        PartialState(cpu=not _cuda_available())   # joins torchrun's rendezvous
+
+def rank_barrier_group():
+    """The gloo group of `wait_for_all_ranks`, joining torchrun's process group if needed.
+    Creating it is itself a rendezvous under the default timeout, so call this while the ranks
+    are in step (at the start of `fairl run`, or when a trainer sets up accelerate)."""
+    global _RANK_BARRIER_GROUP
     if _RANK_BARRIER_GROUP is None:
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            from accelerate import PartialState
+
+            PartialState(cpu=not _cuda_available())   # joins torchrun's rendezvous
         _RANK_BARRIER_GROUP = dist.new_group(backend="gloo", timeout=timedelta(days=7))
-    dist.barrier(group=_RANK_BARRIER_GROUP)
+    return _RANK_BARRIER_GROUP
 
 
 def _cuda_available() -> bool:
@@ -297,6 +306,9 @@ def _secondary_rank_run(stage, run_dir, final_dir, fingerprint, config, seed) ->
     work_dir = run_dir / f".{stage}.partial"
     stamp = work_dir / ".fingerprint"
     while not (stamp.is_file() and stamp.read_text() == fingerprint):
+        done = read_manifest(final_dir)
+        if done and done.get("status") == "complete" and done.get("fingerprint") == fingerprint:
+            raise StageSkipped(stage)   # rank 0 finished it without us (nothing left to train)
         time.sleep(0.5)
     return StageRun(stage=stage, final_dir=final_dir, work_dir=work_dir, fingerprint=fingerprint,
                     config=config, inputs={}, seed=seed, is_main=False)

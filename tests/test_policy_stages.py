@@ -60,8 +60,8 @@ def test_every_command_end_to_end_on_the_micro_world(tmp_path, micro_world):
 
     # Other prompt parts than the expert was trained with could overlap its training prompts.
     before = (run / "make_pairs" / "manifest.json").read_bytes()
-    res = invoke("make-pairs", cfg, "--set", "prompts.pairs_fraction=0.3")
-    assert res.exit_code == 2 and "train-expert used" in res.output, res.output
+    res = invoke("make-pairs", cfg, "--set", "prompts.pairs_fraction=0.5")
+    assert res.exit_code == 2 and "reuse prompts the expert was trained on" in res.output, res.output
     assert (run / "make_pairs" / "manifest.json").read_bytes() == before
 
 

@@ -250,8 +250,12 @@ def test_a_checkpoint_is_swapped_in_whole(micro_world, tmp_path, monkeypatch):
     assert ppo.latest_checkpoint(ck) == ck
 
     os.replace(ck, tmp_path / ".checkpoint.old")                      # killed mid-swap
-    assert ppo.latest_checkpoint(ck) == tmp_path / ".checkpoint.old"
+    assert ppo.latest_checkpoint(ck) == ck                             # the previous one is back
+    assert {p.name: p.read_bytes() for p in ck.iterdir()} == saved
+    assert not (tmp_path / ".checkpoint.old").exists()   # (the killed save's .tmp is ignored)
+
+    os.replace(ck, tmp_path / ".checkpoint.old")                      # killed mid-swap again,
     monkeypatch.undo()
-    trainer.save_checkpoint(ck)                                        # the next save cleans up
+    trainer.save_checkpoint(ck)                                        # then the next save
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
     assert '"step": 2' in (ck / "trainer_state.json").read_text()

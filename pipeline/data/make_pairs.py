@@ -119,6 +119,26 @@ def _pair(good: dict, bad: dict, split: str, threshold: float) -> dict:
 
 
 # ------------------------------------------------------------------------ source: generate
+def _check_disjoint_from_expert(trained: dict, cfg: ExperimentConfig) -> None:
+    """Pair prompts must not be prompts the expert was trained on. A prompt's part comes from a
+    hash of its text u in [0, 1): eval below eval_fraction, pairs up to eval + pairs fractions,
+    RL training above. The expert trained on u >= its (eval + pairs); this run's pairs lie below
+    this run's (eval + pairs), so they stay disjoint as long as that sum did not grow."""
+    used = trained.get("config", {}).get("prompts") or {}
+    if "eval_fraction" not in used or "pairs_fraction" not in used:
+        log.warning("make-pairs: the train-expert manifest does not say which prompts it trained "
+                    "on; cannot check that the pairs avoid them")
+        return
+    before = used["eval_fraction"] + used["pairs_fraction"]
+    now = cfg.prompts.eval_fraction + cfg.prompts.pairs_fraction
+    if now > before + 1e-12:
+        raise ConfigError(
+            f"prompts.eval_fraction + prompts.pairs_fraction is {now:g} here but was {before:g} "
+            "when train-expert ran, so the pairs would reuse prompts the expert was trained on",
+            hint="keep the sum at most the expert's, or re-run `fairl train-expert` (or `fairl run`) "
+                 "with the new fractions")
+
+
 def _generate(cfg: ExperimentConfig, force: bool) -> Path:
     from pipeline import world
     from pipeline.artifacts import require_stage
@@ -135,14 +155,7 @@ def _generate(cfg: ExperimentConfig, force: bool) -> Path:
     else:
         trained = require_stage(cfg.stage_dir("train_expert"), "train_expert", "train-expert")
         expert = str(cfg.stage_dir("train_expert") / "model")
-        split_keys = ("source", "eval_fraction", "pairs_fraction")   # they draw the parts
-        used = {k: trained["config"].get("prompts", {}).get(k) for k in split_keys}
-        if used != {k: to_dict(cfg.prompts)[k] for k in split_keys}:
-            raise ConfigError(
-                f"prompts settings differ from the ones train-expert used ({used}), so the "
-                "pairs could reuse prompts the expert was trained on",
-                hint="restore those prompts settings, or re-run `fairl train-expert` (or `fairl run`) "
-                     "with the new ones")
+        _check_disjoint_from_expert(trained, cfg)
     prompts = select_prompts(cfg, "pairs", mp.prompt_toxicity_min, mp.n_pairs)
     gt = make_scorer(cfg.ground_truth)
     config = {"make_pairs": to_dict(mp), **shared_config(cfg), "base_model": base, "expert_model": expert}

@@ -75,7 +75,7 @@ def load_policy(name_or_path: str, what: str = "policy"):
     if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
         tok.add_special_tokens({"pad_token": PAD_TOKEN})
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)   # the same new rows in every process, run and restart
+            torch.default_generator.manual_seed(0)   # the same new rows in every process and restart
             model.resize_token_embeddings(len(tok), mean_resizing=False)
         log.info("%s: added a pad token distinct from EOS (id %d)", what, tok.pad_token_id)
     model.config.pad_token_id = tok.pad_token_id

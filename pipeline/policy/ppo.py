@@ -24,6 +24,7 @@ import copy
 import json
 import logging
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,18 +199,23 @@ class RewardNorm:
         return self.gain * x + self.bias
 
 
+def check_batch_split(cfg, n_ranks: int) -> None:
+    """Batch and minibatch sizes count rollouts over all ranks: every rank must take the same
+    number of gradient steps (DDP synchronises each one), so both divide by the rank count."""
+    if cfg.batch_size % n_ranks or cfg.mini_batch_size % n_ranks:
+        raise ConfigError(
+            f"ppo.batch_size ({cfg.batch_size}) and ppo.mini_batch_size ({cfg.mini_batch_size}) "
+            f"count rollouts over all {n_ranks} ranks and must both be multiples of the rank count",
+            hint="every rank must take the same number of gradient steps (DDP syncs each one)")
+
+
 class PPOTrainer:
     """One PPO loop: `step(prompts)` samples, scores, and updates. Rank-aware via accelerate."""
 
     def __init__(self, model, tokenizer, score_fn: Callable[[list[str]], torch.Tensor], cfg, gen,
                  accelerator, reward_norm: Optional[RewardNorm] = None):
-        n = accelerator.num_processes
-        if cfg.batch_size % n or cfg.mini_batch_size % n:
-            raise ConfigError(
-                f"ppo.batch_size ({cfg.batch_size}) and ppo.mini_batch_size ({cfg.mini_batch_size}) "
-                f"count rollouts over all {n} ranks and must both be multiples of the rank count",
-                hint="every rank must take the same number of gradient steps (DDP syncs each one)")
-        self.rank_mini_batch = cfg.mini_batch_size // n
+        check_batch_split(cfg, accelerator.num_processes)
+        self.rank_mini_batch = cfg.mini_batch_size // accelerator.num_processes
         self.cfg, self.gen, self.acc, self.tok = cfg, gen, accelerator, tokenizer
         self.score_fn = score_fn
         self.reward_norm = reward_norm or RewardNorm()
@@ -297,6 +303,7 @@ class PPOTrainer:
         """Policy + value head, optimizer state and controller: safetensors and JSON, no pickle.
         Written beside `path` and swapped in whole, so a kill mid-write keeps the previous one."""
         if self.acc.is_main_process:
+            latest_checkpoint(path)   # puts back a previous checkpoint a kill left mid-swap
             tmp = path.with_name(path.name + ".tmp")
             if tmp.exists():
                 shutil.rmtree(tmp)
@@ -316,12 +323,13 @@ class PPOTrainer:
 
 
 def latest_checkpoint(path: Path) -> Optional[Path]:
-    """The checkpoint at `path`, or the previous one if a kill fell between the two renames of
-    `save_checkpoint`'s swap; None when there is none."""
-    for candidate in (path, path.with_name(f".{path.name}.old")):
-        if (candidate / "trainer_state.json").is_file():
-            return candidate
-    return None
+    """The checkpoint at `path`, or None. If a kill fell between the two renames of
+    `save_checkpoint`'s swap, the previous checkpoint is moved back to `path` first (a later
+    save would otherwise delete it before its replacement is in place)."""
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and (old / "trainer_state.json").is_file():
+        os.replace(old, path)
+    return path if (path / "trainer_state.json").is_file() else None
 
 
 def save_optimizer(opt, path: Path) -> None:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from pipeline.metrics import MetricsSink
 from pipeline.policy.models import batch_seed, load_policy, sample
-from pipeline.policy.ppo import PPOTrainer, latest_checkpoint, reference_reward_norm, response_forward
+from pipeline.policy.ppo import PPOTrainer, check_batch_split, latest_checkpoint, reference_reward_norm, response_forward
 from pipeline.scorers import Scorer
 
 log = logging.getLogger("fairl.rl")
@@ -30,7 +30,12 @@ log = logging.getLogger("fairl.rl")
 def accelerator():
     from accelerate import Accelerator
 
-    return Accelerator(cpu=not torch.cuda.is_available())
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    if acc.num_processes > 1:
+        from pipeline.artifacts import rank_barrier_group
+
+        rank_barrier_group()   # now, while the ranks are in step (see wait_for_all_ranks)
+    return acc
 
 
 def score_fn_for(scorer: Scorer) -> Callable[[list[str]], torch.Tensor]:
@@ -47,6 +52,7 @@ def rl_train(base_model: str, scorer: Scorer, prompts: Sequence[str], ppo_cfg, g
     """PPO from `base_model` against `scorer`; returns the trainer (its .policy is the result).
     Resumes from `work_dir/checkpoint` when it exists."""
     acc = accelerator()
+    check_batch_split(ppo_cfg, acc.num_processes)   # before any model is loaded or sampled
     model, tok = load_policy(base_model)
     score_fn = score_fn_for(scorer)
     norm = None

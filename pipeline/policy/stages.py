@@ -148,6 +148,7 @@ def _re_rlhf(run_, cfg, base, rewards, train_prompts, eval_prompts, gt) -> None:
     with MetricsSink(run_.path("metrics.jsonl")) as sink:
         for name, spec in rewards.items():
             if curves.get(name, {}).get("done"):
+                discard_checkpoints(run_.work_dir / "runs" / name)
                 continue   # finished before an interruption
             scorer = reward_scorer(spec, gt)
             work = run_.work_dir / "runs" / name
