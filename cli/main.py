@@ -70,10 +70,10 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _invoke(fn: Callable[[], Optional[Path]]) -> None:
-    from pipeline.artifacts import distributed_rank, rank_barrier_group
+    from pipeline.artifacts import distributed_rank, is_distributed, rank_barrier_group
 
     try:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if is_distributed():
             rank_barrier_group()   # a data-parallel launch: join the ranks while they are in step
         out = fn()
     except FairlError as e:

@@ -255,7 +255,12 @@ def stage_run(
 
 def distributed_rank() -> int:
     """This process's rank under torchrun / accelerate launch (0 when not distributed)."""
-    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    return int(os.environ.get("RANK", "0")) if is_distributed() else 0
+
+
+def is_distributed() -> bool:
+    """Launched as one of several ranks (torchrun / accelerate launch)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 _RANK_BARRIER_GROUP = None
@@ -269,7 +274,7 @@ def wait_for_all_ranks() -> None:
     irl, evaluate). Those can take hours, longer than the default process group's timeout, so
     the barrier uses a gloo group of its own with a long one. torchrun stops every rank when one
     fails, so no rank waits here for a rank 0 that is gone."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not is_distributed():
         return
     import torch.distributed as dist
 
@@ -278,26 +283,21 @@ def wait_for_all_ranks() -> None:
 
 def rank_barrier_group():
     """The gloo group of `wait_for_all_ranks`, joining torchrun's process group if needed.
-    Creating it is itself a rendezvous under the default timeout, so call this while the ranks
-    are in step (at the start of `fairl run`, or when a trainer sets up accelerate)."""
+    Creating it is itself a rendezvous under the default timeout, so every command calls this
+    first (`cli.main._invoke`), while the ranks are in step."""
     global _RANK_BARRIER_GROUP
     if _RANK_BARRIER_GROUP is None:
         from datetime import timedelta
 
+        import torch
         import torch.distributed as dist
 
         if not dist.is_initialized():
             from accelerate import PartialState
 
-            PartialState(cpu=not _cuda_available())   # joins torchrun's rendezvous
+            PartialState(cpu=not torch.cuda.is_available())   # joins torchrun's rendezvous
         _RANK_BARRIER_GROUP = dist.new_group(backend="gloo", timeout=timedelta(days=7))
     return _RANK_BARRIER_GROUP
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _secondary_rank_run(stage, run_dir, final_dir, fingerprint, config, seed) -> "StageRun":

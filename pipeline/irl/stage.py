@@ -14,7 +14,6 @@ Reads a pairs file (README: Pairs schema), writes `runs/<name>/irl/`:
 from __future__ import annotations
 
 import hashlib
-
 import logging
 from pathlib import Path
 

@@ -30,12 +30,7 @@ log = logging.getLogger("fairl.rl")
 def accelerator():
     from accelerate import Accelerator
 
-    acc = Accelerator(cpu=not torch.cuda.is_available())
-    if acc.num_processes > 1:
-        from pipeline.artifacts import rank_barrier_group
-
-        rank_barrier_group()   # now, while the ranks are in step (see wait_for_all_ranks)
-    return acc
+    return Accelerator(cpu=not torch.cuda.is_available())
 
 
 def score_fn_for(scorer: Scorer) -> Callable[[list[str]], torch.Tensor]:
