@@ -9,18 +9,25 @@
     evaluate:     fidelity and classification of every recovered reward (paper Section 5, App. C)
     re_rlhf:      fine-tune the base model with each extracted reward, tracking its toxicity
 
-Unknown keys are errors that name the key and list the valid ones; wrong types name the field.
+Unknown keys are errors that name the key and list the valid ones; wrong types name the field;
+a key given twice in one mapping is an error (YAML would silently keep the last); numbers must be
+finite. Errors say whether the bad value came from the file or from a `--set`.
 Defaults are the paper's where it gives one; every other default says why in its help text.
-Relative paths are resolved against the current working directory.
+Relative paths are resolved against the current working directory. Names that become directory
+names (run.name, the keys of re_rlhf.rewards) must be plain names (NAME_RULE), so no config value
+can make fairl write or replace anything outside <run.root>/<run.name>/.
 """
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator,
+)
 
 from pipeline.errors import ConfigError
 
@@ -40,12 +47,55 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: YAML reads `.inf` / `.nan` as floats, and no setting here means
+    # anything when infinite (an inf learning rate trains NaNs; "off" is spelled null).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+NAME_RULE = ("a plain name: one path component, without '/' or '\\', not starting with '.', "
+             "printable characters only, no surrounding spaces, at most 255 bytes")
+"""What run.name and re_rlhf.rewards keys may be. They are joined into paths that fairl writes
+and replaces, so `..`, an absolute path or a separator would let a config reach outside the run
+(a leading '.' is refused too: fairl's own work files there are hidden names)."""
+
+
+def _plain_name(value: Any) -> str:
+    """Validate a name that becomes a directory name. A YAML integer (`name: 2024`) is taken as
+    the text written (`007` stays `007`; YAML alone would read 7), which is what a user means;
+    other non-strings (1.5, yes, a date) are refused with a hint to quote them, since their YAML
+    reading may not be the text that was written."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = getattr(value, "text", "") or str(value)
+    elif value is None:   # `name:` with nothing after it
+        value = ""
+    if not isinstance(value, str):
+        shown = value.isoformat() if isinstance(value, datetime.date) else value
+        raise ValueError(f"must be text, but YAML read it as the {type(value).__name__} "
+                         f"{shown!r}: put the name in quotes, e.g. name: \"my-run\"")
+    problem = (
+        "is empty" if not value
+        else "is a reference to a directory, not a name" if value in (".", "..")
+        else "contains '/' or '\\'" if "/" in value or "\\" in value
+        else "starts with '.'" if value.startswith(".")
+        else "contains non-printable characters" if not value.isprintable()
+        else "has leading or trailing spaces" if value != value.strip()
+        else "is longer than 255 bytes" if len(value.encode("utf-8")) > 255
+        else None
+    )
+    if problem:
+        raise ValueError(f"{value!r} {problem}; it must be {NAME_RULE}")
+    return value
+
+
+PlainName = Annotated[str, BeforeValidator(_plain_name)]
 
 
 # ------------------------------------------------------------------------------------ run
 class RunSection(Section):
-    name: str = _f("default", "Run name: artifacts go to <root>/<name>/<stage>/.")
+    name: PlainName = _f(
+        "default",
+        "Run name: artifacts go to <root>/<name>/<stage>/. A plain name: one path component, "
+        "no '/' or '\\', not starting with '.'; a number is taken as its digits.")
     root: Path = _f(Path("runs"), "Directory that holds all runs.")
     seed: int = _f(0, "Global seed: data splits and sampling. Per-model seeds are irl.seeds.")
     stages: Optional[list[StageName]] = _f(
@@ -357,7 +407,7 @@ class EvaluateSection(Section):
         "Optional labelled held-out set in the Jigsaw schema (comment_text, toxic, optional "
         "severe_toxic/obscene/threat/insult/identity_hate), .csv/.jsonl/.parquet.",
     )
-    compare: Optional[list[tuple[str, str]]] = _f(
+    compare: Optional[list[tuple[MethodName, MethodName]]] = _f(
         None,
         "Disagreement tables as [fa_method, baseline] pairs. Default: each fa-X-* against X.",
     )
@@ -382,10 +432,11 @@ class TrainExpertSection(Section):
 
 class ReRLHFSection(Section):
     base_model: Optional[str] = _f(None, "Base LM to fine-tune; default train_expert.base_model.")
-    rewards: dict[str, str] = _f(
+    rewards: dict[PlainName, str] = _f(
         {"ground_truth": "ground_truth", "fa-irl": "irl:fa-me-margin", "irl": "irl:me"},
         "name -> reward: `ground_truth`, `irl:<method>` (this run's irl, first seed), or a "
-        "reward directory.")
+        "reward directory. Each name becomes re_rlhf/runs/<name>/, so it is a plain name as "
+        "for run.name.")
     algorithm: Literal["ppo", "grpo", "rloo"] = _f("ppo", "As in train_expert.")
     eval_every: int = _f(10, "Measure the held-out toxicity rate every this many steps.", gt=0)
     generation: GenerationSection = _f(GenerationSection(), "Sampling.")
@@ -419,9 +470,81 @@ class ExperimentConfig(Section):
 
 
 # ------------------------------------------------------------------------------- loading
-def apply_override(raw: dict, assignment: str) -> None:
+class _YamlInt(int):
+    """An int that remembers how it was written, so that a numeric name keeps its text.
+    Validation turns it into a plain int everywhere else."""
+
+    text = ""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is a ConfigError.
+    safe_load keeps the last value silently, so `run:` twice would drop a whole section."""
+
+    source = "config"
+    base_path: tuple[str, ...] = ()   # where the document sits: a --set value's key path
+    lines = True                      # line numbers mean something (a file, not a --set value)
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        self._check_duplicates(node, self.base_path, set())
+        return self.construct_document(node)
+
+    def _check_duplicates(self, node: yaml.Node, path: tuple[str, ...], seen: set[int]) -> None:
+        if id(node) in seen:   # an alias: already checked (and may be recursive)
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_duplicates(item, path + (f"[{i}]",), seen)
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":   # `<<: *base` may be overridden
+                    self._check_duplicates(value_node, path, seen)
+                    continue
+                key = (self.construct_object(key_node) if isinstance(key_node, yaml.ScalarNode)
+                       else None)
+                line = key_node.start_mark.line + 1
+                name = str(key) if key is not None else "?"
+                if key is not None and key in first:
+                    where = f"in section {'.'.join(path)}" if path else "at the top level"
+                    lines = f" (lines {first[key]} and {line})" if self.lines else ""
+                    raise ConfigError(
+                        f"{self.source}: key {name!r} appears twice {where}{lines}; YAML would "
+                        "silently keep only the last",
+                        hint="keep one of them (merge their contents if both hold settings)",
+                    )
+                if key is not None:
+                    first[key] = line
+                self._check_duplicates(value_node, path + (name,), seen)
+
+
+def _construct_int(loader: _StrictLoader, node: yaml.ScalarNode) -> _YamlInt:
+    value = _YamlInt(loader.construct_yaml_int(node))
+    value.text = node.value
+    return value
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def _parse_yaml(text: str, source: str, base_path: tuple[str, ...] = ()) -> Any:
+    """yaml.safe_load, with duplicate keys an error that names `source` (a file or a --set)."""
+    loader = _StrictLoader(text)
+    loader.source, loader.base_path, loader.lines = source, base_path, not base_path
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def apply_override(raw: dict, assignment: str) -> tuple[str, ...]:
     """Apply one `--set section.key=value` to the raw YAML dict. The value is parsed as YAML,
-    so `--set irl.seeds=[0,1]` and `--set irl.head=linear` both work."""
+    so `--set irl.seeds=[0,1]` and `--set irl.head=linear` both work. Returns the key path, so
+    validation errors can be traced to the `--set` that caused them."""
     if "=" not in assignment:
         raise ConfigError(
             f"--set {assignment!r} is not of the form section.key=value",
@@ -432,7 +555,7 @@ def apply_override(raw: dict, assignment: str) -> None:
     if not keys:
         raise ConfigError(f"--set {assignment!r} has an empty key")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = _parse_yaml(value, f"--set {assignment}", tuple(keys)) if value.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {assignment!r}: value is not valid YAML ({e})") from None
     node = raw
@@ -444,31 +567,45 @@ def apply_override(raw: dict, assignment: str) -> None:
             raise ConfigError(f"--set {assignment!r}: {k!r} is a value, not a section")
         node = child
     node[keys[-1]] = parsed
+    return tuple(keys)
+
+
+def _read_config_file(path: Path) -> dict:
+    """The YAML mapping in `path`, or a ConfigError that says what is wrong with the file."""
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory",
+                          hint="give the path of a YAML file, e.g. configs/toy.yaml")
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist", hint="check the path")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start})",
+                          hint="save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}",
+                          hint="check the path and its permissions") from None
+    try:
+        loaded = _parse_yaml(text, str(path))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must be a mapping of sections, got {type(loaded).__name__}")
+    return loaded
 
 
 def load_config(path: Optional[Path] = None, overrides: Optional[list[str]] = None) -> ExperimentConfig:
     """Read YAML (optional), apply overrides, validate. Raises ConfigError with a clear message."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist", hint="check the path")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must be a mapping of sections, got {type(loaded).__name__}")
-        raw = loaded
+    raw: dict = _read_config_file(Path(path)) if path is not None else {}
     present = tuple(k for k in raw if k in STAGES)
-    for assignment in overrides or []:
-        apply_override(raw, assignment)
+    applied = [(apply_override(raw, a), a) for a in overrides or []]
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source=str(path or "config"))) from None
+        raise ConfigError(format_validation_error(
+            e, source=str(path) if path is not None else "config", overrides=applied)) from None
     cfg._present = present
     return cfg
 
@@ -486,21 +623,67 @@ def _model_at(model: type[BaseModel], loc: tuple) -> Optional[type[BaseModel]]:
     return model
 
 
-def format_validation_error(err: ValidationError, source: str = "config") -> str:
-    lines = [f"invalid {source}:"]
+def _plain(value: Any) -> Any:
+    """Plain Python for messages: numpy scalars and arrays print as numbers and lists, not as
+    `np.int64(1)` (the programmatic API may be handed numpy values)."""
+    if type(value).__module__.split(".")[0] == "numpy" and hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _where(loc: tuple) -> str:
+    """`irl.fa.rounds`; a dict key's error reads `re_rlhf.rewards key '../x'`."""
+    if len(loc) >= 2 and loc[-1] == "[key]":
+        return f"{'.'.join(str(p) for p in loc[:-2])} key {loc[-2]!r}"
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def format_validation_error(err: ValidationError, source: str = "config",
+                            overrides: Optional[list[tuple[tuple[str, ...], str]]] = None) -> str:
+    """One line per problem. With `--set` overrides (key path, assignment), each line says where
+    its value came from, so an error in a `--set` is not blamed on the file."""
+    overrides = overrides or []
+    if overrides:
+        origin = f"{source} and --set overrides" if source != "config" else "--set overrides"
+        lines = [f"invalid config (from {origin}):"]
+    else:
+        lines = [f"invalid {source}:"]
     for e in err.errors():
         loc = tuple(e["loc"])
-        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        dotted = _where(loc)
         if e["type"] == "extra_forbidden":
             parent = _model_at(ExperimentConfig, loc[:-1])
             valid = ", ".join(parent.model_fields) if parent else "?"
-            lines.append(f"  unknown key '{dotted}'; valid keys here: {valid}")
+            line = f"  unknown key '{dotted}'; valid keys here: {valid}"
         elif e["type"] == "value_error":
-            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+            msg = e["msg"].removeprefix("Value error, ")
+            section_check = not loc or _model_at(ExperimentConfig, loc) is not None
+            line = f"  {msg}" if section_check else f"  {dotted}: {msg}"
         else:
-            got = e.get("input")
-            lines.append(f"  {dotted}: {e['msg']} (got {got!r})")
+            line = f"  {dotted}: {e['msg']} (got {_plain(e.get('input'))!r})"
+        if overrides:
+            line += _origin(loc, overrides, source)
+        lines.append(line)
     return "\n".join(lines)
+
+
+def _origin(loc: tuple, overrides: list[tuple[tuple[str, ...], str]], source: str) -> str:
+    """` (from --set k=v)` when the bad value came from a --set (the last one wins, as in
+    apply_override); ` (with --set ...)` for a section-wide check that involves overridden keys;
+    else the file."""
+    setting = [a for keys, a in overrides if loc[:len(keys)] == keys]
+    if setting:
+        return f" (from --set {setting[-1]})"
+    inside = [a for keys, a in overrides if keys[:len(loc)] == loc]
+    if inside:
+        return " (with " + ", ".join(f"--set {a}" for a in inside) + ")"
+    return f" (from {source})" if source != "config" else ""
 
 
 def to_dict(section: BaseModel) -> dict:
