@@ -1,10 +1,11 @@
-"""The pairs schema: one preference pair per record, JSONL or parquet.
+"""The pairs schema: one preference pair per record, JSONL (UTF-8) or parquet.
 
 Required columns
-    prompt            str   the context the two completions answer
     chosen            str   o+, the preferred completion (e.g. the expert's)
     rejected          str   o-, the less preferred completion (e.g. the base model's)
 Optional columns (each pair of columns comes together or not at all)
+    prompt            str   the context the two completions answer; absent or "" for
+                            comparisons that have no prompt
     chosen_score, rejected_score      float  ground-truth reward, higher is better
     chosen_toxic, rejected_toxic      bool   ground-truth toxic label (or 0/1)
     chosen_subtypes, rejected_subtypes  {name: float}  per-subtype scores in [0, 1] or 0/1
@@ -12,18 +13,29 @@ Optional columns (each pair of columns comes together or not at all)
     chosen_prompt, rejected_prompt    str    per-side prompts when the two completions answer
                                       different prompts (used instead of `prompt` for embedding;
                                       a null falls back to `prompt`)
-    split             "train" | "val" | "test"   else the config's split rule applies
+    split             "train" | "val" | "test"   missing parts are carved out (below)
 Other columns are carried along (as text) and otherwise ignored.
 
-Nulls: a null text is always an error. A null score or label is an error by default
-(`irl.null_scores: error`); `drop` removes those rows and says how many.
+Splits. A split column's values are kept; whatever part it lacks (test, val, or both when
+there is no split column) is carved out of train, by prompt where that is possible, so that
+no prompt is in two splits. A pair without a prompt is its own group. When the rows to carve
+from have fewer than 1/fraction distinct prompts (a single constant prompt, say), a
+by-prompt carve would hold out a whole prompt, far more than the fraction, or nothing: the
+part is then carved by pair. `PairSet.split_rule` records which rule made each part, and the
+rule is logged.
+
+Nulls: a null text is always an error. A null or non-finite (inf) score or label is an error
+by default (`irl.null_scores: error`); `drop` removes those rows and says how many.
+Messages name records by their 1-based line in a JSONL file and their 1-based row in a
+parquet file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -32,10 +44,13 @@ import pandas as pd
 
 from pipeline.errors import DataError
 
-REQUIRED = ("prompt", "chosen", "rejected")
+REQUIRED = ("chosen", "rejected")
+TEXT = ("prompt", *REQUIRED)     # `prompt` is optional: a missing column reads as ""
 SIDES = ("chosen", "rejected")
 SPLITS = ("train", "val", "test")
 SCHEMA_HINT = "the pairs schema is documented in README.md, section 'Pairs schema'"
+
+log = logging.getLogger("fairl.pairs")
 
 
 @dataclass
@@ -47,6 +62,8 @@ class PairSet:
     df: pd.DataFrame
     source: str
     dropped: int = 0
+    # How each split was made: {part: {"rule": "file" | "prompt" | "pair", "reason": str}}.
+    split_rule: dict = field(default_factory=dict)
 
     @property
     def has_scores(self) -> bool:
@@ -76,41 +93,75 @@ class PairSet:
 
 # --------------------------------------------------------------------------------- read
 def read_table(path: Path) -> pd.DataFrame:
-    """A JSONL / JSON-lines or parquet file as a DataFrame, with line numbers in parse errors."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(
-            f"pairs file {path} does not exist",
-            hint="run `fairl make-pairs` first, or point irl.pairs at your pairs file",
-        )
+    """A JSONL / JSON-lines or parquet file as a DataFrame. Its index is the record's 1-based
+    file line (JSONL: blank lines count) or row (parquet), and `attrs["record"]` says which,
+    so that messages name what a user sees in an editor (`_rows`)."""
+    path = _readable(path, "pairs file", "point irl.pairs at your pairs file")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         try:
-            return pd.read_parquet(path)
+            df = pd.read_parquet(path)
         except Exception as e:  # pyarrow raises several unrelated types for bad files
             raise DataError(f"{path} is not a readable parquet file: {e}") from None
+        df.index = pd.RangeIndex(1, len(df) + 1)
+        df.attrs["record"] = "row"
+        return df
     if suffix in (".jsonl", ".json"):
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}, line {i}: not valid JSON ({e.msg})",
-                                    hint="one JSON object per line") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}, line {i}: expected a JSON object, got "
-                                    f"{type(row).__name__}")
-                rows.append(row)
+        rows, lines = [], []
+        for i, line in utf8_lines(path):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}, line {i}: not valid JSON ({e.msg})",
+                                hint="one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}, line {i}: expected a JSON object, got "
+                                f"{type(row).__name__}")
+            rows.append(row)
+            lines.append(i)
         try:
-            return pd.DataFrame(rows)
+            df = pd.DataFrame(rows, index=lines)
         except UnicodeEncodeError:   # pandas' arrow-backed strings reject lone surrogates
-            bad = [i for i, r in enumerate(rows, 1) if not _encodable(json.dumps(r, ensure_ascii=False))]
-            raise DataError(f"{path}: invalid Unicode (lone surrogates) in record(s) {_rows(bad)}",
-                            hint="re-encode those texts") from None
+            bad = [i for i, r in zip(lines, rows)
+                   if not _encodable(json.dumps(r, ensure_ascii=False))]
+            raise DataError(f"{path}: invalid Unicode (lone surrogates) on "
+                            f"{_rows(bad, 'line')}", hint="re-encode those texts") from None
+        df.attrs["record"] = "line"
+        return df
     raise DataError(f"{path}: unsupported file type {suffix!r}", hint="use .jsonl or .parquet")
+
+
+def _readable(path: Path, what: str, fix: str) -> Path:
+    """`path` as a Path if it is a regular file; otherwise a DataError saying what it is."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{what} {path} is a directory, not a file", hint=fix)
+    if not path.exists():
+        hint = "run `fairl make-pairs` first, or " + fix if what == "pairs file" else fix
+        raise DataError(f"{what} {path} does not exist", hint=hint)
+    return path
+
+
+def utf8_lines(path: Path):
+    """(1-based line number, text) of every line of a UTF-8 text file (a leading byte-order
+    mark is dropped). A byte that is not UTF-8 or an OS error is a DataError naming the file,
+    and the line for the former, instead of a traceback."""
+    try:
+        with open(path, "rb") as f:
+            for i, raw in enumerate(f, 1):
+                try:
+                    yield i, raw.decode("utf-8-sig" if i == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(
+                        f"{path}, line {i}: not UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                        f"{e.start + 1} of the line)",
+                        hint="re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
+                    ) from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}",
+                        hint="check the path and its permissions") from None
 
 
 def load_pairs(
@@ -121,6 +172,7 @@ def load_pairs(
     seed: int = 0,
 ) -> PairSet:
     df = read_table(path)
+    unit = df.attrs.get("record", "row")   # until the index is reset, it numbers the records
     if len(df) == 0:
         raise DataError(f"pairs file {path} is empty", hint=SCHEMA_HINT)
     missing = [c for c in REQUIRED if c not in df.columns]
@@ -129,40 +181,46 @@ def load_pairs(
             f"pairs file {path} lacks required column(s) {missing}; it has {list(df.columns)}",
             hint=SCHEMA_HINT,
         )
-    df = df.reset_index(drop=True)
-    _check_text(df, path)
-    df = _flatten_subtypes(df, path)
-    df, dropped = _normalise_ground_truth(df, path, null_scores)
+    if "prompt" not in df:   # comparisons without a prompt
+        df.insert(0, "prompt", "")
+    _check_text(df, path, unit)
+    df = _flatten_subtypes(df, path, unit)
+    df, dropped = _normalise_ground_truth(df, path, null_scores, unit)
     if len(df) == 0:
         raise DataError(f"pairs file {path}: no rows left after dropping {dropped} with nulls")
+    df = df.reset_index(drop=True)
     if "pair_id" not in df:
         df.insert(0, "pair_id", np.arange(len(df)))
-    known = {*REQUIRED, "pair_id", "split", *(f"{s}_{k}" for s in SIDES
-                                                for k in ("prompt", "score", "toxic"))}
+    known = {*TEXT, "pair_id", "split", *(f"{s}_{k}" for s in SIDES
+                                            for k in ("prompt", "score", "toxic"))}
     for c in df.columns:   # anything else is carried along as text, so it always serialises
         if c not in known and "_sub_" not in c and df[c].dtype == object:
             df[c] = df[c].map(lambda v: None if v is None else str(v))
-    df = assign_splits(df, path, test_fraction, val_fraction, seed)
-    return PairSet(df=df.reset_index(drop=True), source=str(path), dropped=dropped)
+    df, rule = assign_splits(df, path, test_fraction, val_fraction, seed)
+    df = df.reset_index(drop=True)
+    df.attrs = {"split_rule": rule}
+    return PairSet(df=df, source=str(path), dropped=dropped, split_rule=rule)
 
 
-def _check_text(df: pd.DataFrame, path: Path) -> None:
+def _check_text(df: pd.DataFrame, path: Path, unit: str) -> None:
     for col in ("chosen_prompt", "rejected_prompt"):  # optional per row: default to `prompt`
         if col in df:
             df[col] = df[col].where(df[col].map(lambda v: isinstance(v, str)), df["prompt"])
-    text_cols = [*REQUIRED, *(c for c in ("chosen_prompt", "rejected_prompt") if c in df)]
+    text_cols = [*TEXT, *(c for c in ("chosen_prompt", "rejected_prompt") if c in df)]
     for col in text_cols:
         bad = df.index[~df[col].map(lambda v: isinstance(v, str))].tolist()
         if bad:
             raise DataError(
-                f"pairs file {path}: column {col!r} must be text; rows {_rows(bad)} are null "
-                "or not strings",
-                hint="fix or remove those rows",
+                f"pairs file {path}: column {col!r} must be text; {_rows(bad, unit)}: null "
+                "or not a string",
+                hint="fix or remove those records"
+                     + ("; a pair without a prompt may give \"\" or omit the column"
+                        if col == "prompt" else ""),
             )
         bad = df.index[~df[col].map(_encodable)].tolist()
         if bad:
             raise DataError(f"pairs file {path}: column {col!r} holds invalid Unicode (lone "
-                            f"surrogates) in rows {_rows(bad)}", hint="re-encode those texts")
+                            f"surrogates) on {_rows(bad, unit)}", hint="re-encode those texts")
 
 
 def _encodable(text: str) -> bool:
@@ -173,7 +231,7 @@ def _encodable(text: str) -> bool:
         return False
 
 
-def _flatten_subtypes(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+def _flatten_subtypes(df: pd.DataFrame, path: Path, unit: str) -> pd.DataFrame:
     for side in SIDES:
         col = f"{side}_subtypes"
         if col not in df:
@@ -185,8 +243,8 @@ def _flatten_subtypes(df: pd.DataFrame, path: Path) -> pd.DataFrame:
             if isinstance(v, (list, np.ndarray)):  # parquet map columns come back as pairs
                 v = dict(v)
             if not isinstance(v, dict):
-                raise DataError(f"pairs file {path}: {col} in row {i} must be an object "
-                                f"{{name: score}}, got {type(v).__name__}")
+                raise DataError(f"pairs file {path}: {col} on {_rows([df.index[i]], unit)} "
+                                f"must be an object {{name: score}}, got {type(v).__name__}")
             for name, score in v.items():
                 expanded.setdefault(str(name), [None] * len(df))[i] = score
         df = df.drop(columns=[col])
@@ -201,20 +259,25 @@ def _flatten_subtypes(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     return df
 
 
-def _as_float(series: pd.Series, col: str, path: Path) -> pd.Series:
-    def conv(v):
+def _as_float(series: pd.Series, col: str, path: Path, unit: str,
+              finite: bool = True) -> pd.Series:
+    """Floats; null stays NaN. A non-finite value becomes NaN too when `finite`, else it is
+    kept, so the caller can tell it from a null in its message."""
+    def conv(at, v):
         if v is None or isinstance(v, bool):
             return None if v is None else float(v)
         try:
             f = float(v)
         except (TypeError, ValueError):
-            raise DataError(f"pairs file {path}: {col} must be numeric, got {v!r}") from None
-        return f if math.isfinite(f) else None
-    return series.map(conv).astype("float64")
+            raise DataError(f"pairs file {path}: {col} must be numeric; {_rows([at], unit)} "
+                            f"has {_plain(v)!r}") from None
+        return f if math.isfinite(f) or not finite else None
+    return pd.Series([conv(at, v) for at, v in series.items()], index=series.index,
+                     dtype="float64")
 
 
 def _normalise_ground_truth(
-    df: pd.DataFrame, path: Path, null_scores: str
+    df: pd.DataFrame, path: Path, null_scores: str, unit: str
 ) -> tuple[pd.DataFrame, int]:
     for a, b in (("chosen_score", "rejected_score"), ("chosen_toxic", "rejected_toxic")):
         if (a in df) != (b in df):
@@ -223,78 +286,127 @@ def _normalise_ground_truth(
                             hint=SCHEMA_HINT)
     for side in SIDES:
         if f"{side}_score" in df:
-            df[f"{side}_score"] = _as_float(df[f"{side}_score"], f"{side}_score", path)
+            df[f"{side}_score"] = _as_float(df[f"{side}_score"], f"{side}_score", path, unit,
+                                            finite=False)
         if f"{side}_toxic" in df:
-            df[f"{side}_toxic"] = _as_float(df[f"{side}_toxic"], f"{side}_toxic", path)
+            df[f"{side}_toxic"] = _as_float(df[f"{side}_toxic"], f"{side}_toxic", path, unit,
+                                            finite=False)
             bad = df[f"{side}_toxic"].dropna()
             bad = bad[~bad.isin([0.0, 1.0])]
             if len(bad):
-                raise DataError(f"pairs file {path}: {side}_toxic must be true/false or 0/1; "
-                                f"rows {_rows(bad.index.tolist())} are not")
+                raise DataError(f"pairs file {path}: {side}_toxic must be true/false or 0/1, "
+                                f"and is not on {_rows(bad.index.tolist(), unit)}")
     gt_cols = [c for c in ("chosen_score", "rejected_score", "chosen_toxic", "rejected_toxic")
                if c in df]
-    null_rows = df.index[df[gt_cols].isna().any(axis=1)].tolist() if gt_cols else []
+    gt = df[gt_cols].astype("float64")
+    null, infinite = gt.isna(), np.isinf(gt)
+    bad_rows = df.index[(null | infinite).any(axis=1)].tolist() if gt_cols else []
     dropped = 0
-    if null_rows:
-        cols = [c for c in gt_cols if df[c].isna().any()]
+    if bad_rows:
         if null_scores == "error":
+            parts = []
+            for what, mask in (("null", null), ("non-finite", infinite)):
+                cols = [c for c in gt_cols if mask[c].any()]
+                if cols:
+                    at = df.index[mask.any(axis=1)].tolist()
+                    parts.append(f"{what} in {cols} ({_rows(at, unit)})")
+            kind = "null" if not infinite.any().any() else "null or non-finite"
             raise DataError(
-                f"pairs file {path}: {len(null_rows)} row(s) have null ground truth in {cols} "
-                f"(rows {_rows(null_rows)})",
+                f"pairs file {path}: {len(bad_rows)} row(s) have {kind} ground truth: "
+                + "; ".join(parts),
                 hint="fix the file, or set irl.null_scores=drop to drop those rows",
             )
-        df = df.drop(index=null_rows)
-        dropped = len(null_rows)
+        df = df.drop(index=bad_rows)
+        dropped = len(bad_rows)
     for side in SIDES:
         if f"{side}_toxic" in df:
             df[f"{side}_toxic"] = df[f"{side}_toxic"].astype(bool)
         for c in [c for c in df.columns if c.startswith(f"{side}_sub_")]:
-            df[c] = _as_float(df[c], c, path)
+            df[c] = _as_float(df[c], c, path, unit)
     return df, dropped
 
 
 def assign_splits(
     df: pd.DataFrame, path: Path, test_fraction: float, val_fraction: float, seed: int
-) -> pd.DataFrame:
-    """Resolve `split` to train/val/test. Splits are by prompt, so no prompt is in two splits:
-    a file's own split column wins; missing test and val parts are carved out by prompt."""
+) -> tuple[pd.DataFrame, dict]:
+    """Resolve `split` to train/val/test: a file's own split column wins; a missing test or
+    val part is carved out of train (module docstring: by prompt where possible, else by
+    pair). Returns the frame and how each part was made (`PairSet.split_rule`)."""
     rng = np.random.default_rng(seed)
+    rule: dict[str, dict] = {}
     if "split" in df:
         split = df["split"].map(lambda s: {"validation": "val"}.get(s, s))
         bad = sorted({str(s) for s in split.unique() if s not in SPLITS})
         if bad:
             raise DataError(f"pairs file {path}: unknown split value(s) {bad}",
                             hint="use train, val or test")
+        df = df.assign(split=split.values)
+        if not (df["split"] == "train").any():
+            raise DataError(f"pairs file {path} has no training pairs",
+                            hint="mark some rows split=train, or drop the split column")
     else:
-        split = _by_prompt(df["prompt"], test_fraction, rng, "test", "train")
-    df = df.assign(split=split.values)
-    if not (df["split"] == "train").any():
-        raise DataError(f"pairs file {path} has no training pairs",
-                        hint="mark some rows split=train, or drop the split column")
+        df = df.assign(split="train")
     for part, fraction in (("test", test_fraction), ("val", val_fraction)):
-        if not (df["split"] == part).any():   # carve the missing part out of train, by prompt
-            train = df["split"] == "train"
-            df.loc[train, "split"] = _by_prompt(df.loc[train, "prompt"], fraction, rng, part, "train").values
-    counts = df["split"].value_counts()
-    if any(counts.get(p, 0) == 0 for p in SPLITS):
+        if (df["split"] == part).any():
+            rule[part] = {"rule": "file", "reason": "given by the file's split column"}
+            continue
+        train = (df["split"] == "train").to_numpy()
+        held, rule[part] = _carve(df.loc[train, "prompt"].tolist(), fraction, rng, part)
+        df.loc[df.index[train][held], "split"] = part
+    counts = {p: int((df["split"] == p).sum()) for p in SPLITS}
+    if any(n == 0 for n in counts.values()):
         raise DataError(
-            f"pairs file {path}: cannot form train, val and test splits "
-            f"({dict(counts)}); splits are by prompt and there are only "
-            f"{df['prompt'].nunique()} distinct prompt(s)",
-            hint="give the pairs more distinct prompts, or a split column with train, val and test rows")
-    return df
+            f"pairs file {path}: cannot form train, val and test splits from {len(df)} "
+            f"pair(s) ({counts})",
+            hint="give more pairs, or a split column with train, val and test rows")
+    log.info("pairs: %s", "; ".join(
+        f"{part} {'from the split column' if r['rule'] == 'file' else 'carved ' + r['reason']}"
+        for part, r in rule.items()))
+    return df, rule
 
 
-def _by_prompt(prompts: pd.Series, fraction: float, rng, held: str, rest: str) -> pd.Series:
-    unique = np.array(sorted(set(prompts.tolist())), dtype=object)
-    rng.shuffle(unique)
-    n_held = int(round(fraction * len(unique)))
-    if len(unique) > 1:
-        n_held = min(max(n_held, 1), len(unique) - 1)
-    held_set = set(unique[:n_held].tolist())
-    return prompts.map(lambda p: held if p in held_set else rest)
+def _carve(prompts: list[str], fraction: float, rng, part: str) -> tuple[np.ndarray, dict]:
+    """Which of these train rows to hold out as `part` (a boolean mask), and the rule used.
+
+    By prompt, a pair without a prompt being its own group, when there are at least
+    1/fraction groups: the held part is then at least one whole group without rounding up.
+    Otherwise by pair: holding out one of two prompts would take half the data, not the
+    fraction, and a single prompt cannot be split at all."""
+    n = len(prompts)
+    given = sorted({p for p in prompts if p})
+    bare = [i for i, p in enumerate(prompts) if not p]
+    n_groups = len(given) + len(bare)
+    if given and fraction * n_groups >= 1 - 1e-9:
+        order = rng.permutation(n_groups)
+        n_held = min(int(round(fraction * n_groups)), n_groups - 1)
+        chosen = order[:n_held]
+        held_prompts = {given[g] for g in chosen if g < len(given)}
+        held_bare = {bare[g - len(given)] for g in chosen if g >= len(given)}
+        held = np.array([p in held_prompts if p else i in held_bare
+                         for i, p in enumerate(prompts)], dtype=bool)
+        reason = f"by prompt ({n_held} of {n_groups} prompts" + (
+            f"; {len(bare)} pairs without a prompt count as one each)" if bare else ")")
+        return held, {"rule": "prompt", "reason": reason}
+    if not given:
+        why = "the pairs have no prompt"
+    else:
+        why = (f"only {len(given)} distinct prompt(s) among {n} pairs, fewer than "
+               f"1/fraction = {1 / fraction:g} needed to carve {part} by prompt")
+    order = rng.permutation(n)
+    n_held = min(max(int(round(fraction * n)), 1), n - 1) if n > 1 else 0
+    held = np.zeros(n, dtype=bool)
+    held[order[:n_held]] = True
+    return held, {"rule": "pair", "reason": f"by pair ({n_held} of {n} pairs): {why}"}
 
 
-def _rows(idx: list[int], limit: int = 8) -> str:
+def _plain(v):
+    """A numpy scalar as the Python value it holds, so messages show `1`, not `np.int64(1)`."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _rows(idx: list, unit: str = "row", limit: int = 8) -> str:
+    """'line 4' / 'lines 4, 9, ...' from record labels (the frame's index: see read_table)."""
+    idx = [_plain(i) for i in idx]
     shown = ", ".join(str(i) for i in idx[:limit])
-    return shown + (f", ... ({len(idx)} in all)" if len(idx) > limit else "")
+    more = f", ... ({len(idx)} in all)" if len(idx) > limit else ""
+    return f"{unit}{'s' if len(idx) > 1 else ''} {shown}{more}"

@@ -1,4 +1,9 @@
-"""report.md and the PNG plots of `fairl evaluate`, rendered from metrics.json alone."""
+"""report.md and the PNG plots of `fairl evaluate`, rendered from metrics.json alone.
+
+Every metric named by a warning in metrics.json (too little or degenerate data) is listed in
+the report's Warnings section, placed before the tables, and marked with a dagger where it
+appears, so a number that the data cannot support is never read without its caveat.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,23 @@ METHOD_LABELS = {
     "fa-mm-margin": "MM Failure-Aware IRL (IRL Margin Failures)",
     "fa-me-margin": "ME Failure-Aware IRL (IRL Margin Failures)",
 }
+
+
+DAGGER = "†"
+
+
+def _warned(metrics: dict, key: str, method: Optional[str] = None) -> bool:
+    """Whether a warning names metric `key` (for `method`'s models, if it names models)."""
+    for w in metrics.get("warnings", []):
+        if key in w["metrics"] or "*" in w["metrics"]:
+            if method is None or "models" not in w or any(
+                    m.rsplit("/seed-", 1)[0] == method for m in w["models"]):
+                return True
+    return False
+
+
+def _mark(text: str, flagged: bool) -> str:
+    return f"{text} {DAGGER}" if flagged else text
 
 
 def _pm(mean: Optional[float], std: Optional[float], digits: int = 3) -> str:
@@ -35,7 +57,8 @@ def _metric_table(metrics: dict, split: str, keys: list[tuple[str, str]]) -> Opt
         if all(agg["mean"].get(f"{split}/{k}") is None for k, _ in keys):
             continue
         rows.append([METHOD_LABELS.get(m, m)] + [
-            _pm(agg["mean"].get(f"{split}/{k}"), agg["std"].get(f"{split}/{k}")) for k, _ in keys])
+            _mark(_pm(agg["mean"].get(f"{split}/{k}"), agg["std"].get(f"{split}/{k}")),
+                  _warned(metrics, f"{split}/{k}", m)) for k, _ in keys])
     return _table(["Method"] + [label for _, label in keys], rows) if rows else None
 
 
@@ -48,6 +71,18 @@ def render_report(metrics: dict, plots: list[str]) -> str:
            "Classification treats each reward as a toxic/non-toxic classifier of single outputs; "
            "its threshold is fitted for accuracy on the train outputs and then held fixed. "
            "**STARC is paper Eq. 4 (L1/L1)**; the other distances are named in their columns.", ""]
+    if metrics.get("warnings"):
+        out += ["## Warnings", "",
+                f"The data cannot support some numbers below; each is marked {DAGGER}.", ""]
+        for w in metrics["warnings"]:
+            which = "every metric" if "*" in w["metrics"] else ", ".join(w["metrics"])
+            models = ""
+            if w.get("models") and set(w["models"]) != set(metrics.get("models", {})):
+                models = f" ({', '.join(w['models'])})"
+            elif w.get("models"):
+                models = " (every model)"
+            out.append(f"- {which}{models}: {w['reason']}.")
+        out.append("")
 
     out += ["## Table 1: reward recovery on the test pairs", ""]
     t1 = _metric_table(metrics, "test", [("f1", "F1 ↑"), ("auc", "AUC ↑"), ("starc", "STARC (Eq. 4) ↓"),
@@ -71,7 +106,8 @@ def render_report(metrics: dict, plots: list[str]) -> str:
         rows = []
         for key, fs in metrics["failure_slice"].items():
             mean, std = fs["mean"], fs["std"]
-            rows.append([key, _pm(mean.get("n_pairs"), std.get("n_pairs"), 1)] + [
+            rows.append([_mark(key, _warned(metrics, f"failure_slice/{key}")),
+                         _pm(mean.get("n_pairs"), std.get("n_pairs"), 1)] + [
                 _pm(mean.get(f"{w}/{k}"), std.get(f"{w}/{k}"))
                 for k in ("pairwise_accuracy", "accuracy", "starc") for w in ("fa", "base")])
         out += [_table(["Comparison", "Pairs", "Pair acc FA", "Pair acc IRL", "Acc FA", "Acc IRL",
@@ -83,7 +119,9 @@ def render_report(metrics: dict, plots: list[str]) -> str:
         for key, dg in metrics["disagreement"].items():
             for split in ("train", "test", "heldout"):
                 if split in dg:
-                    rows.append([key, split] + [_pm(dg[split][c]["mean"], dg[split][c]["std"], 1)
+                    rows.append([key, _mark(split, any(_warned(metrics, f"{split}/{k}")
+                                                       for k in ("accuracy", "f1", "auc")))]
+                                + [_pm(dg[split][c]["mean"], dg[split][c]["std"], 1)
                                                 for c in ("both", "only_fa", "only_base", "neither")])
         out += [_table(["Comparison", "Split", "Both correct", "Only FA-IRL", "Only IRL", "Neither"], rows), ""]
         sub_rows = []
@@ -99,8 +137,9 @@ def render_report(metrics: dict, plots: list[str]) -> str:
     out += ["## Seed dispersion (Corollary 1, measured)", "",
             metrics["definitions"]["dispersion"] + "; lower means the method pins the reward down "
             "more tightly. The std columns of the tables above are the metrics' spread over seeds.", ""]
-    rows = [[METHOD_LABELS.get(m, m), str(a["dispersion"]["n_seeds"]),
-             _pm(a["dispersion"]["starc"], None), _pm(a["dispersion"]["starc_l2"], None)]
+    rows = [[METHOD_LABELS.get(m, m), str(a["dispersion"]["n_seeds"])]
+            + [_mark(_pm(a["dispersion"][k], None), _warned(metrics, f"dispersion/{k}", m))
+               for k in ("starc", "starc_l2")]
             for m, a in metrics["methods"].items()]
     out += [_table(["Method", "Seeds", "Mean pairwise STARC (Eq. 4)", "Mean pairwise STARC-L2"], rows), ""]
 
@@ -163,7 +202,7 @@ def plot_reward_vs_gt(df, test, scores: dict, path: Path) -> Optional[Path]:
         r = (r - r.mean()) / (r.std() + 1e-12)
         c = np.where(toxic, "#C44E52", "#4C72B0") if toxic is not None else "#4C72B0"
         ax.scatter(gt, r, s=6, alpha=0.5, c=c, linewidths=0)
-        rho = np.corrcoef(gt, r)[0, 1] if r.std() > 0 else float("nan")
+        rho = np.corrcoef(gt, r)[0, 1] if r.std() > 0 and gt.std() > 0 else float("nan")
         ax.set_title(f"{m} (seed {seed}), r = {rho:.2f}", fontsize=9)
         ax.set_xlabel("ground-truth score", fontsize=8)
         ax.set_ylabel("learned reward (standardised)", fontsize=8)

@@ -14,6 +14,13 @@ and on the optional held-out set), pairwise accuracy, and every reward distance 
 pipeline.evaluate.distances on the test outputs. Per comparison (an FA-IRL method against its
 standard-IRL baseline): the failure slice (test pairs the baseline gets wrong or nearly ties)
 and the disagreement tables (Tables 2 and 3). Per method: seed dispersion (Corollary 1).
+
+Tiny or degenerate data still gets every metric that is defined, but each affected metric
+carries a warning (metrics.json "warnings": which metrics, why, the sizes; report.md: a
+Warnings section and a dagger beside each affected number). See `data_warnings` for the
+minimum sizes and why. A metric that is undefined (a distance to a constant ground truth or
+from a constant reward) is null, with a warning, rather than a number: any number there
+would be rounding noise that reads like a result.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from pipeline.config import ExperimentConfig, to_dict
 from pipeline.data.jigsaw import load_heldout
 from pipeline.data.pairs import PairSet
 from pipeline.embed import Embedder
-from pipeline.errors import DataError, MissingArtifactError
+from pipeline.errors import ConfigError, DataError
 from pipeline.evaluate import classify, distances
 from pipeline.irl.reward import RewardModel
 from pipeline.irl.stage import embed_pairs, reward_dir
@@ -71,8 +78,10 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
     for fa, base in comparisons:
         for m in (fa, base):
             if m not in methods:
-                raise MissingArtifactError(f"evaluate.compare names {m!r}, which irl did not train",
-                                           hint=f"trained methods: {', '.join(methods)}")
+                raise ConfigError(f"evaluate.compare names {m!r}, which irl did not train",
+                                  hint=f"trained methods: {', '.join(methods)}; fix "
+                                       "evaluate.compare, or add the method to irl.methods "
+                                       "and re-run `fairl irl`")
     heldout = Path(world.resolve(ev.heldout, cfg, "heldout")) if ev.heldout is not None else None
     if heldout is not None:
         load_heldout(heldout)   # a missing or malformed file fails here, before any work
@@ -148,6 +157,11 @@ def _evaluate(run_, cfg, irl_dir: Path, irl_manifest: dict, summary: dict, compa
         notes.append("starc_val (per-prompt centering) skipped: every test output answers a "
                      "different prompt, so there is nothing to centre within a prompt")
 
+    warnings = data_warnings(pairs, train, test, heldout, irl_cfg["embed"]["text"],
+                             _distance_names(groups))
+    gt_constant = any(w.get("kind") == "constant_ground_truth" for w in warnings)
+    undefined: dict[tuple[str, str], list[str]] = {}   # (reason, distance) -> models
+
     # 3. Per-model metrics.
     per_model: dict[str, dict] = {}
     thresholds: dict[tuple[str, int], float] = {}
@@ -163,9 +177,13 @@ def _evaluate(run_, cfg, irl_dir: Path, irl_manifest: dict, summary: dict, compa
             flat.update(_prefixed("test", classify.classification_metrics(*_outputs(df, test, sc, "toxic"), c)))
             if heldout is not None:
                 flat.update(_prefixed("heldout", classify.classification_metrics(sc.heldout, heldout["toxic"], c)))
-        if pairs.has_scores:
+        if pairs.has_scores and gt_constant:   # undefined for every reward: data_warnings says why
+            flat.update({f"test/{k}": None for k in _distance_names(groups)})
+        elif pairs.has_scores:
             d = distances.all_distances(*_outputs(df, test, sc, "score"), groups=groups)
-            notes.extend(f"{method} seed {seed}: {n}" for n in d.pop("_notes", []))  # rare: constant rewards
+            for note in d.pop("_notes", []):   # a reward constant on the test outputs
+                name, _, why = note.partition(": ")
+                undefined.setdefault((why, name), []).append(f"{method}/seed-{seed}")
             flat.update(_prefixed("test", d))
         per_model[f"{method}/seed-{seed}"] = {"method": method, "seed": seed,
                                               "threshold": thresholds.get((method, seed)), **flat}
@@ -183,6 +201,12 @@ def _evaluate(run_, cfg, irl_dir: Path, irl_manifest: dict, summary: dict, compa
             lab = df[[f"chosen_sub_{st}", f"rejected_sub_{st}"]].to_numpy(float)
             if not (np.nan_to_num(lab) > 0.5).any():
                 notes.append(f"subtype {st!r}: no output carries it (score > 0.5), so its Table 3 rows are empty")
+    by_reason: dict[tuple[str, tuple], list[str]] = {}
+    for (why, name), models in sorted(undefined.items()):
+        by_reason.setdefault((why, tuple(models)), []).append(f"test/{name}")
+    warnings += [{"kind": "constant_reward", "metrics": names, "models": list(models),
+                  "reason": f"{why} (left null)", "sizes": {"test_outputs": int(2 * test.sum())}}
+                 for (why, models), names in by_reason.items()]
     methods = list(dict.fromkeys(m for m, _ in scores))
     seeds_of = {m: sorted(s for mm, s in scores if mm == m) for m in methods}
 
@@ -201,6 +225,12 @@ def _evaluate(run_, cfg, irl_dir: Path, irl_manifest: dict, summary: dict, compa
         common = sorted(set(seeds_of[fa]) & set(seeds_of[base]))
         key = f"{fa} vs {base}"
         slices[key] = _failure_slice(df, test, fa, base, common, scores, thresholds, groups, ev.near_tie, pairs)
+        n_slice = slices[key]["mean"].get("n_pairs")
+        if n_slice is not None and n_slice < MIN_PAIRS:
+            warnings.append({"kind": "small_slice", "metrics": [f"failure_slice/{key}"],
+                             "reason": f"the failure slice holds {n_slice:g} test pairs on "
+                                       f"average over seeds (minimum {MIN_PAIRS})",
+                             "sizes": {"slice_pairs_mean": n_slice, "minimum": MIN_PAIRS}})
         if pairs.has_labels:
             disagreement[key] = _disagreement(df, train, test, fa, base, common, scores, thresholds,
                                               heldout, pairs.subtypes)
@@ -213,6 +243,8 @@ def _evaluate(run_, cfg, irl_dir: Path, irl_manifest: dict, summary: dict, compa
                  "n_train": int(train.sum()), "n_val": int((df["split"] == "val").sum()),
                  "n_test": int(test.sum()), "has_scores": pairs.has_scores,
                  "has_labels": pairs.has_labels, "subtypes": pairs.subtypes,
+                 **({"split": summary["pairs"]["split"]} if "split" in summary.get("pairs", {})
+                    else {}),
                  "heldout": None if heldout is None else {"path": str(heldout_path), "n": len(heldout),
                                                           "toxic_rate": float(heldout["toxic"].mean())}},
         "definitions": {**DISTANCE_NAMES,
@@ -222,11 +254,15 @@ def _evaluate(run_, cfg, irl_dir: Path, irl_manifest: dict, summary: dict, compa
                         "failure_slice": f"test pairs with baseline Delta <= {ev.near_tie} x std of "
                                          "the baseline's test rewards (misclassified or near-tie)",
                         "dispersion": "mean pairwise distance between the rewards of different "
-                                      "seeds on the test outputs"},
+                                      "seeds on the test outputs",
+                        "warnings": f"metrics computed on fewer than {MIN_PAIRS} pairs, "
+                                    f"{MIN_PER_CLASS} outputs of each class or {MIN_OUTPUTS} "
+                                    "outputs, or on degenerate data, each with the reason"},
         "models": per_model,
         "methods": by_method,
         "failure_slice": slices,
         "disagreement": disagreement,
+        "warnings": warnings,
         "notes": sorted(set(notes)),
     }
     write_json(run_.path("metrics.json"), metrics)
@@ -240,6 +276,87 @@ def _evaluate(run_, cfg, irl_dir: Path, irl_manifest: dict, summary: dict, compa
                 plots.append(plot_reward_vs_gt(df, test, scores, run_.path("reward_vs_gt.png")))
     write_text(run_.path("report.md"), render_report(metrics, [p.name for p in plots if p]))
     log.info("evaluate: report at %s", run_.final_dir / "report.md")
+
+
+# ----------------------------------------------------------------------- degenerate data
+# Minimum sizes below which a metric is still reported but carries a warning. One item moves
+# a proportion over n items by 1/n; at n = 10 that is 0.1, already the size of the differences
+# between methods that the tables are read for, so fewer is noise:
+MIN_PAIRS = 10       # test (or train) pairs, for pairwise accuracy and the failure slice
+MIN_PER_CLASS = 10   # toxic and non-toxic outputs each, for accuracy, F1 (rests on the toxic
+#                      ones) and AUC (a mean over toxic x non-toxic couples)
+# Distances compare the shape of two reward vectors over N outputs. On 2 outputs every centred
+# vector is +-(a, -a), so STARC is exactly 0 or 2 whatever was learned (the 1-test-pair run
+# reported 0.000); the sampling s.d. of a correlation, ~1/sqrt(N - 3), is still 0.25 at N = 20:
+MIN_OUTPUTS = 20     # test outputs, for every distance and the seed dispersion
+
+
+def _distance_names(groups) -> list[str]:
+    return ["starc", "affine_mse", "affine_mse_std", "starc_l2", "epic",
+            *(["starc_val"] if groups is not None else [])]
+
+
+def data_warnings(pairs: PairSet, train: np.ndarray, test: np.ndarray,
+                  heldout: Optional[pd.DataFrame], text_mode: str,
+                  dist_names: list[str]) -> list[dict]:
+    """A warning for each metric that the data cannot support: too few pairs or outputs for
+    it (the minimums above), pairs whose two texts are identical, a ground truth constant on
+    the test outputs. Each is {"kind", "metrics" (keys as in `models`/`methods`, "*" for all),
+    "reason", "sizes"}."""
+    df = pairs.df
+    out: list[dict] = []
+
+    def warn(kind: str, metrics: list[str], reason: str, **sizes) -> None:
+        out.append({"kind": kind, "metrics": metrics, "reason": reason,
+                    "sizes": {k: int(v) for k, v in sizes.items()}})
+
+    same = np.array([a == b for a, b in zip(pairs.texts("chosen", text_mode),
+                                            pairs.texts("rejected", text_mode))], dtype=bool)
+    if train.any() and same[train].all():
+        warn("identical_pairs", ["*"], "every training pair has identical chosen and rejected "
+             "texts: the pairwise losses are constant, so no reward learned a preference (the "
+             "standard-IRL ones stay at their random initialisation) and no metric here "
+             "measures one", train_pairs=train.sum())
+    for split, mask in (("train", train), ("test", test)):
+        n, k = int(mask.sum()), int((same & mask).sum())
+        if n < MIN_PAIRS:
+            warn("few_pairs", [f"{split}/pairwise_accuracy"],
+                 f"only {n} {split} pair(s) (minimum {MIN_PAIRS}): one pair moves it by "
+                 f"{1 / max(n, 1):.2f}", pairs=n, minimum=MIN_PAIRS)
+        if k:
+            warn("identical_pairs", [f"{split}/pairwise_accuracy"],
+                 f"{k} of {n} {split} pairs have identical chosen and rejected texts: every "
+                 "reward ties on them, and a tie counts as wrong", identical=k, pairs=n)
+    classes = []
+    if pairs.has_labels:
+        for split, mask in (("train", train), ("test", test)):
+            y = np.concatenate([df["chosen_toxic"].to_numpy(bool)[mask],
+                                df["rejected_toxic"].to_numpy(bool)[mask]])
+            classes.append((split, y))
+    if heldout is not None and pairs.has_labels:
+        classes.append(("heldout", heldout["toxic"].to_numpy(bool)))
+    for split, y in classes:
+        pos, neg = int(y.sum()), int((~y).sum())
+        if min(pos, neg) < MIN_PER_CLASS:
+            warn("few_per_class", [f"{split}/{k}" for k in ("accuracy", "f1", "auc")],
+                 f"{pos} toxic and {neg} non-toxic {split} outputs (minimum {MIN_PER_CLASS} of "
+                 "each)", toxic=pos, non_toxic=neg, minimum=MIN_PER_CLASS)
+    n_out = int(2 * test.sum())
+    if n_out < MIN_OUTPUTS:
+        warn("few_outputs", [f"test/{k}" for k in dist_names if pairs.has_scores]
+             + ["dispersion/starc", "dispersion/starc_l2"],
+             f"only {n_out} test outputs (minimum {MIN_OUTPUTS}): on 2 outputs every distance "
+             "is 0 or its maximum whatever the rewards", test_outputs=n_out,
+             minimum=MIN_OUTPUTS)
+    if pairs.has_scores and test.any():
+        gt = np.concatenate([df["chosen_score"].to_numpy(float)[test],
+                             df["rejected_score"].to_numpy(float)[test]])
+        if np.ptp(gt) <= 1e-12 * max(1.0, float(np.abs(gt).max())):
+            warn("constant_ground_truth", [f"test/{k}" for k in dist_names],
+                 f"the ground-truth score is {float(gt[0]):g} on every test output: a distance "
+                 "to a constant reward is undefined, so these are left null",
+                 test_outputs=n_out)
+    return out
 
 
 def _groups(df: pd.DataFrame, mask: np.ndarray) -> Optional[np.ndarray]:
