@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.artifacts import atomic_path, write_json
-from pipeline.errors import FairlError
+from pipeline.errors import FairlError, MissingArtifactError
 from pipeline.irl.heads import RewardHead, make_head
 
 FORMAT = "fairl-reward"
@@ -87,20 +87,31 @@ class RewardModel:
 
     @classmethod
     def load(cls, path: Path) -> "RewardModel":
+        """Load a reward directory, validated: a damaged one would otherwise crash deep inside
+        torch or, worse (NaN or foreign weights), score every text silently wrong. Whatever is
+        wrong on disk is a MissingArtifactError naming the file."""
         path = Path(path)
         meta_path, weights = path / "reward.json", path / "reward.safetensors"
-        if not meta_path.is_file() or not weights.is_file():
-            raise FairlError(f"{path} is not a fairl reward directory",
-                             hint="expected reward.json and reward.safetensors inside it")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise FairlError(f"{path}: unsupported reward format {meta.get('format')} "
-                             f"v{meta.get('version')}")
+        missing = [p.name for p in (meta_path, weights) if not p.is_file()]
+        if missing:
+            raise MissingArtifactError(
+                f"{path} is not a fairl reward directory (no {' or '.join(missing)})",
+                hint=f"expected reward.json and reward.safetensors inside it; {_REWRITE}")
+        meta = _read_meta(meta_path)
         head = make_head(meta["head"], meta["in_dim"], meta.get("hidden", 0))
-        tensors = load_file(str(weights))
+        try:
+            tensors = load_file(str(weights))
+        except Exception as e:  # SafetensorError (truncated, not safetensors) or OSError
+            raise _damaged(weights, f"cannot be read ({type(e).__name__}: {e})") from None
         base = {k.removeprefix("base."): v for k, v in tensors.items() if k.startswith("base.")}
         failure = {k.removeprefix("failure."): v for k, v in tensors.items()
                    if k.startswith("failure.")} or None
+        stray = sorted(k for k in tensors if not k.startswith(("base.", "failure.")))
+        if stray:
+            raise _damaged(weights, f"holds tensors {stray} that are neither base.* nor failure.*")
+        _check_params(weights, head, "base", base)
+        if failure is not None:
+            _check_params(weights, head, "failure", failure)
         drop = ("format", "version", "head", "in_dim", "hidden", "activation")
         return cls(head, base, failure, {k: v for k, v in meta.items() if k not in drop})
 
@@ -174,6 +185,65 @@ scores = reward.encode(texts)[:, 0]   # one reward per text, higher is better
 Input text: the {text}. The last Dense layers are the reward head (base and failure paths folded
 into one). The canonical artifact, with the paths kept apart, is ../reward.safetensors.
 """
+
+
+_REWRITE = "if `fairl irl` wrote it, re-run `fairl irl --force` with the same config to rewrite it"
+
+
+def _damaged(file: Path, what: str) -> MissingArtifactError:
+    return MissingArtifactError(f"reward file {file} {what}", hint=_REWRITE)
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _read_meta(meta_path: Path) -> dict:
+    """reward.json, checked for everything `load` and the scorer read from it."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:   # ValueError: bad JSON or bytes that are not UTF-8
+        raise _damaged(meta_path, f"is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise _damaged(meta_path, f"holds a JSON {type(meta).__name__}, not an object")
+    required = ["format", "version", "head", "in_dim", "encoder"]
+    if meta.get("head") == "mlp":
+        required.append("hidden")
+    absent = [k for k in required if k not in meta]
+    if absent:
+        raise _damaged(meta_path, f"lacks the key(s) {', '.join(absent)}")
+    if meta["format"] != FORMAT or meta["version"] != VERSION or isinstance(meta["version"], bool):
+        raise _damaged(meta_path, f"has format {meta['format']!r} version {meta['version']!r}; "
+                                  f"this fairl reads {FORMAT!r} version {VERSION}")
+    if meta["head"] not in ("linear", "mlp"):
+        raise _damaged(meta_path, f"names head {meta['head']!r}; expected 'linear' or 'mlp'")
+    for key in [k for k in ("in_dim", "hidden") if k in required]:
+        if not _positive_int(meta[key]):
+            raise _damaged(meta_path, f"has {key} {meta[key]!r}; expected a positive integer")
+    enc = meta["encoder"]
+    if not isinstance(enc, dict) or not isinstance(enc.get("name"), str):
+        raise _damaged(meta_path, f"has encoder {enc!r}; expected {{\"name\": ..., "
+                                  "\"fingerprint\": ...}")
+    if meta.get("text", "completion") not in ("completion", "prompt+completion"):
+        raise _damaged(meta_path, f"has text {meta['text']!r}; expected 'completion' or "
+                                  "'prompt+completion'")
+    return meta
+
+
+def _check_params(file: Path, head: RewardHead, prefix: str, params: dict) -> None:
+    """`params` are exactly the parameters of `head` (names, shapes, float32) and finite."""
+    # Parameter names do not depend on the sizes: ask a 1 x 1 head of the same kind.
+    names = sorted(make_head(head.kind, 1, 1).init(torch.Generator()))
+    if sorted(params) != names:
+        raise _damaged(file, f"holds {prefix}.* tensors {sorted(params)}; a {head.kind} head "
+                             f"has {names}")
+    for name in names:
+        t, want = params[name], head.shape(name)
+        if tuple(t.shape) != want or t.dtype != torch.float32:
+            raise _damaged(file, f"holds {prefix}.{name} as {t.dtype} {list(t.shape)}; "
+                                 f"reward.json's head expects float32 {list(want)}")
+        if not torch.isfinite(t).all():
+            raise _damaged(file, f"holds non-finite values (NaN or inf) in {prefix}.{name}")
 
 
 def load_reward(path: Path) -> RewardModel:
