@@ -6,6 +6,12 @@ read only published directories whose manifest says `complete`, so a killed run 
 a half-written artifact that anything reads. Re-running a published stage whose fingerprint
 (resolved config + input hashes) is unchanged is a no-op; `--force` or a changed fingerprint
 redoes it.
+
+The manifest lists every published file with its size and sha256, and a published stage is
+trusted only while its files still match (`verify_stage`): a stale or damaged output is redone,
+never silently reused. Publication only ever replaces a directory that fairl published for the
+same stage; anything else at `runs/<name>/<stage>` (a user's directory, a symbolic link) is
+refused before any work is done.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -31,6 +38,10 @@ from pipeline.errors import FairlError, MissingArtifactError
 
 class StageBusy(FairlError):
     """Another process holds this stage's lock."""
+
+
+class ForeignDirectory(FairlError):
+    """`runs/<name>/<stage>` exists but is not an output fairl published for that stage."""
 
 MANIFEST = "manifest.json"
 _UMASK = os.umask(0)
@@ -50,9 +61,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; published files follow the umask
     try:
         yield tmp_path
+        # mkstemp makes 0600 and writers such as safetensors keep or recreate that mode, so the
+        # mode is set after the block: published files follow the umask, like any other file.
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -86,6 +99,51 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def file_table(root: Path) -> dict[str, dict]:
+    """{relative path: {"size", "sha256"}} of every file under `root` but its own manifest.
+
+    Hard links of one file are hashed once: an irl run publishes ~30 sentence-transformers
+    exports whose encoder weights (88 MB each) are links of one inode."""
+    root = Path(root)
+    digests: dict[tuple[int, int], str] = {}
+    out: dict[str, dict] = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if rel == MANIFEST or not p.is_file():
+            continue
+        st = p.stat()
+        key = (st.st_dev, st.st_ino)
+        if key not in digests:
+            digests[key] = sha256_file(p)
+        out[rel] = {"size": st.st_size, "sha256": digests[key]}
+    return out
+
+
+def follow_umask(root: Path) -> None:
+    """Give every file and directory under `root` the mode the umask grants a new one.
+
+    safetensors (rewards, sentence-transformers exports, `save_pretrained` models) creates its
+    files 0600, so without this colleagues on a shared machine could not read published
+    outputs. A file hard-linked from outside `root` (fewer of its links found inside than it
+    has) is left alone: its mode is not fairl's to change."""
+    inodes: dict[tuple[int, int], list] = {}
+    for p in [Path(root), *Path(root).rglob("*")]:
+        st = p.lstat()
+        if stat.S_ISDIR(st.st_mode):
+            _chmod_permissions(p, st, 0o777 & ~_UMASK)
+        elif stat.S_ISREG(st.st_mode):
+            inodes.setdefault((st.st_dev, st.st_ino), [p, st, 0])[2] += 1
+    for p, st, links in inodes.values():
+        if links == st.st_nlink:
+            _chmod_permissions(p, st, (0o777 if st.st_mode & 0o111 else 0o666) & ~_UMASK)
+
+
+def _chmod_permissions(path: Path, st: os.stat_result, want: int) -> None:
+    """Set the rwx bits only (setgid / sticky bits of shared directories are kept)."""
+    if st.st_mode & 0o777 != want:
+        os.chmod(path, (stat.S_IMODE(st.st_mode) & ~0o777) | want)
 
 
 def sha256_json(obj: Any) -> str:
@@ -146,24 +204,122 @@ def git_commit() -> Optional[str]:
 
 # ------------------------------------------------------------------------------ stages
 def read_manifest(stage_dir: Path) -> Optional[dict]:
+    """The parsed manifest, or None when it is missing or corrupt (see `_load_manifest`)."""
+    return _load_manifest(stage_dir)[0]
+
+
+def _load_manifest(stage_dir: Path) -> tuple[Optional[dict], Optional[str]]:
+    """(manifest, None), or (None, why): "missing" or a description of the corruption."""
     m = Path(stage_dir) / MANIFEST
     if not m.is_file():
-        return None
+        return None, "missing"
     try:
-        return json.loads(m.read_text())
-    except json.JSONDecodeError:
-        return None
+        manifest = json.loads(m.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return None, f"not valid JSON: {e}"
+    if not isinstance(manifest, dict):
+        return None, f"a JSON {type(manifest).__name__}, not an object"
+    return manifest, None
+
+
+def _complete(manifest: Optional[dict], stage: str) -> bool:
+    return bool(manifest and manifest.get("stage") == stage
+                and manifest.get("status") == "complete")
+
+
+def _files_problem(stage_dir: Path, manifest: dict) -> Optional[str]:
+    """Why the files of a published stage do not match its manifest, or None if they all do.
+    Hard links of one file are hashed once (see `file_table`)."""
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return ("its manifest lists no file checksums (published by an older fairl), "
+                "so it cannot be verified")
+    digests: dict[tuple[int, int], str] = {}
+    for rel, want in sorted(files.items()):
+        path = Path(stage_dir) / rel
+        if not isinstance(want, dict):
+            return f"the manifest's entry for {rel} is malformed"
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return f"{path} is missing"
+        if not stat.S_ISREG(st.st_mode):
+            return f"{path} is not a regular file"
+        if st.st_size != want.get("size"):
+            return f"{path} has {st.st_size} bytes, its manifest says {want.get('size')}"
+        key = (st.st_dev, st.st_ino)
+        if key not in digests:
+            digests[key] = sha256_file(path)
+        if digests[key] != want.get("sha256"):
+            return f"{path} has changed since it was published (sha256 differs)"
+    return None
+
+
+def verify_stage(stage_dir: Path, stage: str, command: str) -> dict:
+    """The manifest of a published stage whose files all still match it; otherwise a
+    `MissingArtifactError` naming what is missing, corrupt or changed and the command to run.
+    A later stage must not build on an output that changed after it was published."""
+    stage_dir = Path(stage_dir)
+    manifest, why = _load_manifest(stage_dir)
+    redo = f"re-run `fairl {command} --force` with the same config (run.name, run.root)"
+    move = (f"move {stage_dir} away (fairl replaces only what it published), then run "
+            f"`fairl {command}` with the same config (run.name, run.root)")
+    if why == "missing":
+        raise MissingArtifactError(
+            f"{stage} output not found at {stage_dir}",
+            hint=f"run `fairl {command}` with the same config (run.name, run.root) first")
+    if manifest is None:
+        raise MissingArtifactError(
+            f"the {stage} manifest {stage_dir / MANIFEST} is corrupt ({why})", hint=move)
+    if manifest.get("stage") != stage:
+        raise MissingArtifactError(
+            f"{stage_dir} is not a fairl {stage} output (its manifest is for stage "
+            f"{manifest.get('stage')!r})", hint=move)
+    if manifest.get("status") != "complete":
+        raise MissingArtifactError(f"the {stage} output at {stage_dir} is not complete",
+                                   hint=redo)
+    problem = _files_problem(stage_dir, manifest)
+    if problem:
+        raise MissingArtifactError(f"the {stage} output at {stage_dir} does not verify: {problem}",
+                                   hint=redo)
+    return manifest
 
 
 def require_stage(stage_dir: Path, stage: str, command: str) -> dict:
-    """The manifest of a published stage, or a clear error saying which command to run."""
-    manifest = read_manifest(stage_dir)
-    if manifest is None or manifest.get("status") != "complete":
-        raise MissingArtifactError(
-            f"{stage} output not found at {stage_dir}",
-            hint=f"run `fairl {command}` with the same config (run.name, run.root) first",
-        )
-    return manifest
+    """The manifest of a published, verified stage, or a clear error saying which command to
+    run (`verify_stage`)."""
+    return verify_stage(stage_dir, stage, command)
+
+
+def os_error(e: OSError) -> FairlError:
+    """An operating-system error (disk full, read-only or missing directory, a file where a
+    directory should be) as a `FairlError` naming the path, with a hint by errno. These are
+    problems of the machine, not bugs, so the CLI reports them without a traceback."""
+    import errno
+
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    what = e.strerror or str(e) or type(e).__name__
+    hints = {
+        errno.ENOSPC: "the disk is full: free space, or point run.root (and FAIRL_CACHE, the "
+                      "cache directory) at a disk with room",
+        errno.EDQUOT: "the disk quota is exhausted: free space, or point run.root (and "
+                      "FAIRL_CACHE) elsewhere",
+        errno.EACCES: "fairl cannot write or read there: choose a writable run.root "
+                      "(--set run.root=DIR) or FAIRL_CACHE, or fix the permissions",
+        errno.EPERM: "the operation is not permitted there: choose a writable run.root "
+                     "(--set run.root=DIR) or FAIRL_CACHE",
+        errno.EROFS: "that file system is read-only: choose a writable run.root "
+                     "(--set run.root=DIR) or FAIRL_CACHE",
+        errno.ENOTDIR: "a component of the path is a file where fairl needs a directory: check "
+                       "run.root, run.name, FAIRL_CACHE and the paths in the config",
+        errno.EEXIST: "a file is in the way where fairl needs a directory: check run.root, "
+                      "run.name, FAIRL_CACHE and the paths in the config",
+        errno.EISDIR: "a directory is where fairl expects a file: check the paths in the config",
+        errno.ENOENT: "check that the path exists",
+    }
+    hint = hints.get(e.errno, "check the path, the disk and the permissions, then run again")
+    return FairlError(f"{what}: {paths}" if paths else what,
+                      hint=hint + "; published outputs are left as they were")
 
 
 @dataclass
@@ -216,26 +372,27 @@ def stage_run(
     """Run a stage into a private work directory and publish it atomically on success.
 
     Yields a `StageRun`; raises `StageSkipped` (before yielding) when the published output
-    already has this fingerprint. A `resumable` stage keeps the work directory of an
-    interrupted run with the same fingerprint (`run.resumed`) so it can pick up where it stopped;
-    other stages start afresh (their expensive inputs are cached elsewhere). On any exception,
-    including Ctrl-C, nothing is published and the previous published output, if any, is left
-    untouched. A lock file keeps two processes from running the same stage of one run at once.
+    already has this fingerprint and its files still match its manifest. A `resumable` stage
+    keeps the work directory of an interrupted run with the same fingerprint (`run.resumed`) so
+    it can pick up where it stopped, unless `force`; other stages start afresh (their expensive
+    inputs are cached elsewhere). On any exception, including Ctrl-C, nothing is published and
+    the previous published output, if any, is left untouched. A lock file keeps two processes
+    from running the same stage of one run at once; under it, a publication that a kill cut
+    short is completed or undone first (`_recover`). A `<stage>` directory that fairl did not
+    publish, or a symbolic link there, is refused before any work (`_check_replaceable`).
     """
     run_dir = Path(run_dir)
     final_dir = run_dir / stage
     input_hashes = hash_inputs(inputs)
     fingerprint = sha256_json({"stage": stage, "config": config, "inputs": input_hashes})
-    old = read_manifest(final_dir)
-    if not force and old and old.get("status") == "complete" and old.get("fingerprint") == fingerprint:
-        log(f"[{stage}] already done with this config and inputs: {final_dir} (use --force to redo)")
-        raise StageSkipped(stage)
-    if old and old.get("fingerprint") != fingerprint and old.get("status") == "complete":
-        log(f"[{stage}] config or inputs changed since the published run: redoing it")
 
     if distributed_rank() > 0:
         # Another rank of a data-parallel launch: compute alongside rank 0, write nothing.
-        yield _secondary_rank_run(stage, run_dir, final_dir, fingerprint, config, seed)
+        # It reads the same files as rank 0, so it takes the same decision to skip or redo.
+        before = read_manifest(final_dir)
+        if _up_to_date(stage, final_dir, fingerprint, force, log):
+            raise StageSkipped(stage)
+        yield _secondary_rank_run(stage, run_dir, final_dir, fingerprint, config, seed, before)
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = open(run_dir / f".{stage}.lock", "w")
@@ -246,8 +403,12 @@ def stage_run(
         raise StageBusy(f"another fairl process is running {stage} in {run_dir}",
                         hint="wait for it to finish, or use another run.name") from None
     try:
+        _recover(stage, run_dir, final_dir, log)
+        if _up_to_date(stage, final_dir, fingerprint, force, log):
+            raise StageSkipped(stage)
+        _check_replaceable(stage, final_dir)
         yield from _stage_run_locked(stage, run_dir, final_dir, fingerprint, config, inputs,
-                                     input_hashes, seed, log, resumable)
+                                     input_hashes, seed, log, resumable, force)
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
@@ -300,14 +461,37 @@ def rank_barrier_group():
     return _RANK_BARRIER_GROUP
 
 
-def _secondary_rank_run(stage, run_dir, final_dir, fingerprint, config, seed) -> "StageRun":
+def _up_to_date(stage: str, final_dir: Path, fingerprint: str, force: bool, log) -> bool:
+    """Whether the published output can stand: same fingerprint, not forced, and every file
+    still matches the manifest. Says why it is redone when it is not."""
+    old = read_manifest(final_dir)
+    if not _complete(old, stage):
+        return False
+    if old.get("fingerprint") != fingerprint:
+        log(f"[{stage}] config or inputs changed since the published run: redoing it")
+        return False
+    if force:
+        return False
+    problem = _files_problem(final_dir, old)
+    if problem:
+        log(f"[{stage}] the published output does not verify ({problem}): redoing it")
+        return False
+    log(f"[{stage}] already done with this config and inputs: {final_dir} (use --force to redo)")
+    return True
+
+
+def _secondary_rank_run(stage, run_dir, final_dir, fingerprint, config, seed,
+                        before: Optional[dict]) -> "StageRun":
     """Wait until rank 0 has prepared the work directory for this very config (so checkpoints
-    to resume from are visible to every rank), then share it read-only."""
+    to resume from are visible to every rank), then share it read-only. `before` is the
+    manifest this rank judged stale or forced: only a different one, published meanwhile by
+    rank 0, means rank 0 finished without this rank."""
     work_dir = run_dir / f".{stage}.partial"
     stamp = work_dir / ".fingerprint"
     while not (stamp.is_file() and stamp.read_text() == fingerprint):
         done = read_manifest(final_dir)
-        if done and done.get("status") == "complete" and done.get("fingerprint") == fingerprint:
+        if (done != before and _complete(done, stage) and done.get("fingerprint") == fingerprint
+                and _files_problem(final_dir, done) is None):
             raise StageSkipped(stage)   # rank 0 finished it without us (nothing left to train)
         time.sleep(0.5)
     return StageRun(stage=stage, final_dir=final_dir, work_dir=work_dir, fingerprint=fingerprint,
@@ -315,16 +499,20 @@ def _secondary_rank_run(stage, run_dir, final_dir, fingerprint, config, seed) ->
 
 
 def _stage_run_locked(stage, run_dir, final_dir, fingerprint, config, inputs, input_hashes, seed,
-                      log, resumable):
+                      log, resumable, force=False):
     # A partial directory left by a killed run with the same fingerprint is kept for resumable
-    # stages (sampled batches, RL checkpoints), so they pick up instead of restarting.
+    # stages (sampled batches, RL checkpoints), so they pick up instead of restarting; --force
+    # discards it, so a damaged checkpoint there can always be got rid of.
     work_dir = run_dir / f".{stage}.partial"
     stamp = work_dir / ".fingerprint"
-    resumed = (resumable and work_dir.exists() and stamp.is_file()
+    resumed = (resumable and not force and work_dir.is_dir() and stamp.is_file()
                and stamp.read_text() == fingerprint)
-    if work_dir.exists() and not resumed:
-        log(f"[{stage}] discarding the partial output of an interrupted or changed run")
-        shutil.rmtree(work_dir)
+    if (work_dir.exists() or work_dir.is_symlink()) and not resumed:
+        if force:
+            log(f"[{stage}] --force: discarding the partial output in {work_dir}")
+        else:
+            log(f"[{stage}] discarding the partial output of an interrupted or changed run")
+        _remove(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)
     if resumed:
@@ -351,23 +539,86 @@ def _stage_run_locked(stage, run_dir, final_dir, fingerprint, config, inputs, in
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(run.started)),
         "wall_time_s": round(time.time() - run.started, 3),
         "timings_s": run.timings,
-        "outputs": sorted(
-            str(p.relative_to(work_dir)) for p in work_dir.rglob("*") if p.is_file()
-        ),
         **run.extra,
+        "files": file_table(work_dir),   # what `verify_stage` checks before anything reuses it
     }
+    follow_umask(work_dir)
     write_json(work_dir / MANIFEST, manifest)
+    _check_replaceable(stage, final_dir)   # again: something may have appeared meanwhile
     publish(work_dir, final_dir)
 
 
+def _check_replaceable(stage: str, final_dir: Path) -> None:
+    """Refuse to replace anything at `final_dir` but a stage directory fairl published for
+    `stage` (a manifest naming that stage). Publication deletes the previous output, so a
+    user's directory there, or one whose manifest cannot be read, must never be taken for one.
+    A symbolic link is refused too: renaming the link away and back would not put the output
+    where the link points, and its target is not fairl's to delete."""
+    move = "move it away, or choose another run.name (or run.root)"
+    if final_dir.is_symlink():
+        raise ForeignDirectory(
+            f"{final_dir} is a symbolic link: fairl publishes a stage by renaming directories and "
+            "does not replace a link (or delete what it points to)",
+            hint="move the link away (its target is left as it is), or link the whole run "
+                 "directory (run.root / run.name) instead of a stage directory")
+    if not final_dir.exists():
+        return
+    if not final_dir.is_dir():
+        raise ForeignDirectory(f"{final_dir} is a file, not a fairl {stage} output: fairl will not "
+                      "replace it", hint=move)
+    manifest, why = _load_manifest(final_dir)
+    if manifest is None or manifest.get("stage") != stage:
+        reason = ("has no fairl manifest" if why == "missing"
+                  else f"its {MANIFEST} is corrupt ({why})" if manifest is None
+                  else f"its manifest is for stage {manifest.get('stage')!r}")
+        raise ForeignDirectory(f"{final_dir} exists and is not a fairl {stage} output ({reason}): "
+                      "fairl will not replace or delete it", hint=move)
+
+
+def _recover(stage: str, run_dir: Path, final_dir: Path, log) -> None:
+    """Finish or undo a publication that a kill cut between its two renames (`final` ->
+    `.old`, then `.partial` -> `final`), so that neither the new output nor the old one is
+    lost: a complete, verified new output is published; otherwise the old one is put back."""
+    if final_dir.exists() or final_dir.is_symlink():
+        return
+    work_dir = run_dir / f".{stage}.partial"
+    trash = run_dir / f".{stage}.old"
+    new = read_manifest(work_dir)
+    if (_complete(new, stage) and not (work_dir / ".fingerprint").exists()
+            and _files_problem(work_dir, new) is None):
+        log(f"[{stage}] completing the publication that an interrupted run left unfinished: "
+            f"{final_dir}")
+        os.replace(work_dir, final_dir)
+        _remove(trash)
+    elif _complete(read_manifest(trash), stage):
+        log(f"[{stage}] restoring the previous output that an interrupted publication left in "
+            f"{trash}")
+        os.replace(trash, final_dir)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, a symbolic link (never what it points to) or a directory tree."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
 def publish(work_dir: Path, final_dir: Path) -> None:
-    """Swap `work_dir` into place of `final_dir`. Readers require a manifest, so the window in
-    which neither exists only ever looks like 'not run yet', never like a partial result."""
+    """Swap `work_dir` into place of `final_dir` (the low-level swap; stages go through
+    `_check_replaceable` first). Readers require a manifest, so the window in which neither
+    exists only ever looks like 'not run yet', never like a partial result. If the second
+    rename fails, the previous `final_dir` is put back; a kill between the two renames is
+    repaired by the next run (`_recover`, or `policy.ppo.latest_checkpoint` for checkpoints)."""
     trash = final_dir.with_name(f".{final_dir.name}.old")
-    if trash.exists():
-        shutil.rmtree(trash)
-    if final_dir.exists():
+    _remove(trash)
+    moved = final_dir.exists() or final_dir.is_symlink()
+    if moved:
         os.replace(final_dir, trash)
-    os.replace(work_dir, final_dir)
-    if trash.exists():
-        shutil.rmtree(trash)
+    try:
+        os.replace(work_dir, final_dir)
+    except BaseException:
+        if moved and not (final_dir.exists() or final_dir.is_symlink()):
+            os.replace(trash, final_dir)
+        raise
+    _remove(trash)
