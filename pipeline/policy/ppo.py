@@ -32,10 +32,11 @@ from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
-from pipeline.artifacts import publish
+from pipeline.artifacts import sha256_file
 from pipeline.errors import ConfigError
 from pipeline.policy.models import position_ids, sample
 
@@ -301,7 +302,9 @@ class PPOTrainer:
     # --------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, path: Path) -> None:
         """Policy + value head, optimizer state and controller: safetensors and JSON, no pickle.
-        Written beside `path` and swapped in whole, so a kill mid-write keeps the previous one."""
+        `trainer_state.json`, written last, records each file's size and sha256, so that a
+        resume tells a damaged checkpoint from a good one. Written beside `path`, flushed to disk
+        and swapped in whole, so a kill (or a power cut) mid-write keeps the previous one."""
         if self.acc.is_main_process:
             latest_checkpoint(path)   # puts back a previous checkpoint a kill left mid-swap
             tmp = path.with_name(path.name + ".tmp")
@@ -310,23 +313,156 @@ class PPOTrainer:
             tmp.mkdir(parents=True)
             save_model(self.acc.unwrap_model(self.model), str(tmp / "model.safetensors"))
             save_optimizer(self.opt, tmp)
+            files = {name: {"size": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+                     for name in CHECKPOINT_FILES}
             (tmp / "trainer_state.json").write_text(json.dumps(
-                {"kl_coef": self.kl_ctl.value, "step": self.step_count}))
-            publish(tmp, path)
+                {"kl_coef": self.kl_ctl.value, "step": self.step_count, "files": files}))
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            _swap_in(tmp, path)
         self.acc.wait_for_everyone()
 
     def load_checkpoint(self, path: Path) -> None:
-        load_model(self.acc.unwrap_model(self.model), str(path / "model.safetensors"))
-        load_optimizer(self.opt, path)
-        state = json.loads((path / "trainer_state.json").read_text())
+        """Load the checkpoint at `path`. Everything is read and checked before anything is
+        changed: a damaged file raises `CheckpointUnreadable` and leaves the trainer as it was."""
+        self._apply(self._read(path))
+
+    def resume(self, path: Path) -> bool:
+        """Load the newest intact checkpoint: the one at `path`, else the previous one that a
+        kill mid-swap left beside it. An unreadable one is a leftover that would fail every
+        later resume too: it is named in a warning and removed. With none intact the run
+        restarts from step 0, saying so. Returns whether it resumed."""
+        state, found, bad = None, None, []
+        for candidate in (path, _previous(path)):
+            if not os.path.lexists(candidate):
+                continue
+            try:
+                state, found = self._read(candidate), candidate
+                break
+            except CheckpointUnreadable as e:
+                bad.append((candidate, e))
+        self.acc.wait_for_everyone()   # every rank has read before rank 0 moves anything
+        if self.acc.is_main_process:
+            for candidate, e in bad:
+                log.warning("%s; removing %s", e, candidate)
+                _remove(candidate)
+            if found is not None and found != path:
+                os.replace(found, path)
+            if bad and state is not None:
+                log.warning("resuming from the previous checkpoint, at step %d", state["step"])
+            elif bad:
+                log.warning("no intact checkpoint left in %s: restarting from step 0", path.parent)
+        if state is None:
+            return False
+        self._apply(state)
+        return True
+
+    def _read(self, path: Path) -> dict:
+        name = "trainer_state.json"
+        try:
+            state = json.loads((path / name).read_text())
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
+            step, kl_coef = state["step"], state["kl_coef"]
+            if (type(step) is not int or step < 0 or not isinstance(kl_coef, (int, float))
+                    or not math.isfinite(kl_coef)):
+                raise ValueError(f"step {step!r} or kl_coef {kl_coef!r} out of range")
+            recorded = state.get("files") or {}   # absent in checkpoints of earlier versions
+            for name in CHECKPOINT_FILES:
+                if name in recorded and ((path / name).stat().st_size != recorded[name]["size"]
+                                         or sha256_file(path / name) != recorded[name]["sha256"]):
+                    raise ValueError("its size or sha256 differs from the one saved with it")
+            name = "model.safetensors"
+            model = load_file(str(path / name))
+            _check_model_tensors(self.acc.unwrap_model(self.model), model)
+            name = "optimizer.json"
+            groups = json.loads((path / name).read_text())
+            groups = groups["param_groups"] if isinstance(groups, dict) else None
+            name = "optimizer.safetensors"
+            opt_state = _optimizer_state(self.opt, load_file(str(path / name)), groups)
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+            raise CheckpointUnreadable(
+                f"checkpoint file {path / name} is unreadable ({e})") from None
+        return {"model": model, "optimizer": {"state": opt_state, "param_groups": groups},
+                "step": step, "kl_coef": kl_coef}
+
+    def _apply(self, state: dict) -> None:
+        self.acc.unwrap_model(self.model).load_state_dict(state["model"], strict=False)  # checked
+        self.opt.load_state_dict(state["optimizer"])
         self.kl_ctl.value, self.step_count = state["kl_coef"], state["step"]
+
+
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json")
+
+
+class CheckpointUnreadable(Exception):
+    """A checkpoint that cannot be resumed from; the message names the file and the reason."""
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Rename the finished checkpoint `tmp` onto `path`. The previous one waits beside it until
+    the new one is in place, so a kill between the two renames leaves it for `resume`."""
+    old = _previous(path)
+    if os.path.lexists(old):
+        _remove(old)
+    if os.path.lexists(path):
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if os.path.lexists(old):
+        _remove(old)
+
+
+def _check_model_tensors(model: nn.Module, tensors: dict) -> None:
+    """Every saved tensor belongs to the model with its shape, and every model tensor is saved
+    (or shares its storage with a saved one: `save_model` keeps one name of tied weights)."""
+    expected = model.state_dict()
+    for key, t in tensors.items():
+        if key not in expected or t.shape != expected[key].shape:
+            raise ValueError(f"tensor {key!r} {tuple(t.shape)} does not fit the model")
+    saved = {(expected[k].data_ptr(), expected[k].shape) for k in tensors}
+    missing = [k for k, t in expected.items()
+               if k not in tensors and (t.data_ptr(), t.shape) not in saved]
+    if missing:
+        raise ValueError(f"tensor {missing[0]!r} is missing")
+
+
+def _optimizer_state(opt, tensors: dict, groups) -> dict:
+    """The optimizer's per-parameter state from its saved tensors, checked against the model's
+    parameters (Adam's moments have their parameter's shape)."""
+    current = opt.state_dict()["param_groups"]
+    if (not isinstance(groups, list) or len(groups) != len(current)
+            or any(not isinstance(g, dict) or g.get("params") != c["params"]
+                   for g, c in zip(groups, current))):
+        raise ValueError("its parameter groups do not match the model's")
+    params = {i: p for c, g in zip(current, opt.param_groups)
+              for i, p in zip(c["params"], g["params"])}
+    state: dict = {}
+    for key, v in tensors.items():
+        i, name = key.split(".", 1)
+        p = params.get(int(i))
+        if p is None or (v.dim() > 0 and v.shape != p.shape):
+            raise ValueError(f"state tensor {key!r} {tuple(v.shape)} does not fit the model")
+        state.setdefault(int(i), {})[name] = v
+    return state
 
 
 def latest_checkpoint(path: Path) -> Optional[Path]:
     """The checkpoint at `path`, or None. If a kill fell between the two renames of
     `save_checkpoint`'s swap, the previous checkpoint is moved back to `path` first (a later
     save would otherwise delete it before its replacement is in place)."""
-    old = path.with_name(f".{path.name}.old")
+    old = _previous(path)
     if not path.exists() and (old / "trainer_state.json").is_file():
         os.replace(old, path)
     return path if (path / "trainer_state.json").is_file() else None
@@ -338,16 +474,6 @@ def save_optimizer(opt, path: Path) -> None:
                for k, v in st.items() if torch.is_tensor(v)}
     save_file(tensors, str(path / "optimizer.safetensors"))
     (path / "optimizer.json").write_text(json.dumps({"param_groups": sd["param_groups"]}))
-
-
-def load_optimizer(opt, path: Path) -> None:
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    state: dict = {}
-    for key, v in tensors.items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = v
-    groups = json.loads((path / "optimizer.json").read_text())["param_groups"]
-    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def reference_reward_norm(model, tokenizer, score_fn, prompts: Sequence[str], gen, seed: int) -> RewardNorm:

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.metrics import MetricsSink
+from pipeline.metrics import MetricsSink, drop_rows
 from pipeline.policy.models import batch_seed, load_policy, sample
-from pipeline.policy.ppo import PPOTrainer, check_batch_split, latest_checkpoint, reference_reward_norm, response_forward
+from pipeline.policy.ppo import (PPOTrainer, check_batch_split, reference_reward_norm,
+                                 response_forward)
 from pipeline.scorers import Scorer
 
 log = logging.getLogger("fairl.rl")
@@ -45,7 +46,8 @@ def rl_train(base_model: str, scorer: Scorer, prompts: Sequence[str], ppo_cfg, g
              work_dir: Path, sink: MetricsSink, on_step: Optional[Callable] = None,
              namespace: str = "ppo"):
     """PPO from `base_model` against `scorer`; returns the trainer (its .policy is the result).
-    Resumes from `work_dir/checkpoint` when it exists."""
+    Resumes from `work_dir/checkpoint` when an intact one exists (see `PPOTrainer.resume`), and
+    first drops the log rows of the steps it will replay, so each step is logged once."""
     acc = accelerator()
     check_batch_split(ppo_cfg, acc.num_processes)   # before any model is loaded or sampled
     model, tok = load_policy(base_model)
@@ -57,11 +59,12 @@ def rl_train(base_model: str, scorer: Scorer, prompts: Sequence[str], ppo_cfg, g
         log.info("reward normalised on reference samples: gain %.4g, bias %.4g", norm.gain, norm.bias)
     trainer = PPOTrainer(model, tok, score_fn, ppo_cfg, gen, acc, norm)
     ckpt = work_dir / "checkpoint"
-    found = latest_checkpoint(ckpt)
-    if found is not None:
-        trainer.load_checkpoint(found)
+    if trainer.resume(ckpt):
         log.info("resuming PPO from step %d", trainer.step_count)
     samples_path = work_dir / "samples.jsonl"
+    if acc.is_main_process:   # rows a killed run logged past its checkpoint (or any, without one)
+        sink.rewind(trainer.step_count, f"{namespace}/score")
+        drop_rows(samples_path, trainer.step_count)
     bar = tqdm(range(trainer.step_count, ppo_cfg.steps), desc=f"{namespace}: PPO", unit="step",
                disable=None if acc.is_main_process else True, leave=False)
     for step in bar:
@@ -122,6 +125,7 @@ def trl_train(algorithm: str, base_model: str, scorer: Scorer, prompts: Sequence
     for cb in (PrinterCallback, ProgressCallback):   # their dict dumps duplicate our metrics sink
         trainer.remove_callback(cb)
     trainer.train()
+    sink.rewind(0, namespace)   # this run starts afresh: rows of a killed one are replaced
     for i, row in enumerate(trainer.state.log_history):
         sink.log(int(row.get("step", i)), {f"{namespace}/{k}": v for k, v in row.items()
                                            if isinstance(v, (int, float)) and k != "step"})

@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any, Optional
 
 from pipeline import world
-from pipeline.artifacts import StageSkipped, require_stage, stage_run, write_json
+from pipeline.artifacts import (StageSkipped, require_stage, stage_run, wait_for_all_ranks,
+                                write_json)
 from pipeline.config import ExperimentConfig, to_dict
 from pipeline.data.prompts import select_prompts
 from pipeline.errors import ConfigError, FairlError
@@ -93,6 +95,59 @@ def train_expert_run(cfg: ExperimentConfig, force: bool = False) -> Path:
 
 
 # ------------------------------------------------------------------------------- re-rlhf
+def read_state(path: Path, valid) -> tuple[Any, Optional[str]]:
+    """A JSON state file that a resumed run reads: (state, None), or (None, None) when it is
+    absent, or (None, why) when it does not parse or fails `valid` (a write cut short, a damaged
+    disk). Such a file would fail every later resume: the caller removes it and redoes its part."""
+    if not path.is_file():
+        return None, None
+    try:
+        state = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:   # ValueError: bad JSON or not UTF-8
+        return None, str(e)
+    return (state, None) if valid(state) else (None, "not the structure fairl writes")
+
+
+def _read_curves(path: Path, is_main: bool) -> dict:
+    """The rewards re-rlhf finished before an interruption. Unreadable, it is removed and every
+    reward is redone (any rank reading it later sees it absent: the same answer)."""
+    curves, problem = read_state(path, _valid_curves)
+    if problem and is_main:
+        log.warning("%s is unreadable (%s): removing it and redoing every reward", path, problem)
+        path.unlink()
+    return curves or {}
+
+
+def _read_points(work: Path, name: str, is_main: bool) -> Optional[list]:
+    """The measurements saved beside a reward's checkpoint. Unreadable, they are lost, so the
+    checkpoint cannot be resumed either: both are removed and the reward restarts from step 0.
+    Every rank decides on the same file before rank 0 removes anything."""
+    saved = work / "points.json"
+    points, problem = read_state(saved, _valid_points)
+    if problem:
+        wait_for_all_ranks()
+        if is_main:
+            log.warning("%s is unreadable (%s): removing it and the checkpoint beside it; the %s "
+                        "reward restarts from step 0", saved, problem, name)
+            saved.unlink()
+            discard_checkpoints(work)
+        wait_for_all_ranks()
+    return points
+
+
+def _valid_points(points) -> bool:
+    return (isinstance(points, list) and len(points) > 0
+            and all(isinstance(p, dict) and type(p.get("step")) is int
+                    and isinstance(p.get("toxicity_rate"), (int, float)) for p in points)
+            and points[0]["step"] == 0)
+
+
+def _valid_curves(curves) -> bool:
+    return isinstance(curves, dict) and all(
+        isinstance(c, dict) and isinstance(c.get("reward"), str) and _valid_points(c.get("points"))
+        for c in curves.values())
+
+
 def resolve_reward(spec: str, cfg: ExperimentConfig) -> str:
     if spec.startswith("irl:"):
         method = spec.split(":", 1)[1]
@@ -133,16 +188,16 @@ def re_rlhf_run(cfg: ExperimentConfig, force: bool = False) -> Path:
 def _re_rlhf(run_, cfg, base, rewards, train_prompts, eval_prompts, gt) -> None:
     rr = cfg.re_rlhf
     if not run_.is_main:   # another rank of a data-parallel launch: train alongside rank 0 only
-        done_path = run_.work_dir / "curves.json"
-        done = json.loads(done_path.read_text()) if done_path.is_file() else {}
+        done = _read_curves(run_.work_dir / "curves.json", is_main=False)
         for name, spec in rewards.items():
             if done.get(name, {}).get("done"):
                 continue
+            _read_points(run_.work_dir / "runs" / name, name, is_main=False)
             rl_train(base, reward_scorer(spec, gt), train_prompts, rr.ppo, rr.generation,
                      cfg.run.seed, run_.work_dir / "runs" / name, MetricsSink(None))
         return
     curves_path = run_.path("curves.json")
-    curves: dict = json.loads(curves_path.read_text()) if curves_path.is_file() else {}
+    curves = _read_curves(curves_path, is_main=True)
     base_model, base_tok = load_policy(base)
     start, _ = measure(base_model, base_tok, eval_prompts, rr.generation, cfg.run.seed, gt)
     with MetricsSink(run_.path("metrics.jsonl")) as sink:
@@ -154,13 +209,18 @@ def _re_rlhf(run_, cfg, base, rewards, train_prompts, eval_prompts, gt) -> None:
             work = run_.work_dir / "runs" / name
             work.mkdir(parents=True, exist_ok=True)
             saved = work / "points.json"   # measurements survive an interruption with the checkpoint
-            points = json.loads(saved.read_text()) if saved.is_file() else [{"step": 0, **start}]
+            points = _read_points(work, name, is_main=True) or [{"step": 0, **start}]
             log.info("re-rlhf: %s reward (%s)", name, spec)
+            rewound = []
 
-            def on_step(step, trainer, points=points):
+            def on_step(step, trainer, points=points, name=name, rewound=rewound):
                 if step % rr.eval_every == 0 or step == rr.ppo.steps:
                     # after a resume from an earlier checkpoint, steps past it are measured anew
+                    # (the first measurement is the first step past it)
                     points[:] = [p for p in points if p["step"] < step]
+                    if not rewound:
+                        sink.rewind(step, f"re_rlhf/{name}/toxicity_rate")
+                        rewound.append(step)
                     m, _ = measure(trainer.policy, trainer.tok, eval_prompts, rr.generation,
                                    cfg.run.seed, gt, reference=base_model)
                     points.append({"step": step, **m})
