@@ -363,14 +363,18 @@ class IRLSection(Section):
         20, "Early stopping: epochs without a better validation loss (not in the paper).", gt=0
     )
     val_fraction: float = _f(
-        0.1, "Fraction of training prompts held out for early stopping.", gt=0, lt=1
+        0.1, "Fraction of training pairs held out for early stopping: by prompt, or by pair when "
+        "there are fewer than 1/fraction distinct prompts or none (README: Pairs schema).",
+        gt=0, lt=1
     )
     test_fraction: float = _f(
-        0.2, "Test fraction (by prompt) when the pairs have no split column.", gt=0, lt=1
+        0.2, "Test fraction when the pairs have no test split: by prompt, or by pair when there "
+        "are fewer than 1/fraction distinct prompts or none.", gt=0, lt=1
     )
     null_scores: Literal["error", "drop"] = _f(
         "error",
-        "A pair with a null ground-truth score or label: error (default) or drop the row.",
+        "A pair with a null or non-finite ground-truth score or label: error (default) or drop "
+        "the row.",
     )
     fa: FailureSection = _f(FailureSection(), "FA-IRL failure settings.")
     embed: EmbedSection = _f(EmbedSection(), "Sentence encoder and its cache.")

@@ -173,11 +173,12 @@ def test_methods_may_not_be_empty_and_strictness_checks_apply_only_to_selected_m
         load_config(overrides=["irl.margin=2", "irl.methods=[fa-mm-gt]"])
 
 
-def test_too_few_prompts_for_the_splits_is_a_data_error(tmp_path):
-    rows = make_pairs_records(20)
+def test_too_few_pairs_for_the_splits_is_a_data_error(tmp_path):
+    # One shared prompt splits by pair (tests/test_faults_data.py); two pairs cannot make three parts.
+    rows = make_pairs_records(2)
     for r in rows:
         r["prompt"] = "one prompt for all"
-    with pytest.raises(DataError, match="distinct prompt"):
+    with pytest.raises(DataError, match="cannot form train, val and test splits from 2 pair"):
         load_pairs(write_jsonl(tmp_path / "p.jsonl", rows))
 
 

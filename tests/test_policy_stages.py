@@ -96,10 +96,13 @@ def test_make_pairs_killed_half_way_resumes_to_the_same_pairs(tmp_path, micro_wo
     res = invoke("make-pairs", cfg)
     assert res.exit_code == 130
     assert not (tmp_path / "runs/m/make_pairs").exists()
-    assert len(list((tmp_path / "runs/m/.make_pairs.partial/batches").glob("*.jsonl"))) == 3
+    done = sorted((tmp_path / "runs/m/.make_pairs.partial/batches").glob("*.jsonl"))
+    assert len(done) == 3
+    done[1].write_bytes(done[1].read_bytes()[:-40])   # a damaged batch is sampled again
     monkeypatch.setattr(models, "sample", real_sample)
     res = invoke("make-pairs", cfg)
     assert res.exit_code == 0 and "resuming" in res.output
+    assert "is damaged" in res.output, res.output
     got = pd.read_parquet(tmp_path / "runs/m/make_pairs/pairs.parquet")
     pd.testing.assert_frame_equal(got, expected)
 

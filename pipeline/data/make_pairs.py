@@ -20,8 +20,10 @@ Writes `runs/<name>/make_pairs/pairs.parquet` (+ pairs.jsonl for reading) and su
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -185,8 +187,6 @@ def _generate(cfg: ExperimentConfig, force: bool) -> Path:
 
 
 def _sample_batches(run_, prompts, base: str, expert: str, gt, gen, seed: int) -> list[dict]:
-    import json as _json
-
     from tqdm.auto import tqdm
 
     from pipeline.artifacts import atomic_path
@@ -194,7 +194,8 @@ def _sample_batches(run_, prompts, base: str, expert: str, gt, gen, seed: int) -
 
     batches = [prompts[i:i + gen.batch_size] for i in range(0, len(prompts), gen.batch_size)]
     out_dir = run_.path("batches", "x").parent
-    todo = [b for b in range(len(batches)) if not (out_dir / f"{b:06d}.jsonl").is_file()]
+    done = {b: _read_batch(out_dir / f"{b:06d}.jsonl", len(batches[b])) for b in range(len(batches))}
+    todo = [b for b, rows in done.items() if rows is None]
     if len(todo) < len(batches):
         log.info("make-pairs: %d of %d batches already sampled, resuming", len(batches) - len(todo), len(batches))
     if todo:
@@ -217,12 +218,27 @@ def _sample_batches(run_, prompts, base: str, expert: str, gt, gen, seed: int) -
                     for k in s_exp.subtypes:
                         row[f"chosen_sub_{k}"] = float(s_exp.subtypes[k][i])
                         row[f"rejected_sub_{k}"] = float(s_base.subtypes[k][i])
-                    f.write(_json.dumps(row) + "\n")
-    rows = []
-    for b in range(len(batches)):
-        with open(out_dir / f"{b:06d}.jsonl") as f:
-            rows += [_json.loads(line) for line in f]
-    return rows
+                    f.write(json.dumps(row) + "\n")
+            done[b] = _read_batch(out_dir / f"{b:06d}.jsonl", len(batches[b]))
+    return [row for b in range(len(batches)) for row in done[b]]
+
+
+def _read_batch(path: Path, n: int) -> Optional[list[dict]]:
+    """The rows of a batch sampled by an earlier (interrupted) run, or None when it must be
+    sampled (again): absent, or unreadable / not `n` JSON objects (a damaged file is removed,
+    with a warning, and re-sampled with the same seed, so the pairs are unchanged)."""
+    if not path.is_file():
+        return None
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        if len(rows) == n and all(isinstance(r, dict) for r in rows):
+            return rows
+        why = f"{len(rows)} rows, expected {n}"
+    except (UnicodeDecodeError, ValueError) as e:
+        why = f"{type(e).__name__}: {e}"
+    log.warning("make-pairs: sampled batch %s is damaged (%s): sampling it again", path, why)
+    path.unlink()
+    return None
 
 
 def _split_by_prompt(prompts: pd.Series, test_fraction: float, seed: int) -> list[str]:

@@ -133,6 +133,7 @@ def _fit(run_, cfg: ExperimentConfig, pairs: PairSet, specs, embedder: Embedder)
             summary.append(r.summary())
     write_json(run_.path("summary.json"), {
         "pairs": {"source": str(pairs.source), "n": len(df), "dropped_null": pairs.dropped,
+                  "split": pairs.split_rule,
                   **{f"n_{k}": int(v) for k, v in counts.items()}},
         "encoder": embedder.describe(), "embedding": embedder.stats,
         "head": head.describe(), "methods": [s.to_dict() for s in specs], "models": summary,

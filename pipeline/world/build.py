@@ -29,7 +29,7 @@ from typing import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.artifacts import sha256_json, write_json
+from pipeline.artifacts import follow_umask, sha256_json, write_json
 from pipeline.config import WorldSection, to_dict
 from pipeline.embed import default_cache_dir
 from pipeline.world.grammar import JIGSAW_NAMES, SUBTYPES, generate_sentences, lexicon_score
@@ -122,6 +122,7 @@ def _build(cfg: WorldSection, root: Path) -> None:
         "corpus_toxic_rate": sum(tox) / len(tox), "lm": stats,
         "n_prompts": len(prompts), "n_heldout": len(heldout),
     })
+    follow_umask(tmp)   # save_pretrained's safetensors are 0600; the cache is shared
     if root.exists():
         shutil.rmtree(root)
     tmp.rename(root)
