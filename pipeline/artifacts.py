@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -44,6 +45,7 @@ class ForeignDirectory(FairlError):
     """`runs/<name>/<stage>` exists but is not an output fairl published for that stage."""
 
 MANIFEST = "manifest.json"
+STAMP = ".fingerprint"   # in a work directory: the fingerprint and launch it is being computed for
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 TRACKED_PACKAGES = (
@@ -111,7 +113,7 @@ def file_table(root: Path) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if rel == MANIFEST or not p.is_file():
+        if rel in (MANIFEST, STAMP) or not p.is_file():
             continue
         st = p.stat()
         key = (st.st_dev, st.st_ino)
@@ -442,6 +444,17 @@ def wait_for_all_ranks() -> None:
     dist.barrier(group=rank_barrier_group())
 
 
+_LAUNCH_ID = uuid.uuid4().hex
+
+
+def launch_id() -> str:
+    """An id of this command's launch, the same on every rank of a data-parallel launch (rank
+    0's, broadcast by `rank_barrier_group`). Rank 0 stamps a stage's work directory with it, so
+    the other ranks wait for the directory of *this* launch, never for one an earlier,
+    interrupted launch left with the same fingerprint (which rank 0 may be about to discard)."""
+    return _LAUNCH_ID
+
+
 def rank_barrier_group():
     """The gloo group of `wait_for_all_ranks`, joining torchrun's process group if needed.
     Creating it is itself a rendezvous under the default timeout, so every command calls this
@@ -458,6 +471,10 @@ def rank_barrier_group():
 
             PartialState(cpu=not torch.cuda.is_available())   # joins torchrun's rendezvous
         _RANK_BARRIER_GROUP = dist.new_group(backend="gloo", timeout=timedelta(days=7))
+        global _LAUNCH_ID
+        shared = [_LAUNCH_ID]
+        dist.broadcast_object_list(shared, src=0, group=_RANK_BARRIER_GROUP)
+        _LAUNCH_ID = shared[0]
     return _RANK_BARRIER_GROUP
 
 
@@ -487,8 +504,8 @@ def _secondary_rank_run(stage, run_dir, final_dir, fingerprint, config, seed,
     manifest this rank judged stale or forced: only a different one, published meanwhile by
     rank 0, means rank 0 finished without this rank."""
     work_dir = run_dir / f".{stage}.partial"
-    stamp = work_dir / ".fingerprint"
-    while not (stamp.is_file() and stamp.read_text() == fingerprint):
+    stamp = work_dir / STAMP
+    while _read_stamp(stamp) != (fingerprint, launch_id()):
         done = read_manifest(final_dir)
         if (done != before and _complete(done, stage) and done.get("fingerprint") == fingerprint
                 and _files_problem(final_dir, done) is None):
@@ -504,17 +521,17 @@ def _stage_run_locked(stage, run_dir, final_dir, fingerprint, config, inputs, in
     # stages (sampled batches, RL checkpoints), so they pick up instead of restarting; --force
     # discards it, so a damaged checkpoint there can always be got rid of.
     work_dir = run_dir / f".{stage}.partial"
-    stamp = work_dir / ".fingerprint"
-    resumed = (resumable and not force and work_dir.is_dir() and stamp.is_file()
-               and stamp.read_text() == fingerprint)
+    stamp = work_dir / STAMP
+    resumed = (resumable and not force and work_dir.is_dir()
+               and _read_stamp(stamp)[0] == fingerprint)
     if (work_dir.exists() or work_dir.is_symlink()) and not resumed:
         if force:
             log(f"[{stage}] --force: discarding the partial output in {work_dir}")
         else:
             log(f"[{stage}] discarding the partial output of an interrupted or changed run")
-        _remove(work_dir)
+        remove_path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint)
+    stamp.write_text(f"{fingerprint} {launch_id()}")
     if resumed:
         log(f"[{stage}] resuming the interrupted run in {work_dir}")
     run = StageRun(
@@ -524,7 +541,6 @@ def _stage_run_locked(stage, run_dir, final_dir, fingerprint, config, inputs, in
         seed=seed, resumed=resumed,
     )
     yield run
-    stamp.unlink()
     manifest = {
         "stage": stage,
         "status": "complete",
@@ -543,9 +559,21 @@ def _stage_run_locked(stage, run_dir, final_dir, fingerprint, config, inputs, in
         "files": file_table(work_dir),   # what `verify_stage` checks before anything reuses it
     }
     follow_umask(work_dir)
+    # The stamp goes only once the manifest is written: a kill before this point leaves a
+    # resumable partial, a kill after it a complete one that `_recover` publishes.
     write_json(work_dir / MANIFEST, manifest)
+    stamp.unlink()
     _check_replaceable(stage, final_dir)   # again: something may have appeared meanwhile
     publish(work_dir, final_dir)
+
+
+def _read_stamp(stamp: Path) -> tuple[Optional[str], Optional[str]]:
+    """(fingerprint, launch id) of a work directory's stamp; (None, None) when absent."""
+    try:
+        fingerprint, _, launch = stamp.read_text().strip().partition(" ")
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return None, None
+    return fingerprint, launch or None
 
 
 def _check_replaceable(stage: str, final_dir: Path) -> None:
@@ -576,27 +604,30 @@ def _check_replaceable(stage: str, final_dir: Path) -> None:
 
 
 def _recover(stage: str, run_dir: Path, final_dir: Path, log) -> None:
-    """Finish or undo a publication that a kill cut between its two renames (`final` ->
-    `.old`, then `.partial` -> `final`), so that neither the new output nor the old one is
-    lost: a complete, verified new output is published; otherwise the old one is put back."""
-    if final_dir.exists() or final_dir.is_symlink():
-        return
+    """Finish or undo a publication that a kill cut short (after the manifest was written, or
+    between the two renames `final` -> `.old`, `.partial` -> `final`), so that neither the new
+    output nor the old one is lost: a complete, verified new output is published; otherwise a
+    missing output is put back from `.old`."""
     work_dir = run_dir / f".{stage}.partial"
     trash = run_dir / f".{stage}.old"
     new = read_manifest(work_dir)
-    if (_complete(new, stage) and not (work_dir / ".fingerprint").exists()
-            and _files_problem(work_dir, new) is None):
+    if _complete(new, stage) and _files_problem(work_dir, new) is None:
         log(f"[{stage}] completing the publication that an interrupted run left unfinished: "
             f"{final_dir}")
-        os.replace(work_dir, final_dir)
-        _remove(trash)
-    elif _complete(read_manifest(trash), stage):
+        (work_dir / STAMP).unlink(missing_ok=True)
+        _check_replaceable(stage, final_dir)
+        publish(work_dir, final_dir)
+        remove_path(trash)
+        return
+    if final_dir.exists() or final_dir.is_symlink():
+        return
+    if _complete(read_manifest(trash), stage):
         log(f"[{stage}] restoring the previous output that an interrupted publication left in "
             f"{trash}")
         os.replace(trash, final_dir)
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
     """Delete a file, a symbolic link (never what it points to) or a directory tree."""
     if path.is_symlink() or path.is_file():
         path.unlink()
@@ -611,7 +642,7 @@ def publish(work_dir: Path, final_dir: Path) -> None:
     rename fails, the previous `final_dir` is put back; a kill between the two renames is
     repaired by the next run (`_recover`, or `policy.ppo.latest_checkpoint` for checkpoints)."""
     trash = final_dir.with_name(f".{final_dir.name}.old")
-    _remove(trash)
+    remove_path(trash)
     moved = final_dir.exists() or final_dir.is_symlink()
     if moved:
         os.replace(final_dir, trash)
@@ -621,4 +652,4 @@ def publish(work_dir: Path, final_dir: Path) -> None:
         if moved and not (final_dir.exists() or final_dir.is_symlink()):
             os.replace(trash, final_dir)
         raise
-    _remove(trash)
+    remove_path(trash)

@@ -29,7 +29,7 @@ from pydantic import (
     BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator,
 )
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, plain
 
 STAGES = ("train_expert", "make_pairs", "irl", "evaluate", "re_rlhf")
 """Pipeline order. Section names double as directory names under runs/<name>/."""
@@ -627,20 +627,6 @@ def _model_at(model: type[BaseModel], loc: tuple) -> Optional[type[BaseModel]]:
     return model
 
 
-def _plain(value: Any) -> Any:
-    """Plain Python for messages: numpy scalars and arrays print as numbers and lists, not as
-    `np.int64(1)` (the programmatic API may be handed numpy values)."""
-    if type(value).__module__.split(".")[0] == "numpy" and hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return {_plain(k): _plain(v) for k, v in value.items()}
-    return value
-
-
 def _where(loc: tuple) -> str:
     """`irl.fa.rounds`; a dict key's error reads `re_rlhf.rewards key '../x'`."""
     if len(loc) >= 2 and loc[-1] == "[key]":
@@ -670,7 +656,7 @@ def format_validation_error(err: ValidationError, source: str = "config",
             section_check = not loc or _model_at(ExperimentConfig, loc) is not None
             line = f"  {msg}" if section_check else f"  {dotted}: {msg}"
         else:
-            line = f"  {dotted}: {e['msg']} (got {_plain(e.get('input'))!r})"
+            line = f"  {dotted}: {e['msg']} (got {plain(e.get('input'))!r})"
         if overrides:
             line += _origin(loc, overrides, source)
         lines.append(line)

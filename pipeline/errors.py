@@ -7,6 +7,9 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 
 class FairlError(Exception):
     """A problem with the user's input or environment, with a hint on what to do."""
@@ -45,3 +48,16 @@ class TrainingDiverged(FairlError):
 
     exit_code = 5
 
+
+def plain(value: Any) -> Any:
+    """Plain Python for messages: numpy scalars and arrays print as numbers and lists, not as
+    `np.int64(1)` (the programmatic API may be handed numpy values)."""
+    if type(value).__module__.split(".")[0] == "numpy" and hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    return value

@@ -203,6 +203,24 @@ def test_a_kill_between_the_two_renames_keeps_an_output(published, new_complete,
     artifacts.verify_stage(run / "irl", "irl", "irl")
 
 
+def test_a_kill_after_the_manifest_but_before_publishing_keeps_the_new_output(published):
+    """A kill after the manifest is written (stamp still there, old output still in place)
+    must not throw the finished work away: the next run publishes it."""
+    cfg, run = published
+    partial = run / ".irl.partial"
+    shutil.copytree(run / "irl", partial)
+    m = _manifest(partial)
+    m["started_at"] = "new"
+    (partial / "manifest.json").write_text(json.dumps(m))
+    (partial / artifacts.STAMP).write_text(f"{m['fingerprint']} killed-launch")
+    res = invoke("irl", cfg)
+    assert res.exit_code == 0, res.output
+    assert "completing the publication" in res.output and "already done" in res.output
+    assert _manifest(run / "irl")["started_at"] == "new"
+    assert not partial.exists() and not (run / "irl" / artifacts.STAMP).exists()
+    artifacts.verify_stage(run / "irl", "irl", "irl")
+
+
 # ---------------------------------------------------------------------- --force, partial
 def test_force_discards_the_partial_state_of_a_resumable_stage(tmp_path):
     """Case 4: a truncated checkpoint in the partial dir used to be resumed even with --force."""
@@ -236,14 +254,13 @@ def test_run_root_being_a_file_is_a_clear_error(tmp_path):
 
 
 def test_fairl_cache_being_a_file_is_named_without_a_traceback(tmp_path, monkeypatch, published):
-    """The embedding cache may treat an unusable cache as a warning (embed in memory) or as
-    an error; either way the path and FAIRL_CACHE are named, with no traceback, and the
-    published output stays valid."""
+    """An unusable embedding cache is a warning (the texts are embedded in memory) that names
+    the path and FAIRL_CACHE, with no traceback; the run completes and publishes."""
     cfg, run = published
     (tmp_path / "cachefile").write_text("x")
     monkeypatch.setenv("FAIRL_CACHE", str(tmp_path / "cachefile"))
     res = invoke("irl", cfg, "--force")
-    assert res.exit_code in (0, 1), res.output
+    assert res.exit_code == 0, res.output
     assert "Not a directory" in res.output and str(tmp_path / "cachefile") in res.output
     assert "FAIRL_CACHE" in res.output and "Traceback" not in res.output
     artifacts.verify_stage(run / "irl", "irl", "irl")
@@ -302,3 +319,36 @@ def test_published_files_and_cache_shards_follow_the_umask(tmp_path):
     closed = [p for p in (tmp_path / "runs/t/irl").rglob("*")
               if p.is_dir() and p.stat().st_mode & 0o055 != 0o055]
     assert not unreadable and not closed
+
+
+def test_a_secondary_rank_waits_for_this_launch_not_a_leftover_partial(tmp_path, monkeypatch):
+    """Under torchrun, rank 1 must not start on the partial directory an earlier, interrupted
+    launch left with the same fingerprint: with --force rank 0 discards it (and without, rank 0
+    alone decides to resume). Rank 1 waits for rank 0's stamp of this very launch."""
+    import threading
+
+    from pipeline import artifacts
+
+    run_dir, config = tmp_path / "run", {"x": 1}
+    fp = artifacts.sha256_json({"stage": "train_expert", "config": config,
+                                "inputs": artifacts.hash_inputs({})})
+    work = run_dir / ".train_expert.partial"
+    (work / "checkpoint").mkdir(parents=True)
+    (work / artifacts.STAMP).write_text(fp)              # an older fairl's stamp
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    entered = threading.Event()
+
+    def rank1():
+        with artifacts.stage_run("train_expert", run_dir, config, {}, seed=0, force=True,
+                                 resumable=True):
+            entered.set()
+
+    t = threading.Thread(target=rank1, daemon=True)
+    t.start()
+    assert not entered.wait(1.5), "rank 1 started on a partial directory rank 0 may discard"
+    (work / artifacts.STAMP).write_text(f"{fp} earlier-launch")
+    assert not entered.wait(1.0)
+    (work / artifacts.STAMP).write_text(f"{fp} {artifacts.launch_id()}")   # rank 0 prepared it
+    assert entered.wait(5.0)
+    t.join(5.0)

@@ -42,7 +42,7 @@ from typing import Literal, Optional
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, plain
 
 REQUIRED = ("chosen", "rejected")
 TEXT = ("prompt", *REQUIRED)     # `prompt` is optional: a missing column reads as ""
@@ -270,7 +270,7 @@ def _as_float(series: pd.Series, col: str, path: Path, unit: str,
             f = float(v)
         except (TypeError, ValueError):
             raise DataError(f"pairs file {path}: {col} must be numeric; {_rows([at], unit)} "
-                            f"has {_plain(v)!r}") from None
+                            f"has {plain(v)!r}") from None
         return f if math.isfinite(f) or not finite else None
     return pd.Series([conv(at, v) for at, v in series.items()], index=series.index,
                      dtype="float64")
@@ -399,14 +399,9 @@ def _carve(prompts: list[str], fraction: float, rng, part: str) -> tuple[np.ndar
     return held, {"rule": "pair", "reason": f"by pair ({n_held} of {n} pairs): {why}"}
 
 
-def _plain(v):
-    """A numpy scalar as the Python value it holds, so messages show `1`, not `np.int64(1)`."""
-    return v.item() if isinstance(v, np.generic) else v
-
-
 def _rows(idx: list, unit: str = "row", limit: int = 8) -> str:
     """'line 4' / 'lines 4, 9, ...' from record labels (the frame's index: see read_table)."""
-    idx = [_plain(i) for i in idx]
+    idx = [plain(i) for i in idx]
     shown = ", ".join(str(i) for i in idx[:limit])
     more = f", ... ({len(idx)} in all)" if len(idx) > limit else ""
     return f"{unit}{'s' if len(idx) > 1 else ''} {shown}{more}"

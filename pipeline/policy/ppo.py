@@ -36,7 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
-from pipeline.artifacts import sha256_file
+from pipeline.artifacts import publish, remove_path, sha256_file
 from pipeline.errors import ConfigError
 from pipeline.policy.models import position_ids, sample
 
@@ -320,7 +320,7 @@ class PPOTrainer:
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-            _swap_in(tmp, path)
+            publish(tmp, path)   # the previous one stays beside it until the new one is in
         self.acc.wait_for_everyone()
 
     def load_checkpoint(self, path: Path) -> None:
@@ -346,7 +346,7 @@ class PPOTrainer:
         if self.acc.is_main_process:
             for candidate, e in bad:
                 log.warning("%s; removing %s", e, candidate)
-                _remove(candidate)
+                remove_path(candidate)
             if found is not None and found != path:
                 os.replace(found, path)
             if bad and state is not None:
@@ -402,26 +402,6 @@ class CheckpointUnreadable(Exception):
 
 def _previous(path: Path) -> Path:
     return path.with_name(f".{path.name}.old")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
-def _swap_in(tmp: Path, path: Path) -> None:
-    """Rename the finished checkpoint `tmp` onto `path`. The previous one waits beside it until
-    the new one is in place, so a kill between the two renames leaves it for `resume`."""
-    old = _previous(path)
-    if os.path.lexists(old):
-        _remove(old)
-    if os.path.lexists(path):
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if os.path.lexists(old):
-        _remove(old)
 
 
 def _check_model_tensors(model: nn.Module, tensors: dict) -> None:
