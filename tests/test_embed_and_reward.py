@@ -49,6 +49,14 @@ def test_cache_is_keyed_by_encoder_fingerprint(tmp_path):
     assert (tmp_path / emb.fingerprint).is_dir() and len(emb.fingerprint) == 16
 
 
+# Scores of one reward computed two ways whose arithmetic is the same up to summation order
+# (a reloaded copy of the weights, the sentence-transformers export's modules): float32 sums of
+# 384 products come out a few ulps apart (7e-8 seen on scores of scale ~0.5) when the BLAS
+# takes another kernel or another memory alignment. An absolute 1e-5 is ~100 ulps at that
+# scale, and far below what a wrong weight, path or fold changes (~0.1).
+SCORE_TOL = {"rtol": 0.0, "atol": 1e-5}
+
+
 def _reward(head_kind: str, failure: bool) -> RewardModel:
     head = make_head(head_kind, 384, 32)
     base = head.init(stream(0, "init/base"))
@@ -61,17 +69,27 @@ def _reward(head_kind: str, failure: bool) -> RewardModel:
 @pytest.mark.parametrize("head_kind", ["linear", "mlp"])
 @pytest.mark.parametrize("failure", [False, True])
 def test_save_load_round_trip_and_scorer(tmp_path, head_kind, failure):
+    """The file round trip is lossless (weights bit for bit); the reloaded scores agree to
+    SCORE_TOL only: the loaded tensors sit at other memory offsets (inside the safetensors
+    buffer), and MKL's AVX-512 kernels then sum in another order (7e-8 seen here)."""
     r = _reward(head_kind, failure)
     r.save(tmp_path / "r")
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["reward.json", "reward.safetensors"]
     loaded = load_reward(tmp_path / "r")
+    for path in ("base", "failure"):
+        saved, back = getattr(r, path), getattr(loaded, path)
+        assert (saved is None) == (back is None) and (saved or {}).keys() == (back or {}).keys()
+        assert all(torch.equal(saved[k], back[k]) for k in saved or {}), path
     h = torch.randn(7, 384)
-    assert torch.equal(loaded.score_embeddings(h), r.score_embeddings(h))
+    torch.testing.assert_close(loaded.score_embeddings(h), r.score_embeddings(h), **SCORE_TOL)
     # the dual path folds exactly: R_D + R_F computed path by path agrees
     by_path = r.head.forward_one(r.base, h) + (r.head.forward_one(r.failure, h) if failure else 0)
-    assert torch.allclose(r.score_embeddings(h), by_path, atol=1e-5)
+    torch.testing.assert_close(r.score_embeddings(h), by_path, **SCORE_TOL)
     scores = loaded.score(TEXTS)
-    assert scores.shape == (5,) and scores[0] == scores[3]
+    assert scores.shape == (5,)
+    # TEXTS[0] and TEXTS[3] are one text, embedded once; its two rows may still take different
+    # kernel lanes in the GEMV
+    torch.testing.assert_close(scores[0], scores[3], **SCORE_TOL)
 
 
 def test_loading_something_else_fails_clearly(tmp_path):
@@ -83,7 +101,9 @@ def test_loading_something_else_fails_clearly(tmp_path):
 
 @pytest.mark.parametrize("head_kind", ["linear", "mlp"])
 def test_sentence_transformers_export_reproduces_the_scores(tmp_path, head_kind):
-    """Acceptance 6: plain SentenceTransformer(path) gives fairl's scores to 1e-5, no fairl code."""
+    """Acceptance 6: plain SentenceTransformer(path) gives fairl's scores to 1e-5, no fairl code.
+    Not exactly: the export's Dense layers (addmm) and fairl's head are other kernels, and the
+    encoder's float32 output depends in the last bits on which texts share its batch."""
     from sentence_transformers import SentenceTransformer
 
     r = _reward(head_kind, failure=True)
@@ -92,7 +112,7 @@ def test_sentence_transformers_export_reproduces_the_scores(tmp_path, head_kind)
     st = SentenceTransformer(str(tmp_path / "st"), device="cpu")
     plain = st.encode(TEXTS, convert_to_tensor=True)[:, 0]
     ours = r.score(TEXTS)
-    assert (plain - ours).abs().max().item() <= 1e-5
+    torch.testing.assert_close(plain, ours, **SCORE_TOL)
 
 
 def test_hard_linked_exports_do_not_share_their_heads(tmp_path):
@@ -105,5 +125,6 @@ def test_hard_linked_exports_do_not_share_their_heads(tmp_path):
     assert os.stat(tmp_path / "a" / "model.safetensors").st_ino == os.stat(tmp_path / "b" / "model.safetensors").st_ino
     sa = SentenceTransformer(str(tmp_path / "a"), device="cpu").encode(TEXTS, convert_to_tensor=True)[:, 0]
     sb = SentenceTransformer(str(tmp_path / "b"), device="cpu").encode(TEXTS, convert_to_tensor=True)[:, 0]
-    assert (sa - a.score(TEXTS)).abs().max() <= 1e-5 and (sb - b.score(TEXTS)).abs().max() <= 1e-5
+    torch.testing.assert_close(sa, a.score(TEXTS), **SCORE_TOL)
+    torch.testing.assert_close(sb, b.score(TEXTS), **SCORE_TOL)
     assert "seed 0" in (tmp_path / "a" / "README.md").read_text()

@@ -19,7 +19,7 @@ from pipeline.irl.methods import method_spec
 from pipeline.irl.reference import train_reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from bench_irl import synthetic_pairs  # noqa: E402
+from bench_irl import BANK_ATOL, BANK_RTOL, compare_params, synthetic_pairs  # noqa: E402
 
 METHODS = list(IRLSection().methods)
 
@@ -39,11 +39,42 @@ def max_param_diff(a, b) -> float:
     return out
 
 
+def assert_trained_alike(r, alone, optim: Optim) -> None:
+    """The bank's model r equals the one trained alone: the same discrete decisions exactly
+    (epochs run, best epoch, failures per round), every parameter and validation loss within
+    BANK_RTOL / BANK_ATOL (scripts/bench_irl.py says why those values).
+
+    Not bit for bit: the bank's batched GEMM and the loop's one-model GEMM are different BLAS
+    kernels, and whether they round alike depends on the CPU and the code path MKL picks (equal
+    under MKL_CBWR=AVX2, ~1e-8 apart on MKL's default AVX-512 path). The data here is chosen so
+    that no discrete decision is near a tie, checked below for early stopping: a 1e-8
+    perturbation then cannot flip one, and a flip would be a real difference."""
+    name = (r.method.name, r.seed)
+    assert (r.epochs_run, r.best_epoch) == (alone.epochs_run, alone.best_epoch), name
+    assert [h["failures"] for h in r.history] == [h["failures"] for h in alone.history], name
+    diff, ratio = compare_params(r, alone)
+    assert ratio <= 1.0, (*name, f"max |diff| {diff:.3g} is {ratio:.3g}x the tolerance")
+    val = torch.tensor([h["val_loss"] for h in r.history], dtype=torch.float64)
+    val_alone = torch.tensor([h["val_loss"] for h in alone.history], dtype=torch.float64)
+    torch.testing.assert_close(val, val_alone, rtol=BANK_RTOL, atol=BANK_ATOL, msg=str(name))
+    # The test's premise: each early-stopping comparison (val < best so far) is decided by a
+    # relative gap far above what rounding differences can move (~1e-7).
+    best = float("inf")
+    for h in alone.history:
+        if h["epoch"] < r.method.first_stoppable_epoch and h["epoch"] < optim.max_epochs - 1:
+            continue
+        if best < float("inf"):
+            assert abs(h["val_loss"] - best) > 1e-5 * best, (*name, "near-tie at epoch", h["epoch"])
+        best = min(best, h["val_loss"])
+
+
 @pytest.mark.parametrize("head_kind", ["linear", "mlp"])
 def test_bank_equals_each_model_trained_alone(head_kind):
-    """Every (method, seed) trained inside the bank is bit-identical to the reference loop
-    training that model alone, early stopping and the failure schedules included. (Holds for
-    batch 32 and MLP widths that are multiples of 32; see pipeline.irl.bank.)"""
+    """Every (method, seed) trained inside the bank trains the model the reference loop trains
+    alone, early stopping and the failure schedules included, to float32 rounding (see
+    assert_trained_alike). The bank keeps batch 32 and MLP widths that are multiples of 32, where
+    its arithmetic is the loop's (pipeline.irl.bank); on one BLAS code path that even makes them
+    bit-identical, but the test does not rely on it."""
     data = synthetic_pairs(700, 64, seed=1)
     irl = IRLSection(fa={"rounds": 6})  # short schedule: early stopping arms mid-run
     head = make_head(head_kind, 64, 32)
@@ -51,10 +82,7 @@ def test_bank_equals_each_model_trained_alone(head_kind):
     bank = train_bank(data, specs_for(irl), [0, 1], head, optim, progress=False)
     assert len(bank) == 12
     for r in bank:
-        alone = train_reference(data, r.method, r.seed, head, optim)
-        assert (r.epochs_run, r.best_epoch) == (alone.epochs_run, alone.best_epoch), r.method.name
-        assert max_param_diff(r, alone) == 0.0, (r.method.name, r.seed)
-        assert [h["failures"] for h in r.history] == [h["failures"] for h in alone.history]
+        assert_trained_alike(r, train_reference(data, r.method, r.seed, head, optim), optim)
 
 
 def test_bank_equality_with_mixed_routing_flags_and_threshold_schedule():
@@ -67,10 +95,11 @@ def test_bank_equality_with_mixed_routing_flags_and_threshold_schedule():
     head = make_head("linear", 32)
     optim = Optim(max_epochs=8, patience=3)
     for r in train_bank(data, specs, [3], head, optim, progress=False):
-        assert max_param_diff(r, train_reference(data, r.method, r.seed, head, optim)) == 0.0
+        assert_trained_alike(r, train_reference(data, r.method, r.seed, head, optim), optim)
 
 
 def test_same_seed_gives_identical_weights():
+    """Exact: the same code path runs the same kernels twice, on any CPU."""
     data = synthetic_pairs(400, 32, seed=0)
     head = make_head("mlp", 32, 32)
     runs = [train_bank(data, specs_for(), [7], head, Optim(max_epochs=5), progress=False)

@@ -2,7 +2,7 @@
 
 This is the readable statement of what fairl trains, and the oracle the vectorised bank
 (pipeline.irl.bank) is tested against: for every method and seed, the bank's result equals this
-loop's bit for bit. It is also the "naive loop" of scripts/bench_irl.py.
+loop's to float32 rounding (bit for bit where the BLAS path allows). It is also the "naive loop" of scripts/bench_irl.py.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ class Path_(nn.Module):
     """One reward path (R_D or R_F) of one model, as an nn.Module.
 
     It calls the head's functions on a bank of one (G = 1, M = 1) rather than a hand-written
-    matmul: the arithmetic of one model is then the same as inside the bank, bit for bit, which
-    makes "equal to the model trained alone" testable exactly, even for MLPs whose float32
-    trajectories would otherwise amplify rounding differences."""
+    matmul: the arithmetic of one model is then the same as inside the bank (bit for bit where
+    the BLAS path does not depend on the batch shape), which makes "equal to the model trained
+    alone" testable to a tight tolerance, even for MLPs whose float32 trajectories would
+    otherwise amplify rounding differences."""
 
     def __init__(self, head: RewardHead, params: dict[str, torch.Tensor]):
         super().__init__()
