@@ -70,7 +70,7 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _invoke(fn: Callable[[], Optional[Path]]) -> None:
-    from pipeline.artifacts import distributed_rank, is_distributed, rank_barrier_group
+    from pipeline.artifacts import distributed_rank, is_distributed, os_error, rank_barrier_group
 
     try:
         if is_distributed():
@@ -79,6 +79,12 @@ def _invoke(fn: Callable[[], Optional[Path]]) -> None:
     except FairlError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(e.exit_code)
+    except OSError as e:
+        # Disk full, a read-only or missing directory, a file where a directory belongs: the
+        # machine's state, not a bug, so the path and a hint instead of a traceback (exit 1).
+        err = os_error(e)
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(err.exit_code)
     except KeyboardInterrupt:
         import signal
 
@@ -91,8 +97,15 @@ def _invoke(fn: Callable[[], Optional[Path]]) -> None:
 
 
 def _load(config: Optional[Path], config_opt: Optional[Path], overrides: Optional[list[str]]):
-    if config is not None and config_opt is not None and config != config_opt:
-        raise FairlError("give the config once: as an argument or with --config, not both")
+    """The validated config. Two different config paths are a config error (exit 2): which
+    one was meant cannot be guessed. The same file named twice, by any spelling, is fine."""
+    from pipeline.errors import ConfigError
+
+    if (config is not None and config_opt is not None
+            and config.absolute().resolve() != config_opt.absolute().resolve()):
+        raise ConfigError(
+            f"two configs given: {config} (argument) and {config_opt} (--config)",
+            hint="give the config once: as an argument or with --config, not both")
     return load_config(config_opt or config, overrides or [])
 
 

@@ -37,6 +37,7 @@ from safetensors.numpy import save as save_numpy
 
 from pipeline.artifacts import atomic_path, sha256_file
 from pipeline.errors import FairlError
+from pipeline.runtime import using_model_threads
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +260,10 @@ class Embedder:
         if not cache:
             if not texts:
                 return torch.empty(0, self.dim)
-            return self.model.encode(list(texts), batch_size=self.batch_size, show_progress_bar=False,
-                                     convert_to_tensor=True).float().cpu()
+            with using_model_threads(self.model, "sentence encoder"):
+                return self.model.encode(list(texts), batch_size=self.batch_size,
+                                         show_progress_bar=False,
+                                         convert_to_tensor=True).float().cpu()
         hashes = text_hashes(texts)
         keys = [h.tobytes() for h in hashes]
         first: dict[bytes, int] = {}
@@ -280,10 +283,11 @@ class Embedder:
                      len(first) - len(todo))
             for start in range(0, len(todo), shard_size):
                 chunk = todo[start:start + shard_size]
-                emb = self.model.encode(
-                    [texts[i] for i in chunk], batch_size=self.batch_size,
-                    show_progress_bar=sys.stderr.isatty(), convert_to_numpy=True,
-                ).astype(np.float32)
+                with using_model_threads(self.model, "sentence encoder"):
+                    emb = self.model.encode(
+                        [texts[i] for i in chunk], batch_size=self.batch_size,
+                        show_progress_bar=sys.stderr.isatty(), convert_to_numpy=True,
+                    ).astype(np.float32)
                 self._save_shard(hashes[chunk], emb)
                 cached.update({keys[i]: e for i, e in zip(chunk, emb)})
         if not keys:

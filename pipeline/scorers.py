@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import ConfigError, FairlError
+from pipeline.runtime import using_model_threads
 
 log = logging.getLogger("fairl.scorers")
 
@@ -103,10 +104,12 @@ class HFClassifierScorer(Scorer):
     @torch.no_grad()
     def score(self, texts):
         logits = []
-        for i in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(list(texts[i:i + self.batch_size]), padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt")
-            logits.append(self.model(**enc).logits.float())
+        with using_model_threads(self.model, "ground-truth classifier"):
+            for i in range(0, len(texts), self.batch_size):
+                enc = self.tokenizer(list(texts[i:i + self.batch_size]), padding=True,
+                                     truncation=True, max_length=self.max_length,
+                                     return_tensors="pt")
+                logits.append(self.model(**enc).logits.float())
         z = torch.cat(logits) if logits else torch.empty(0, 2)
         p = torch.softmax(z, -1)[:, self.toxic_idx].numpy().astype(float)
         return Scores(reward=z[:, self.reward_idx].numpy().astype(float), toxicity=p, toxic=p > 0.5)

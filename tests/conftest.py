@@ -22,10 +22,23 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import torch  # noqa: E402
 
 torch.set_flush_denormal(True)  # before any test creates the CPU worker pool (see irl.common)
+_SESSION_THREADS = torch.get_num_threads()
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 RTP_DIR = SHARED / "data" / "rtp-challenging"
+
+
+@pytest.fixture(autouse=True)
+def _session_thread_count():
+    """Every test starts with the session's thread count and no fairl choice remembered: a tiny
+    policy loaded in-process sets one thread for the rest of the process (pipeline.runtime)."""
+    yield
+    from pipeline import runtime
+
+    if torch.get_num_threads() != _SESSION_THREADS:
+        torch.set_num_threads(_SESSION_THREADS)
+    runtime._set_by_fairl = None
 
 
 @pytest.fixture

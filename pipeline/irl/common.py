@@ -24,6 +24,7 @@ from typing import Callable, Optional, TypeVar
 import torch
 
 from pipeline.irl.methods import MethodSpec
+from pipeline.runtime import default_threads, using_threads
 
 T = TypeVar("T")
 log = logging.getLogger("fairl.irl")
@@ -50,7 +51,9 @@ def enable_flush_to_zero() -> bool:
     MLP-bank epoch went from 0.2 s to 2.4 s after ~100 epochs). `torch.set_flush_denormal`
     affects the calling thread and the OpenMP workers created *after* it; call this at start-up
     (the CLI does) so the worker pool inherits it. The mode stays on: values below 1.2e-38 read
-    as zero, which no result of fairl depends on.
+    as zero, which no result of fairl depends on. A later change of the thread count
+    (`pipeline.runtime`) keeps it: workers it adds are started from a flushing thread, and
+    `run_flushing_denormals` probes again once the count is set.
     """
     torch.set_flush_denormal(True)
     probe = torch.full((1 << 20,), 1e-30)      # large enough to be split across the workers
@@ -66,11 +69,20 @@ def run_flushing_denormals(fn: Callable[[threading.Event], T]) -> T:
     small parallel regions less well). There, Ctrl-C in the caller sets `stop`, which `fn`
     polls, and the interrupt is re-raised once the thread has unwound. Nested calls reuse the
     enclosing context.
+
+    Training runs on every core torch would use by default (unless the user chose a count,
+    `pipeline.runtime`), even after a tiny policy set one thread: the bank's stacked GEMMs are
+    large, and the bank and the reference loop then use the same count whatever ran before.
     """
     current = getattr(_local, "stop", None)
     if current is not None:
         return fn(current)
-    if enable_flush_to_zero():
+    with using_threads(default_threads(), "IRL training"):
+        return _run_flushing(fn)
+
+
+def _run_flushing(fn: Callable[[threading.Event], T]) -> T:
+    if enable_flush_to_zero():   # after the thread count is set: probes the team that will run
         _local.stop = threading.Event()
         try:
             return fn(_local.stop)

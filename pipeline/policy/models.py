@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import torch
 
 from pipeline.errors import FairlError
+from pipeline.runtime import apply_threads_for_model
 
 log = logging.getLogger("fairl.policy")
 PAD_TOKEN = "<|pad|>"
@@ -84,6 +85,9 @@ def load_policy(name_or_path: str, what: str = "policy"):
         model.generation_config.eos_token_id = tok.eos_token_id
     disable_dropout(model)
     model.eval()
+    # A tiny policy's kernels are too short to share between threads when the machine is busy
+    # (pipeline.runtime); a real one keeps every core. The user's own choice is kept.
+    apply_threads_for_model(model, what)
     return model, tok
 
 

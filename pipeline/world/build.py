@@ -32,10 +32,11 @@ from tqdm.auto import tqdm
 from pipeline.artifacts import follow_umask, sha256_json, write_json
 from pipeline.config import WorldSection, to_dict
 from pipeline.embed import default_cache_dir
+from pipeline.runtime import apply_threads_for_model
 from pipeline.world.grammar import JIGSAW_NAMES, SUBTYPES, generate_sentences, lexicon_score
 
 log = logging.getLogger("fairl.world")
-WORLD_VERSION = 1
+WORLD_VERSION = 2   # 2: the base LM is pretrained on one thread (pipeline.runtime)
 EOS, PAD = "<|endoftext|>", "<|padding|>"
 # RealToxicityPrompts attribute names for the world's subtypes (obscene ~ profanity).
 RTP_NAMES = {"insult": "insult", "obscene": "profanity", "threat": "threat",
@@ -184,6 +185,9 @@ def _pretrain(texts: list[str], tokenizer, cfg: WorldSection):
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
         hidden_dropout=0.0, attention_dropout=0.0)
     model = GPTNeoXForCausalLM(mc)
+    # One thread for the tiny LM (pipeline.runtime): a busy machine no longer slows the build
+    # many-fold, and the weights no longer depend on the machine's core count.
+    apply_threads_for_model(model, "world base LM")
     ids: list[int] = []
     for t in texts:
         ids.extend(tokenizer(t)["input_ids"] + [tokenizer.eos_token_id])
