@@ -172,8 +172,20 @@ def test_ctrl_c_mid_training_publishes_nothing(tmp_path):
         if line.startswith("irl: training") or time.time() > deadline:   # (tmp path says "training")
             break
     time.sleep(2.0)  # well inside the epochs
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    # Ctrl-C, repeated as a user would if nothing happened: CPython can drop a KeyboardInterrupt
+    # raised while a finaliser runs ("Exception ignored in ..."), which was seen once on a loaded
+    # machine. After the first one lands, fairl ignores the rest until it has exited.
+    for _ in range(12):
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=5)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    else:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail("irl did not stop within 60 s of Ctrl-C:\n" + "".join(lines) + err)
     assert proc.returncode == 130, "".join(lines) + err
     assert "interrupted: nothing was published" in err
     assert (tmp_path / "runs/t/irl/manifest.json").read_bytes() == before
