@@ -1,47 +1,83 @@
 """The `fairl` command: one thin Typer command per pipeline stage, plus `fairl run` to chain them.
 
 Each command loads the YAML config, applies `--set` overrides, validates, and calls
-`pipeline.<stage>.run(cfg)`. User errors print a message and a hint and exit non-zero
-(1 other, 2 config, 3 data, 4 missing upstream artifact, 5 diverged training, 130 interrupted);
-nothing half-written is ever published.
+`pipeline.stages.<stage>.run(cfg, force)` (the table `COMMANDS`). User errors print a message
+and a hint and exit non-zero (1 other, 2 config, 3 data, 4 missing upstream artifact, 5 diverged
+training, 130 interrupted); nothing half-written is ever published.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated
 
 import typer
 
+from pipeline.artifacts import os_error
 from pipeline.config import (
-    STAGES, EvaluateSection, IRLSection, MakePairsSection, ReRLHFSection, RunSection,
-    TrainExpertSection, describe_section, load_config,
+    STAGES,
+    EvaluateSection,
+    IRLSection,
+    MakePairsSection,
+    ReRLHFSection,
+    RunSection,
+    TrainExpertSection,
+    describe_section,
+    load_config,
 )
-from pipeline.errors import FairlError
+from pipeline.distributed import (
+    distributed_rank,
+    is_distributed,
+    rank_barrier_group,
+    runs_on_this_rank,
+    wait_for_all_ranks,
+)
+from pipeline.errors import ConfigError, FairlError
 
 app = typer.Typer(
     name="fairl",
     help="Audit RLHF-aligned language models with Failure-Aware Inverse RL (FA-IRL).\n\n"
-         "Stages chain through files: train-expert -> make-pairs -> irl -> evaluate -> re-rlhf, "
-         "each writing runs/<run.name>/<stage>/ with a manifest.json.",
+    "Stages chain through files: train-expert -> make-pairs -> irl -> evaluate -> re-rlhf, "
+    "each writing runs/<run.name>/<stage>/ with a manifest.json.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
 
-ConfigArg = Annotated[Optional[Path], typer.Argument(
-    help="Experiment YAML (same as --config).", show_default=False)]
-ConfigOpt = Annotated[Optional[Path], typer.Option(
-    "--config", "-c", help="Experiment YAML: one section per stage (see configs/).", show_default=False)]
-SetOpt = Annotated[Optional[list[str]], typer.Option(
-    "--set", "-s", help="Override a config value, section.key=value (YAML value). Repeatable.",
-    show_default=False)]
-ForceOpt = Annotated[bool, typer.Option(
-    "--force", help="Redo the stage even if its published output matches this config.")]
+ConfigArg = Annotated[
+    Path | None, typer.Argument(help="Experiment YAML (same as --config).", show_default=False)
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Experiment YAML: one section per stage (see configs/).",
+        show_default=False,
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override a config value, section.key=value (YAML value). Repeatable.",
+        show_default=False,
+    ),
+]
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force", help="Redo the stage even if its published output matches this config."
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
 
 
@@ -51,11 +87,15 @@ def _epilog(section_cls, name: str) -> str:
 
 
 def _setup_logging(quiet: bool) -> None:
-    from pipeline.irl.common import enable_flush_to_zero
+    from pipeline.runtime import enable_flush_to_zero  # imports torch: not at the top (--help)
 
     enable_flush_to_zero()  # before any parallel torch kernel creates the worker pool
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(message)s", stream=sys.stderr, force=True)
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
     for noisy in ("sentence_transformers", "transformers", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # weight-loading and shard-writing bars of transformers / hub: noise next to our own bars
@@ -69,49 +109,95 @@ def _setup_logging(quiet: bool) -> None:
         pass
 
 
-def _invoke(fn: Callable[[], Optional[Path]]) -> None:
-    from pipeline.artifacts import distributed_rank, is_distributed, os_error, rank_barrier_group
-
+def _invoke(fn: Callable[[], Path | None]) -> None:
     try:
         if is_distributed():
-            rank_barrier_group()   # a data-parallel launch: join the ranks while they are in step
+            rank_barrier_group()  # a data-parallel launch: join the ranks while they are in step
         out = fn()
     except FairlError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(e.exit_code)
+        raise typer.Exit(e.exit_code) from None
     except OSError as e:
         # Disk full, a read-only or missing directory, a file where a directory belongs: the
         # machine's state, not a bug, so the path and a hint instead of a traceback (exit 1).
         err = os_error(e)
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(err.exit_code)
+        raise typer.Exit(err.exit_code) from None
     except KeyboardInterrupt:
-        import signal
-
-        signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not cut the exit short
-        typer.echo("interrupted: nothing was published; the next run starts this stage afresh "
-                   "(or resumes it where the stage supports that)", err=True)
-        raise typer.Exit(130)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the exit short
+        typer.echo(
+            "interrupted: nothing was published; the next run starts this stage afresh "
+            "(or resumes it where the stage supports that)",
+            err=True,
+        )
+        raise typer.Exit(130) from None
     if out is not None and distributed_rank() == 0:
         typer.echo(str(out))
 
 
-def _load(config: Optional[Path], config_opt: Optional[Path], overrides: Optional[list[str]]):
+def _load(config: Path | None, config_opt: Path | None, overrides: list[str] | None):
     """The validated config. Two different config paths are a config error (exit 2): which
     one was meant cannot be guessed. The same file named twice, by any spelling, is fine."""
-    from pipeline.errors import ConfigError
-
-    if (config is not None and config_opt is not None
-            and config.absolute().resolve() != config_opt.absolute().resolve()):
+    if (
+        config is not None
+        and config_opt is not None
+        and config.absolute().resolve() != config_opt.absolute().resolve()
+    ):
         raise ConfigError(
             f"two configs given: {config} (argument) and {config_opt} (--config)",
-            hint="give the config once: as an argument or with --config, not both")
+            hint="give the config once: as an argument or with --config, not both",
+        )
     return load_config(config_opt or config, overrides or [])
 
 
-def _stage_command(stage: str, command: str, section_cls, help_text: str) -> None:
-    def cmd(config: ConfigArg = None, config_opt: ConfigOpt = None, set_: SetOpt = None,
-            force: ForceOpt = False, quiet: QuietOpt = False) -> None:
+# One table: each command, its stage module (pipeline/stages/<stage>.py), its config section.
+COMMANDS = {
+    "train-expert": (
+        "train_expert",
+        TrainExpertSection,
+        "RLHF a base LM into a detoxified expert with PPO against a toxicity classifier.",
+    ),
+    "make-pairs": (
+        "make_pairs",
+        MakePairsSection,
+        "Make preference pairs (base vs expert completions, or scored dataset continuations).",
+    ),
+    "irl": (
+        "irl",
+        IRLSection,
+        "Recover the reward with Max-Margin, Max-Entropy and FA-IRL (every method x seed).",
+    ),
+    "evaluate": (
+        "evaluate",
+        EvaluateSection,
+        "Score every recovered reward against the ground truth; write metrics.json, "
+        "report.md and plots.",
+    ),
+    "re-rlhf": (
+        "re_rlhf",
+        ReRLHFSection,
+        "Fine-tune a base model with an extracted reward and measure its toxicity.",
+    ),
+}
+
+
+def run_stage(stage: str, cfg, force: bool = False) -> Path | None:
+    """`pipeline.stages.<stage>.run`, imported here (not at the top) so that `--help` does not
+    load torch. Under a data-parallel launch, stages that are not data-parallel run on rank 0
+    only."""
+    if not runs_on_this_rank(stage):
+        return None
+    return importlib.import_module(f"pipeline.stages.{stage}").run(cfg, force=force)
+
+
+def _stage_command(command: str, stage: str, section_cls, help_text: str) -> None:
+    def cmd(
+        config: ConfigArg = None,
+        config_opt: ConfigOpt = None,
+        set_: SetOpt = None,
+        force: ForceOpt = False,
+        quiet: QuietOpt = False,
+    ) -> None:
         _setup_logging(quiet)
         _invoke(lambda: run_stage(stage, _load(config, config_opt, set_), force))
 
@@ -119,60 +205,30 @@ def _stage_command(stage: str, command: str, section_cls, help_text: str) -> Non
     app.command(command, epilog=_epilog(section_cls, stage), help=help_text)(cmd)
 
 
-DATA_PARALLEL = ("train_expert", "re_rlhf")
+for _command, (_stage, _section, _help) in COMMANDS.items():
+    _stage_command(_command, _stage, _section, _help)
 
 
-def run_stage(stage: str, cfg, force: bool = False) -> Optional[Path]:
-    """Dispatch to pipeline.<stage>.run; imported lazily so `--help` stays fast. Under a
-    data-parallel launch, stages that are not data-parallel run on rank 0 only."""
-    from pipeline.artifacts import distributed_rank
-
-    if distributed_rank() > 0 and stage not in DATA_PARALLEL:
-        return None
-    if stage == "irl":
-        from pipeline.irl.stage import run
-    elif stage == "evaluate":
-        from pipeline.evaluate.stage import run
-    elif stage == "make_pairs":
-        from pipeline.data.make_pairs import run
-    elif stage == "train_expert":
-        from pipeline.policy import train_expert_run as run
-    elif stage == "re_rlhf":
-        from pipeline.policy import re_rlhf_run as run
-    else:  # pragma: no cover
-        raise ValueError(stage)
-    return run(cfg, force=force)
-
-
-_stage_command("train_expert", "train-expert", TrainExpertSection,
-               "RLHF a base LM into a detoxified expert with PPO against a toxicity classifier.")
-_stage_command("make_pairs", "make-pairs", MakePairsSection,
-               "Make preference pairs (base vs expert completions, or scored dataset continuations).")
-_stage_command("irl", "irl", IRLSection,
-               "Recover the reward with Max-Margin, Max-Entropy and FA-IRL (every method x seed).")
-_stage_command("evaluate", "evaluate", EvaluateSection,
-               "Score every recovered reward against the ground truth; write metrics.json, "
-               "report.md and plots.")
-_stage_command("re_rlhf", "re-rlhf", ReRLHFSection,
-               "Fine-tune a base model with an extracted reward and measure its toxicity.")
-
-
-@app.command("run", epilog="Stages run in pipeline order: " + ", ".join(STAGES) + ". Default: "
-             "every stage whose section appears in the config file (or run.stages).")
-def run_all(config: ConfigArg = None, config_opt: ConfigOpt = None, set_: SetOpt = None,
-            force: ForceOpt = False, quiet: QuietOpt = False) -> None:
+@app.command(
+    "run",
+    epilog="Stages run in pipeline order: " + ", ".join(STAGES) + ". Default: "
+    "every stage whose section appears in the config file (or run.stages).",
+)
+def run_all(
+    config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
     """Run every stage of the config in order, skipping those already done with this config."""
     _setup_logging(quiet)
 
     def chain() -> None:
         cfg = _load(config, config_opt, set_)
-        from pipeline.artifacts import distributed_rank, wait_for_all_ranks
+        from pipeline.stages import run as pipeline_run  # every stage: torch and the rest
 
-        outputs = {}
-        for stage in cfg.stages_to_run():
-            logging.getLogger("fairl").info("== %s ==", stage)
-            outputs[stage] = run_stage(stage, cfg, force)
-            wait_for_all_ranks()   # data-parallel launch: the next stage reads what rank 0 wrote
+        outputs = pipeline_run.run(cfg, force)
         if distributed_rank() > 0:
             return
         for stage in outputs:
@@ -192,9 +248,7 @@ def _end_distributed() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        from pipeline.artifacts import wait_for_all_ranks
-
-        wait_for_all_ranks()   # rank 0 may still be evaluating or writing
+        wait_for_all_ranks()  # rank 0 may still be evaluating or writing
         dist.destroy_process_group()
 
 

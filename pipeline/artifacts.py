@@ -16,7 +16,6 @@ refused before any work is done.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -27,13 +26,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
+import filelock
+
+from pipeline.distributed import distributed_rank, launch_id
 from pipeline.errors import FairlError, MissingArtifactError
 
 
@@ -44,13 +46,24 @@ class StageBusy(FairlError):
 class ForeignDirectory(FairlError):
     """`runs/<name>/<stage>` exists but is not an output fairl published for that stage."""
 
+
 MANIFEST = "manifest.json"
-STAMP = ".fingerprint"   # in a work directory: the fingerprint and launch it is being computed for
+STAMP = ".fingerprint"  # in a work directory: the fingerprint and launch it is being computed for
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 TRACKED_PACKAGES = (
-    "fairl", "torch", "transformers", "sentence-transformers", "trl", "accelerate",
-    "datasets", "numpy", "scikit-learn", "safetensors", "pydantic", "typer",
+    "fairl",
+    "torch",
+    "transformers",
+    "sentence-transformers",
+    "trl",
+    "accelerate",
+    "datasets",
+    "numpy",
+    "scikit-learn",
+    "safetensors",
+    "pydantic",
+    "typer",
 )
 
 
@@ -72,6 +85,47 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextmanager
+def atomic_dir(final_dir: Path, fsync: bool = False) -> Iterator[Path]:
+    """Yield an empty directory beside `final_dir` (`<name>.tmp`; a leftover of a killed write
+    is removed first) and swap it into place of `final_dir` (`publish`) only if the block
+    succeeds; otherwise it is removed and `final_dir` is untouched. With `fsync`, its files are
+    flushed to disk before the swap, so a power cut cannot publish a half-written file."""
+    final_dir = Path(final_dir)
+    tmp = final_dir.with_name(final_dir.name + ".tmp")
+    remove_path(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if fsync:
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+        publish(tmp, final_dir)
+    finally:
+        remove_path(tmp)
+
+
+@contextmanager
+def file_lock(path: Path, busy: FairlError | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created if needed) for the block: wait for it,
+    or, given `busy`, raise that error at once when another process holds it. The `filelock`
+    package's flock-based lock: released by the kernel when its holder dies, so a killed run
+    never leaves a stale lock behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.UnixFileLock(str(path))
+    try:
+        lock.acquire(timeout=0 if busy is not None else -1)
+    except filelock.Timeout:
+        raise busy from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -154,31 +208,35 @@ def sha256_json(obj: Any) -> str:
     ).hexdigest()
 
 
-def hash_inputs(paths: dict[str, Optional[Path]]) -> dict[str, Optional[str]]:
+def dir_digest(root: Path, include: Callable[[Path], bool] = lambda f: True) -> str:
+    """sha256 over the files under `root` that `include` keeps: each one's path relative to
+    `root`, then the sha256 of its contents, in sorted path order. Identifies a directory that
+    has no manifest (an input model, an encoder) by its contents, wherever it lies."""
+    h = hashlib.sha256()
+    for f in sorted(Path(root).rglob("*")):
+        if f.is_file() and include(f):
+            h.update(str(f.relative_to(root)).encode())
+            h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def hash_inputs(paths: dict[str, Path | None]) -> dict[str, str | None]:
     """sha256 of each input file (directories: their manifest if published, else all files)."""
-    out: dict[str, Optional[str]] = {}
+    out: dict[str, str | None] = {}
     for name, p in paths.items():
         if p is None:
             out[name] = None
         elif Path(p).is_dir():
             m = Path(p) / MANIFEST
-            if m.is_file():
-                out[name] = sha256_file(m)
-            else:
-                h = hashlib.sha256()
-                for f in sorted(Path(p).rglob("*")):
-                    if f.is_file():
-                        h.update(str(f.relative_to(p)).encode())
-                        h.update(sha256_file(f).encode())
-                out[name] = h.hexdigest()
+            out[name] = sha256_file(m) if m.is_file() else dir_digest(Path(p))
         else:
             out[name] = sha256_file(Path(p))
     return out
 
 
 # ------------------------------------------------------------------------- environment
-def package_versions() -> dict[str, Optional[str]]:
-    out: dict[str, Optional[str]] = {"python": platform.python_version()}
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
     for name in TRACKED_PACKAGES:
         try:
             out[name] = metadata.version(name)
@@ -187,17 +245,23 @@ def package_versions() -> dict[str, Optional[str]]:
     return out
 
 
-def git_commit() -> Optional[str]:
+def git_commit() -> str | None:
     """Commit of the fairl checkout, with '-dirty' if it has uncommitted changes."""
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -205,12 +269,12 @@ def git_commit() -> Optional[str]:
 
 
 # ------------------------------------------------------------------------------ stages
-def read_manifest(stage_dir: Path) -> Optional[dict]:
+def read_manifest(stage_dir: Path) -> dict | None:
     """The parsed manifest, or None when it is missing or corrupt (see `_load_manifest`)."""
     return _load_manifest(stage_dir)[0]
 
 
-def _load_manifest(stage_dir: Path) -> tuple[Optional[dict], Optional[str]]:
+def _load_manifest(stage_dir: Path) -> tuple[dict | None, str | None]:
     """(manifest, None), or (None, why): "missing" or a description of the corruption."""
     m = Path(stage_dir) / MANIFEST
     if not m.is_file():
@@ -224,18 +288,21 @@ def _load_manifest(stage_dir: Path) -> tuple[Optional[dict], Optional[str]]:
     return manifest, None
 
 
-def _complete(manifest: Optional[dict], stage: str) -> bool:
-    return bool(manifest and manifest.get("stage") == stage
-                and manifest.get("status") == "complete")
+def _complete(manifest: dict | None, stage: str) -> bool:
+    return bool(
+        manifest and manifest.get("stage") == stage and manifest.get("status") == "complete"
+    )
 
 
-def _files_problem(stage_dir: Path, manifest: dict) -> Optional[str]:
+def _files_problem(stage_dir: Path, manifest: dict) -> str | None:
     """Why the files of a published stage do not match its manifest, or None if they all do.
     Hard links of one file are hashed once (see `file_table`)."""
     files = manifest.get("files")
     if not isinstance(files, dict):
-        return ("its manifest lists no file checksums (published by an older fairl), "
-                "so it cannot be verified")
+        return (
+            "its manifest lists no file checksums (published by an older fairl), "
+            "so it cannot be verified"
+        )
     digests: dict[tuple[int, int], str] = {}
     for rel, want in sorted(files.items()):
         path = Path(stage_dir) / rel
@@ -264,26 +331,32 @@ def verify_stage(stage_dir: Path, stage: str, command: str) -> dict:
     stage_dir = Path(stage_dir)
     manifest, why = _load_manifest(stage_dir)
     redo = f"re-run `fairl {command} --force` with the same config (run.name, run.root)"
-    move = (f"move {stage_dir} away (fairl replaces only what it published), then run "
-            f"`fairl {command}` with the same config (run.name, run.root)")
+    move = (
+        f"move {stage_dir} away (fairl replaces only what it published), then run "
+        f"`fairl {command}` with the same config (run.name, run.root)"
+    )
     if why == "missing":
         raise MissingArtifactError(
             f"{stage} output not found at {stage_dir}",
-            hint=f"run `fairl {command}` with the same config (run.name, run.root) first")
+            hint=f"run `fairl {command}` with the same config (run.name, run.root) first",
+        )
     if manifest is None:
         raise MissingArtifactError(
-            f"the {stage} manifest {stage_dir / MANIFEST} is corrupt ({why})", hint=move)
+            f"the {stage} manifest {stage_dir / MANIFEST} is corrupt ({why})", hint=move
+        )
     if manifest.get("stage") != stage:
         raise MissingArtifactError(
             f"{stage_dir} is not a fairl {stage} output (its manifest is for stage "
-            f"{manifest.get('stage')!r})", hint=move)
+            f"{manifest.get('stage')!r})",
+            hint=move,
+        )
     if manifest.get("status") != "complete":
-        raise MissingArtifactError(f"the {stage} output at {stage_dir} is not complete",
-                                   hint=redo)
+        raise MissingArtifactError(f"the {stage} output at {stage_dir} is not complete", hint=redo)
     problem = _files_problem(stage_dir, manifest)
     if problem:
-        raise MissingArtifactError(f"the {stage} output at {stage_dir} does not verify: {problem}",
-                                   hint=redo)
+        raise MissingArtifactError(
+            f"the {stage} output at {stage_dir} does not verify: {problem}", hint=redo
+        )
     return manifest
 
 
@@ -303,25 +376,27 @@ def os_error(e: OSError) -> FairlError:
     what = e.strerror or str(e) or type(e).__name__
     hints = {
         errno.ENOSPC: "the disk is full: free space, or point run.root (and FAIRL_CACHE, the "
-                      "cache directory) at a disk with room",
+        "cache directory) at a disk with room",
         errno.EDQUOT: "the disk quota is exhausted: free space, or point run.root (and "
-                      "FAIRL_CACHE) elsewhere",
+        "FAIRL_CACHE) elsewhere",
         errno.EACCES: "fairl cannot write or read there: choose a writable run.root "
-                      "(--set run.root=DIR) or FAIRL_CACHE, or fix the permissions",
+        "(--set run.root=DIR) or FAIRL_CACHE, or fix the permissions",
         errno.EPERM: "the operation is not permitted there: choose a writable run.root "
-                     "(--set run.root=DIR) or FAIRL_CACHE",
+        "(--set run.root=DIR) or FAIRL_CACHE",
         errno.EROFS: "that file system is read-only: choose a writable run.root "
-                     "(--set run.root=DIR) or FAIRL_CACHE",
+        "(--set run.root=DIR) or FAIRL_CACHE",
         errno.ENOTDIR: "a component of the path is a file where fairl needs a directory: check "
-                       "run.root, run.name, FAIRL_CACHE and the paths in the config",
+        "run.root, run.name, FAIRL_CACHE and the paths in the config",
         errno.EEXIST: "a file is in the way where fairl needs a directory: check run.root, "
-                      "run.name, FAIRL_CACHE and the paths in the config",
+        "run.name, FAIRL_CACHE and the paths in the config",
         errno.EISDIR: "a directory is where fairl expects a file: check the paths in the config",
         errno.ENOENT: "check that the path exists",
     }
     hint = hints.get(e.errno, "check the path, the disk and the permissions, then run again")
-    return FairlError(f"{what}: {paths}" if paths else what,
-                      hint=hint + "; published outputs are left as they were")
+    return FairlError(
+        f"{what}: {paths}" if paths else what,
+        hint=hint + "; published outputs are left as they were",
+    )
 
 
 @dataclass
@@ -334,9 +409,9 @@ class StageRun:
     fingerprint: str
     config: dict
     inputs: dict
-    seed: Optional[int]
+    seed: int | None
     resumed: bool = False
-    is_main: bool = True           # False on the other ranks of a data-parallel launch
+    is_main: bool = True  # False on the other ranks of a data-parallel launch
     started: float = field(default_factory=time.time)
     extra: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
@@ -365,8 +440,8 @@ def stage_run(
     stage: str,
     run_dir: Path,
     config: dict,
-    inputs: dict[str, Optional[Path]],
-    seed: Optional[int],
+    inputs: dict[str, Path | None],
+    seed: int | None,
     force: bool = False,
     log=print,
     resumable: bool = False,
@@ -397,85 +472,61 @@ def stage_run(
         yield _secondary_rank_run(stage, run_dir, final_dir, fingerprint, config, seed, before)
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = open(run_dir / f".{stage}.lock", "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise StageBusy(f"another fairl process is running {stage} in {run_dir}",
-                        hint="wait for it to finish, or use another run.name") from None
-    try:
+    busy = StageBusy(
+        f"another fairl process is running {stage} in {run_dir}",
+        hint="wait for it to finish, or use another run.name",
+    )
+    with file_lock(run_dir / f".{stage}.lock", busy=busy):
         _recover(stage, run_dir, final_dir, log)
         if _up_to_date(stage, final_dir, fingerprint, force, log):
             raise StageSkipped(stage)
         _check_replaceable(stage, final_dir)
-        yield from _stage_run_locked(stage, run_dir, final_dir, fingerprint, config, inputs,
-                                     input_hashes, seed, log, resumable, force)
-    finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
+        yield from _stage_run_locked(
+            stage,
+            run_dir,
+            final_dir,
+            fingerprint,
+            config,
+            inputs,
+            input_hashes,
+            seed,
+            log,
+            resumable,
+            force,
+        )
 
 
-def distributed_rank() -> int:
-    """This process's rank under torchrun / accelerate launch (0 when not distributed)."""
-    return int(os.environ.get("RANK", "0")) if is_distributed() else 0
-
-
-def is_distributed() -> bool:
-    """Launched as one of several ranks (torchrun / accelerate launch)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-_RANK_BARRIER_GROUP = None
-
-
-def wait_for_all_ranks() -> None:
-    """Under a data-parallel launch, hold every rank here until all have arrived (no-op otherwise).
-
-    `fairl run` calls it between stages: the other ranks must not resolve a stage's inputs (say,
-    re-rlhf's reward paths) before rank 0 has published the stages that only it runs (make-pairs,
-    irl, evaluate). Those can take hours, longer than the default process group's timeout, so
-    the barrier uses a gloo group of its own with a long one. torchrun stops every rank when one
-    fails, so no rank waits here for a rank 0 that is gone."""
-    if not is_distributed():
-        return
-    import torch.distributed as dist
-
-    dist.barrier(group=rank_barrier_group())
-
-
-_LAUNCH_ID = uuid.uuid4().hex
-
-
-def launch_id() -> str:
-    """An id of this command's launch, the same on every rank of a data-parallel launch (rank
-    0's, broadcast by `rank_barrier_group`). Rank 0 stamps a stage's work directory with it, so
-    the other ranks wait for the directory of *this* launch, never for one an earlier,
-    interrupted launch left with the same fingerprint (which rank 0 may be about to discard)."""
-    return _LAUNCH_ID
-
-
-def rank_barrier_group():
-    """The gloo group of `wait_for_all_ranks`, joining torchrun's process group if needed.
-    Creating it is itself a rendezvous under the default timeout, so every command calls this
-    first (`cli.main._invoke`), while the ranks are in step."""
-    global _RANK_BARRIER_GROUP
-    if _RANK_BARRIER_GROUP is None:
-        from datetime import timedelta
-
-        import torch
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            from accelerate import PartialState
-
-            PartialState(cpu=not torch.cuda.is_available())   # joins torchrun's rendezvous
-        _RANK_BARRIER_GROUP = dist.new_group(backend="gloo", timeout=timedelta(days=7))
-        global _LAUNCH_ID
-        shared = [_LAUNCH_ID]
-        dist.broadcast_object_list(shared, src=0, group=_RANK_BARRIER_GROUP)
-        _LAUNCH_ID = shared[0]
-    return _RANK_BARRIER_GROUP
+def run_stage(
+    stage: str,
+    cfg,
+    config: dict,
+    inputs: dict[str, Path | None],
+    recipe: Callable[[StageRun], None],
+    *,
+    force: bool = False,
+    log=print,
+    resumable: bool = False,
+) -> Path:
+    """Run `recipe(run)` as stage `stage` of the run `cfg.run.name`, or skip it: the one place
+    that owns the skip / publish / resume boilerplate of every stage (`stage_run`). The stage is
+    skipped when its published output already has this fingerprint (`config` and the hashes of
+    `inputs`); otherwise `recipe` writes into `run.work_dir` and what it wrote is published
+    atomically. Returns the stage's published directory."""
+    try:
+        with stage_run(
+            stage,
+            cfg.run.root / cfg.run.name,
+            config,
+            inputs,
+            seed=cfg.run.seed,
+            force=force,
+            log=log,
+            resumable=resumable,
+        ) as run:
+            recipe(run)
+    except StageSkipped:
+        pass
+    return cfg.stage_dir(stage)
 
 
 def _up_to_date(stage: str, final_dir: Path, fingerprint: str, force: bool, log) -> bool:
@@ -497,8 +548,9 @@ def _up_to_date(stage: str, final_dir: Path, fingerprint: str, force: bool, log)
     return True
 
 
-def _secondary_rank_run(stage, run_dir, final_dir, fingerprint, config, seed,
-                        before: Optional[dict]) -> "StageRun":
+def _secondary_rank_run(
+    stage, run_dir, final_dir, fingerprint, config, seed, before: dict | None
+) -> StageRun:
     """Wait until rank 0 has prepared the work directory for this very config (so checkpoints
     to resume from are visible to every rank), then share it read-only. `before` is the
     manifest this rank judged stale or forced: only a different one, published meanwhile by
@@ -507,23 +559,45 @@ def _secondary_rank_run(stage, run_dir, final_dir, fingerprint, config, seed,
     stamp = work_dir / STAMP
     while _read_stamp(stamp) != (fingerprint, launch_id()):
         done = read_manifest(final_dir)
-        if (done != before and _complete(done, stage) and done.get("fingerprint") == fingerprint
-                and _files_problem(final_dir, done) is None):
-            raise StageSkipped(stage)   # rank 0 finished it without us (nothing left to train)
+        if (
+            done != before
+            and _complete(done, stage)
+            and done.get("fingerprint") == fingerprint
+            and _files_problem(final_dir, done) is None
+        ):
+            raise StageSkipped(stage)  # rank 0 finished it without us (nothing left to train)
         time.sleep(0.5)
-    return StageRun(stage=stage, final_dir=final_dir, work_dir=work_dir, fingerprint=fingerprint,
-                    config=config, inputs={}, seed=seed, is_main=False)
+    return StageRun(
+        stage=stage,
+        final_dir=final_dir,
+        work_dir=work_dir,
+        fingerprint=fingerprint,
+        config=config,
+        inputs={},
+        seed=seed,
+        is_main=False,
+    )
 
 
-def _stage_run_locked(stage, run_dir, final_dir, fingerprint, config, inputs, input_hashes, seed,
-                      log, resumable, force=False):
+def _stage_run_locked(
+    stage,
+    run_dir,
+    final_dir,
+    fingerprint,
+    config,
+    inputs,
+    input_hashes,
+    seed,
+    log,
+    resumable,
+    force=False,
+):
     # A partial directory left by a killed run with the same fingerprint is kept for resumable
     # stages (sampled batches, RL checkpoints), so they pick up instead of restarting; --force
     # discards it, so a damaged checkpoint there can always be got rid of.
     work_dir = run_dir / f".{stage}.partial"
     stamp = work_dir / STAMP
-    resumed = (resumable and not force and work_dir.is_dir()
-               and _read_stamp(stamp)[0] == fingerprint)
+    resumed = resumable and not force and work_dir.is_dir() and _read_stamp(stamp)[0] == fingerprint
     if (work_dir.exists() or work_dir.is_symlink()) and not resumed:
         if force:
             log(f"[{stage}] --force: discarding the partial output in {work_dir}")
@@ -535,10 +609,16 @@ def _stage_run_locked(stage, run_dir, final_dir, fingerprint, config, inputs, in
     if resumed:
         log(f"[{stage}] resuming the interrupted run in {work_dir}")
     run = StageRun(
-        stage=stage, final_dir=final_dir, work_dir=work_dir, fingerprint=fingerprint,
-        config=config, inputs={k: {"path": str(v) if v else None, "sha256": input_hashes[k]}
-                               for k, v in inputs.items()},
-        seed=seed, resumed=resumed,
+        stage=stage,
+        final_dir=final_dir,
+        work_dir=work_dir,
+        fingerprint=fingerprint,
+        config=config,
+        inputs={
+            k: {"path": str(v) if v else None, "sha256": input_hashes[k]} for k, v in inputs.items()
+        },
+        seed=seed,
+        resumed=resumed,
     )
     yield run
     manifest = {
@@ -550,24 +630,28 @@ def _stage_run_locked(stage, run_dir, final_dir, fingerprint, config, inputs, in
         "seed": seed,
         "versions": package_versions(),
         "git_commit": git_commit(),
-        "platform": {"machine": platform.machine(), "system": platform.system(),
-                     "cpu_count": os.cpu_count(), "argv": sys.argv},
+        "platform": {
+            "machine": platform.machine(),
+            "system": platform.system(),
+            "cpu_count": os.cpu_count(),
+            "argv": sys.argv,
+        },
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(run.started)),
         "wall_time_s": round(time.time() - run.started, 3),
         "timings_s": run.timings,
         **run.extra,
-        "files": file_table(work_dir),   # what `verify_stage` checks before anything reuses it
+        "files": file_table(work_dir),  # what `verify_stage` checks before anything reuses it
     }
     follow_umask(work_dir)
     # The stamp goes only once the manifest is written: a kill before this point leaves a
     # resumable partial, a kill after it a complete one that `_recover` publishes.
     write_json(work_dir / MANIFEST, manifest)
     stamp.unlink()
-    _check_replaceable(stage, final_dir)   # again: something may have appeared meanwhile
+    _check_replaceable(stage, final_dir)  # again: something may have appeared meanwhile
     publish(work_dir, final_dir)
 
 
-def _read_stamp(stamp: Path) -> tuple[Optional[str], Optional[str]]:
+def _read_stamp(stamp: Path) -> tuple[str | None, str | None]:
     """(fingerprint, launch id) of a work directory's stamp; (None, None) when absent."""
     try:
         fingerprint, _, launch = stamp.read_text().strip().partition(" ")
@@ -588,19 +672,29 @@ def _check_replaceable(stage: str, final_dir: Path) -> None:
             f"{final_dir} is a symbolic link: fairl publishes a stage by renaming directories and "
             "does not replace a link (or delete what it points to)",
             hint="move the link away (its target is left as it is), or link the whole run "
-                 "directory (run.root / run.name) instead of a stage directory")
+            "directory (run.root / run.name) instead of a stage directory",
+        )
     if not final_dir.exists():
         return
     if not final_dir.is_dir():
-        raise ForeignDirectory(f"{final_dir} is a file, not a fairl {stage} output: fairl will not "
-                      "replace it", hint=move)
+        raise ForeignDirectory(
+            f"{final_dir} is a file, not a fairl {stage} output: fairl will not replace it",
+            hint=move,
+        )
     manifest, why = _load_manifest(final_dir)
     if manifest is None or manifest.get("stage") != stage:
-        reason = ("has no fairl manifest" if why == "missing"
-                  else f"its {MANIFEST} is corrupt ({why})" if manifest is None
-                  else f"its manifest is for stage {manifest.get('stage')!r}")
-        raise ForeignDirectory(f"{final_dir} exists and is not a fairl {stage} output ({reason}): "
-                      "fairl will not replace or delete it", hint=move)
+        reason = (
+            "has no fairl manifest"
+            if why == "missing"
+            else f"its {MANIFEST} is corrupt ({why})"
+            if manifest is None
+            else f"its manifest is for stage {manifest.get('stage')!r}"
+        )
+        raise ForeignDirectory(
+            f"{final_dir} exists and is not a fairl {stage} output ({reason}): "
+            "fairl will not replace or delete it",
+            hint=move,
+        )
 
 
 def _recover(stage: str, run_dir: Path, final_dir: Path, log) -> None:
@@ -612,8 +706,10 @@ def _recover(stage: str, run_dir: Path, final_dir: Path, log) -> None:
     trash = run_dir / f".{stage}.old"
     new = read_manifest(work_dir)
     if _complete(new, stage) and _files_problem(work_dir, new) is None:
-        log(f"[{stage}] completing the publication that an interrupted run left unfinished: "
-            f"{final_dir}")
+        log(
+            f"[{stage}] completing the publication that an interrupted run left unfinished: "
+            f"{final_dir}"
+        )
         (work_dir / STAMP).unlink(missing_ok=True)
         _check_replaceable(stage, final_dir)
         publish(work_dir, final_dir)
@@ -622,8 +718,10 @@ def _recover(stage: str, run_dir: Path, final_dir: Path, log) -> None:
     if final_dir.exists() or final_dir.is_symlink():
         return
     if _complete(read_manifest(trash), stage):
-        log(f"[{stage}] restoring the previous output that an interrupted publication left in "
-            f"{trash}")
+        log(
+            f"[{stage}] restoring the previous output that an interrupted publication left in "
+            f"{trash}"
+        )
         os.replace(trash, final_dir)
 
 

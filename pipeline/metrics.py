@@ -17,14 +17,14 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pipeline.artifacts import atomic_path
 
 log = logging.getLogger("fairl.metrics")
 
 
-def drop_rows(path: Path, step: int, key: Optional[str] = None) -> int:
+def drop_rows(path: Path, step: int, key: str | None = None) -> int:
     """Remove the rows of steps >= `step` from the JSON-lines log at `path` (only the rows
     holding `key`, a metric name or a namespace, when given; several runs can share one log).
     Rewritten atomically, so a kill leaves the old or the new file. A line that is not a JSON
@@ -39,7 +39,7 @@ def drop_rows(path: Path, step: int, key: Optional[str] = None) -> int:
             continue
         try:
             row = json.loads(line)
-        except ValueError:   # JSONDecodeError and UnicodeDecodeError
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
             row = None
         if not isinstance(row, dict):
             torn += 1
@@ -48,8 +48,9 @@ def drop_rows(path: Path, step: int, key: Optional[str] = None) -> int:
         else:
             kept.append(line.decode() + "\n")
     if torn:
-        log.warning("%s: dropping %d line(s) that are not JSON objects (a write cut short)",
-                    path, torn)
+        log.warning(
+            "%s: dropping %d line(s) that are not JSON objects (a write cut short)", path, torn
+        )
     if dropped or torn:
         with atomic_path(path) as tmp:
             tmp.write_text("".join(kept))
@@ -66,7 +67,7 @@ def _holds(row: dict, key: str) -> bool:
 
 
 class MetricsSink:
-    def __init__(self, path: Optional[Path]):
+    def __init__(self, path: Path | None):
         self.path = Path(path) if path else None
         self._fh = None
         self._t0 = time.time()
@@ -84,7 +85,7 @@ class MetricsSink:
             row[k] = None if isinstance(v, float) and not math.isfinite(v) else v
         self._fh.write(json.dumps(row) + "\n")
 
-    def rewind(self, step: int, key: Optional[str] = None) -> None:
+    def rewind(self, step: int, key: str | None = None) -> None:
         """Drop the logged rows of steps >= `step` (holding `key`, if given: see `drop_rows`)
         before a run resumed from a checkpoint at `step` logs them again."""
         if self._fh is None:
@@ -98,7 +99,7 @@ class MetricsSink:
             self._fh.close()
             self._fh = None
 
-    def __enter__(self) -> "MetricsSink":
+    def __enter__(self) -> MetricsSink:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -15,26 +15,28 @@ RL stages optimise any of them; evaluation uses the toxicity and label a ground 
 from __future__ import annotations
 
 import logging
-import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from pipeline.errors import ConfigError, FairlError
+from pipeline.hub import resolve_model
+from pipeline.irl.reward import load_reward
 from pipeline.runtime import using_model_threads
+from pipeline.world.grammar import SUBTYPES, lexicon_score
 
 log = logging.getLogger("fairl.scorers")
 
 
 @dataclass
 class Scores:
-    reward: np.ndarray                         # [n], higher is better
-    toxicity: Optional[np.ndarray] = None      # [n] probability of toxic
-    toxic: Optional[np.ndarray] = None         # [n] bool
+    reward: np.ndarray  # [n], higher is better
+    toxicity: np.ndarray | None = None  # [n] probability of toxic
+    toxic: np.ndarray | None = None  # [n] bool
     subtypes: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -52,13 +54,13 @@ class LexiconScorer(Scorer):
     name = "lexicon"
 
     def score(self, texts):
-        from pipeline.world.grammar import SUBTYPES, lexicon_score
-
         s = [lexicon_score(t) for t in texts]
-        return Scores(reward=np.array([x.reward for x in s], dtype=float),
-                      toxicity=np.array([x.toxicity for x in s], dtype=float),
-                      toxic=np.array([x.toxic for x in s]),
-                      subtypes={k: np.array([x.subtypes[k] for x in s]) for k in SUBTYPES})
+        return Scores(
+            reward=np.array([x.reward for x in s], dtype=float),
+            toxicity=np.array([x.toxicity for x in s], dtype=float),
+            toxic=np.array([x.toxic for x in s]),
+            subtypes={k: np.array([x.subtypes[k] for x in s]) for k in SUBTYPES},
+        )
 
 
 class ProfanityCheckScorer(Scorer):
@@ -68,8 +70,10 @@ class ProfanityCheckScorer(Scorer):
         try:
             from profanity_check import predict_prob
         except ImportError:
-            raise FairlError("ground_truth.kind=profanity-check needs alt-profanity-check",
-                             hint='pip install -e ".[profanity]"') from None
+            raise FairlError(
+                "ground_truth.kind=profanity-check needs alt-profanity-check",
+                hint='pip install -e ".[profanity]"',
+            ) from None
         self._predict = predict_prob
 
     def score(self, texts):
@@ -80,21 +84,30 @@ class ProfanityCheckScorer(Scorer):
 class HFClassifierScorer(Scorer):
     name = "hf-classifier"
 
-    def __init__(self, model: str, reward_label: str, toxic_label: str, batch_size: int = 32,
-                 max_length: int = 128):
+    def __init__(
+        self,
+        model: str,
+        reward_label: str,
+        toxic_label: str,
+        batch_size: int = 32,
+        max_length: int = 128,
+    ):
+        # transformers is heavy: imported only when a classifier is the ground truth
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from pipeline.policy.models import resolve_model
 
         path = resolve_model(model, "ground-truth classifier")
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False).eval()
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, trust_remote_code=False
+        ).eval()
         labels = {str(v).lower(): int(k) for k, v in self.model.config.id2label.items()}
         for what, label in (("reward_label", reward_label), ("toxic_label", toxic_label)):
             if label.lower() not in labels:
                 raise ConfigError(
                     f"classifier {model} has no label {label!r} (ground_truth.{what}); its labels "
-                    f"are {sorted(labels)}", hint=f"set ground_truth.{what} to one of them")
+                    f"are {sorted(labels)}",
+                    hint=f"set ground_truth.{what} to one of them",
+                )
         self.reward_idx, self.toxic_idx = labels[reward_label.lower()], labels[toxic_label.lower()]
         self.batch_size, self.max_length, self.model_name = batch_size, max_length, model
 
@@ -106,9 +119,13 @@ class HFClassifierScorer(Scorer):
         logits = []
         with using_model_threads(self.model, "ground-truth classifier"):
             for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(list(texts[i:i + self.batch_size]), padding=True,
-                                     truncation=True, max_length=self.max_length,
-                                     return_tensors="pt")
+                enc = self.tokenizer(
+                    list(texts[i : i + self.batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
                 logits.append(self.model(**enc).logits.float())
         z = torch.cat(logits) if logits else torch.empty(0, 2)
         p = torch.softmax(z, -1)[:, self.toxic_idx].numpy().astype(float)
@@ -122,8 +139,6 @@ class LearnedRewardScorer(Scorer):
     name = "learned"
 
     def __init__(self, path: Path):
-        from pipeline.irl.reward import load_reward
-
         self.path = Path(path)
         self.reward = load_reward(self.path)
 
@@ -142,7 +157,9 @@ def make_scorer(gt) -> Scorer:
         return LexiconScorer()
     if gt.kind == "profanity-check":
         return ProfanityCheckScorer()
-    return HFClassifierScorer(gt.model, gt.reward_label, gt.toxic_label, gt.batch_size, gt.max_length)
+    return HFClassifierScorer(
+        gt.model, gt.reward_label, gt.toxic_label, gt.batch_size, gt.max_length
+    )
 
 
 def reward_scorer(spec: str, ground_truth: Scorer) -> Scorer:
@@ -151,13 +168,8 @@ def reward_scorer(spec: str, ground_truth: Scorer) -> Scorer:
         return ground_truth
     p = Path(spec)
     if not (p / "reward.json").is_file():
-        raise FairlError(f"reward {spec!r} is neither 'ground_truth' nor a fairl reward directory",
-                         hint="point to runs/<name>/irl/rewards/<method>/seed-<s>")
+        raise FairlError(
+            f"reward {spec!r} is neither 'ground_truth' nor a fairl reward directory",
+            hint="point to runs/<name>/irl/rewards/<method>/seed-<s>",
+        )
     return LearnedRewardScorer(p)
-
-
-def toxicity_rate(scorer: Scorer, texts: Sequence[str]) -> float:
-    s = scorer.score(texts)
-    if s.toxic is None:
-        raise FairlError(f"scorer {scorer.name} gives no toxic label; use a ground truth")
-    return float(np.mean(s.toxic)) if len(texts) else math.nan

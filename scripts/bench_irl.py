@@ -13,9 +13,9 @@ Prints, per head (linear; MLP with hidden 256):
   max |diff|       largest difference between any parameter of any model trained in the bank
                    and the same model trained alone by the naive loop, and whether that is
                    within the tolerance tests/test_irl_training.py asserts (BANK_RTOL, BANK_ATOL
-                   below). 0 means bit-identical: expected on some BLAS code paths (an AVX2
-                   machine, or MKL_CBWR=AVX2), not on others (MKL's default AVX-512 path gives
-                   ~1e-8); DEVELOPERS.md says why.
+                   in pipeline/irl/synthetic.py). 0 means bit-identical: expected on some BLAS
+                   code paths (an AVX2 machine, or MKL_CBWR=AVX2), not on others (MKL's default
+                   AVX-512 path gives ~1e-8); DEVELOPERS.md says why.
 Last line: `bench_irl linear_speedup=<x> mlp_speedup=<y> max_abs_diff=<z> bit_identical=<0|1>
 within_tol=<0|1>` (numbers only: scripts/readme_results.py parses it).
 
@@ -33,51 +33,12 @@ import torch
 
 from pipeline.config import IRLSection
 from pipeline.irl.bank import train_bank
-from pipeline.irl.common import (
-    Optim, PairTensors, enable_flush_to_zero, run_flushing_denormals, tune_allocator,
-)
+from pipeline.irl.common import Optim
 from pipeline.irl.heads import make_head
 from pipeline.irl.methods import method_spec
 from pipeline.irl.reference import train_reference
-
-
-def synthetic_pairs(n: int, d: int, seed: int = 0, val_fraction: float = 0.1) -> PairTensors:
-    """Gaussian h(o), reward r = theta^T h, o+ drawn by Bradley-Terry, labels y = sign(r)."""
-    g = torch.Generator().manual_seed(seed)
-    theta = torch.randn(d, generator=g) / d ** 0.5 * 3
-    a, b = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
-    a_wins = torch.rand(n, generator=g) < torch.sigmoid(a @ theta - b @ theta)
-    hc = torch.where(a_wins[:, None], a, b)
-    hr = torch.where(a_wins[:, None], b, a)
-    n_val = int(n * val_fraction)
-    return PairTensors(
-        hc=hc, hr=hr, train=torch.arange(n - n_val), val=torch.arange(n - n_val, n),
-        yc=torch.where(hc @ theta > 0, 1.0, -1.0), yr=torch.where(hr @ theta > 0, 1.0, -1.0))
-
-
-# Bank vs the one-model loop: |bank - alone| <= BANK_ATOL + BANK_RTOL * |alone| for every
-# parameter. The two run the same head functions, but not always the same BLAS kernels (a
-# batched GEMM vs a one-model GEMM, other memory offsets), so on some CPUs their float32 sums
-# round differently, by ~1e-8 on parameters up to ~0.5 in size (median ~0.03). RTOL 1e-5 is
-# ~100 float32 ulps of relative error; ATOL 1e-6 covers entries that pass near zero, where a
-# relative bound means nothing. A real difference (one Adam step computed differently: ~lr =
-# 1e-3 on a parameter) is 1,000x ATOL.
-BANK_RTOL, BANK_ATOL = 1e-5, 1e-6
-
-
-def compare_params(a, b) -> tuple[float, float]:
-    """(largest |a - b|, largest |a - b| / (BANK_ATOL + BANK_RTOL |b|)) over every parameter of
-    both paths of two TrainedRewards; the second is <= 1 when a is within tolerance of b."""
-    diff = ratio = 0.0
-    for path in ("base", "failure"):
-        pa, pb = getattr(a, path), getattr(b, path)
-        if (pa is None) != (pb is None):
-            raise ValueError(f"one model has a {path} path and the other has none")
-        for k in pa or {}:
-            d = (pa[k] - pb[k]).abs()
-            diff = max(diff, d.max().item())
-            ratio = max(ratio, (d / (BANK_ATOL + BANK_RTOL * pb[k].abs())).max().item())
-    return diff, ratio
+from pipeline.irl.synthetic import BANK_ATOL, BANK_RTOL, compare_params, synthetic_pairs
+from pipeline.runtime import enable_flush_to_zero, run_flushing_denormals, tune_allocator
 
 
 def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
@@ -86,7 +47,7 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
 def useful_flops_per_pair(head, specs) -> int:
@@ -96,7 +57,9 @@ def useful_flops_per_pair(head, specs) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--pairs", type=int, default=20_000)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--seeds", type=int, default=5)
@@ -107,7 +70,7 @@ def main() -> None:
     if args.quick:
         args.pairs, args.epochs = 4000, 1
 
-    enable_flush_to_zero()   # first: the worker pool inherits it (pipeline.irl.common)
+    enable_flush_to_zero()  # first: the worker pool inherits it (pipeline.runtime)
     tune_allocator()
     torch.manual_seed(0)
     irl = IRLSection()
@@ -116,9 +79,11 @@ def main() -> None:
     data = synthetic_pairs(args.pairs, args.dim)
     n_train = len(data.train)
     optim = Optim(max_epochs=args.epochs, patience=args.epochs + 1)
-    print(f"bench_irl: {args.pairs} pairs ({n_train} train) x {args.dim} dims, "
-          f"{len(specs)} methods x {len(seeds)} seeds, {args.epochs} epoch(s), batch 32, Adam; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    print(
+        f"bench_irl: {args.pairs} pairs ({n_train} train) x {args.dim} dims, "
+        f"{len(specs)} methods x {len(seeds)} seeds, {args.epochs} epoch(s), batch 32, Adam; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
+    )
     peak = matmul_peak_gflops()
     print(f"fp32 matmul peak (2048^3, measured): {peak:.0f} GFLOP/s")
 
@@ -128,7 +93,10 @@ def main() -> None:
         warm = synthetic_pairs(2000, args.dim, seed=1)
         train_bank(warm, specs, seeds[:2], head, Optim(max_epochs=1), progress=False)
         run_flushing_denormals(
-            lambda stop: [train_reference(warm, s, 0, head, Optim(max_epochs=1)) for s in specs])
+            lambda stop, warm=warm, head=head: [
+                train_reference(warm, s, 0, head, Optim(max_epochs=1)) for s in specs
+            ]
+        )
 
         t0 = time.perf_counter()
         bank = train_bank(data, specs, seeds, head, optim, progress=False)
@@ -136,32 +104,49 @@ def main() -> None:
         # One training thread for the whole naive loop, as the bank gets one for all its models.
         t0 = time.perf_counter()
         naive = run_flushing_denormals(
-            lambda stop: [train_reference(data, r.method, r.seed, head, optim) for r in bank])
+            lambda stop, head=head, bank=bank: [
+                train_reference(data, r.method, r.seed, head, optim) for r in bank
+            ]
+        )
         t_naive = time.perf_counter() - t0
 
         diff, ratio = map(max, zip(*(compare_params(b, r) for b, r in zip(bank, naive))))
-        work = len(bank) * n_train * args.epochs                    # pair-epochs, all models
+        work = len(bank) * n_train * args.epochs  # pair-epochs, all models
         flops = useful_flops_per_pair(head, specs) * len(seeds) * n_train * args.epochs
         label = kind if kind == "linear" else f"mlp (hidden {args.hidden})"
         print(f"\n{label}:")
-        print(f"  naive loop : {t_naive:7.1f} s  {work / t_naive:10.0f} pairs*epochs/s  "
-              f"{flops / t_naive / 1e9 / peak:6.1%} of peak")
-        print(f"  fairl bank : {t_bank:7.1f} s  {work / t_bank:10.0f} pairs*epochs/s  "
-              f"{flops / t_bank / 1e9 / peak:6.1%} of peak")
-        print(f"  speedup    : {t_naive / t_bank:.1f}x   max |param diff| bank vs alone: {diff:.3g}")
+        print(
+            f"  naive loop : {t_naive:7.1f} s  {work / t_naive:10.0f} pairs*epochs/s  "
+            f"{flops / t_naive / 1e9 / peak:6.1%} of peak"
+        )
+        print(
+            f"  fairl bank : {t_bank:7.1f} s  {work / t_bank:10.0f} pairs*epochs/s  "
+            f"{flops / t_bank / 1e9 / peak:6.1%} of peak"
+        )
+        print(
+            f"  speedup    : {t_naive / t_bank:.1f}x   max |param diff| bank vs alone: {diff:.3g}"
+        )
         results[kind] = (t_naive / t_bank, diff, ratio)
 
     max_diff = max(d for _, d, _ in results.values())
     max_ratio = max(q for _, _, q in results.values())
     within = max_ratio <= 1.0
-    print(f"\nbank vs alone, every parameter of every model: largest |diff| {max_diff:.3g}, "
-          f"{'bit-identical' if max_diff == 0 else 'not bit-identical'} on this machine; "
-          f"tolerance |diff| <= {BANK_ATOL:g} + {BANK_RTOL:g} * |alone|: "
-          + (f"within ({max_ratio:.2g} of it)" if within else
-             f"EXCEEDED ({max_ratio:.3g} times it): the bank no longer trains what the loop does"))
-    print(f"bench_irl linear_speedup={results['linear'][0]:.1f} "
-          f"mlp_speedup={results['mlp'][0]:.1f} max_abs_diff={max_diff:.3g} "
-          f"bit_identical={int(max_diff == 0)} within_tol={int(within)}")
+    print(
+        f"\nbank vs alone, every parameter of every model: largest |diff| {max_diff:.3g}, "
+        f"{'bit-identical' if max_diff == 0 else 'not bit-identical'} on this machine; "
+        f"tolerance |diff| <= {BANK_ATOL:g} + {BANK_RTOL:g} * |alone|: "
+        + (
+            f"within ({max_ratio:.2g} of it)"
+            if within
+            else f"EXCEEDED ({max_ratio:.3g} times it): the bank no longer trains what the loop "
+            "does"
+        )
+    )
+    print(
+        f"bench_irl linear_speedup={results['linear'][0]:.1f} "
+        f"mlp_speedup={results['mlp'][0]:.1f} max_abs_diff={max_diff:.3g} "
+        f"bit_identical={int(max_diff == 0)} within_tol={int(within)}"
+    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "docs" / "results"
@@ -53,13 +52,19 @@ SOURCES = {
     "bench": ("pipeline", "scripts/bench_irl.py", "constraints.txt"),
     "theorem1": ("pipeline", "tests/test_theorem1.py", "constraints.txt"),
 }
-THEOREM1_TEST = ("tests/test_theorem1.py::"
-                 "test_failure_constraints_never_enlarge_the_max_margin_feasible_set")
-TABLE_KEYS = (("f1", "F1 ↑"), ("auc", "AUC ↑"), ("starc", "STARC (Eq. 4) ↓"),
-              ("accuracy", "Accuracy ↑"), ("pairwise_accuracy", "Pairwise acc ↑"))
+THEOREM1_TEST = (
+    "tests/test_theorem1.py::test_failure_constraints_never_enlarge_the_max_margin_feasible_set"
+)
+TABLE_KEYS = (
+    ("f1", "F1 ↑"),
+    ("auc", "AUC ↑"),
+    ("starc", "STARC (Eq. 4) ↓"),
+    ("accuracy", "Accuracy ↑"),
+    ("pairwise_accuracy", "Pairwise acc ↑"),
+)
 _BLOCK = re.compile(r"<!-- results:([\w.-]+) -->(.*?)<!-- /results:\1 -->", re.S)
 _MARKER = re.compile(r"<!-- (/?)results:([\w.-]+) -->")
-if str(ROOT) not in sys.path:   # this checkout's pipeline, whatever is installed
+if str(ROOT) not in sys.path:  # this checkout's pipeline, whatever is installed
     sys.path.insert(0, str(ROOT))
 
 
@@ -80,8 +85,10 @@ def source_files(paths, root: Path = ROOT) -> dict[str, str]:
         files = [top] if top.is_file() else sorted(f for f in top.rglob("*") if f.is_file())
         for f in files:
             rel = f.relative_to(root)
-            if any(part == "__pycache__" or part.startswith(".") for part in rel.parts) \
-                    or f.suffix == ".pyc":
+            if (
+                any(part == "__pycache__" or part.startswith(".") for part in rel.parts)
+                or f.suffix == ".pyc"
+            ):
                 continue
             out[rel.as_posix()] = hashlib.sha256(f.read_bytes()).hexdigest()
     return dict(sorted(out.items()))
@@ -89,15 +96,18 @@ def source_files(paths, root: Path = ROOT) -> dict[str, str]:
 
 def stale_files(recorded: dict[str, str], current: dict[str, str]) -> list[str]:
     """Files added, removed or changed since `recorded`, each with what happened."""
-    return ([f"{f} (changed)" for f in current if f in recorded and recorded[f] != current[f]]
-            + [f"{f} (new)" for f in current if f not in recorded]
-            + [f"{f} (removed)" for f in recorded if f not in current])
+    return (
+        [f"{f} (changed)" for f in current if f in recorded and recorded[f] != current[f]]
+        + [f"{f} (new)" for f in current if f not in recorded]
+        + [f"{f} (removed)" for f in recorded if f not in current]
+    )
 
 
-def _git(*args: str) -> Optional[str]:
+def _git(*args: str) -> str | None:
     try:
-        r = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
-                           timeout=30)
+        r = subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return r.stdout.strip() if r.returncode == 0 else None
@@ -113,27 +123,42 @@ def _machine() -> dict:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": cores, "load_average_1min": round(os.getloadavg()[0], 2),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    return {
+        "cpu": cpu,
+        "cores": cores,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
 
 
 def _provenance(name: str, command: str, files: dict[str, str]) -> dict:
     paths = list(SOURCES[name])
     dirty = _git("status", "--porcelain", "--untracked-files=all", "--", *paths)
-    return {"command": command, "commit": _git("rev-parse", "HEAD"),
-            "uncommitted_changes": bool(dirty) if dirty is not None else None,
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": _machine(), "python": platform.python_version(),
-            "source": {"paths": paths, "files": files}}
+    return {
+        "command": command,
+        "commit": _git("rev-parse", "HEAD"),
+        "uncommitted_changes": bool(dirty) if dirty is not None else None,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "python": platform.python_version(),
+        "source": {"paths": paths, "files": files},
+    }
 
 
 # ------------------------------------------------------------------------------ running
 def _env(name: str) -> dict:
     cache = RUN_ROOT / "cache" / name
-    return {**os.environ, "FAIRL_CACHE": str(cache),
-            "HF_DATASETS_CACHE": str(cache / "hf-datasets"),
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg", "PYTHONPATH": str(ROOT)}
+    return {
+        **os.environ,
+        "FAIRL_CACHE": str(cache),
+        "HF_DATASETS_CACHE": str(cache / "hf-datasets"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "MPLBACKEND": "Agg",
+        "PYTHONPATH": str(ROOT),
+    }
 
 
 def _call(cmd: list[str], env: dict, what: str) -> tuple[str, float]:
@@ -143,9 +168,11 @@ def _call(cmd: list[str], env: dict, what: str) -> tuple[str, float]:
     r = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
-        raise _errors().FairlError(f"{what} failed (exit {r.returncode}): {' '.join(cmd)}",
-                                   hint="fix the error above, then run scripts/readme_results.py "
-                                        "again; the other results are kept")
+        raise _errors().FairlError(
+            f"{what} failed (exit {r.returncode}): {' '.join(cmd)}",
+            hint="fix the error above, then run scripts/readme_results.py "
+            "again; the other results are kept",
+        )
     return r.stdout, wall
 
 
@@ -153,8 +180,10 @@ def _fresh(name: str) -> None:
     """Remove this script's own run directory and cache of `name` (both under runs/readme/)."""
     for d in (RUN_ROOT / name, RUN_ROOT / "cache" / name):
         if d.is_symlink() or (d.exists() and RUN_ROOT.resolve() not in d.resolve().parents):
-            raise _errors().FairlError(f"{d} is not a directory of scripts/readme_results.py",
-                                       hint=f"move it; {RUN_ROOT} holds this script's runs only")
+            raise _errors().FairlError(
+                f"{d} is not a directory of scripts/readme_results.py",
+                hint=f"move it; {RUN_ROOT} holds this script's runs only",
+            )
         if d.exists():
             shutil.rmtree(d)
 
@@ -165,31 +194,42 @@ def require_dataset_files(config: Path) -> None:
     from pipeline.config import load_config
 
     cfg = load_config(config)
-    missing = [str(f) for f in cfg.make_pairs.dataset.files if not (ROOT / f).is_file()] \
-        if cfg.make_pairs.source == "dataset" else []
+    missing = (
+        [str(f) for f in cfg.make_pairs.dataset.files if not (ROOT / f).is_file()]
+        if cfg.make_pairs.source == "dataset"
+        else []
+    )
     if missing:
         raise errors.DataError(
             f"{config.name} reads {', '.join(missing)}, which does not exist",
             hint="the RealToxicityPrompts subset lives beside the project in ../shared/data (see "
-                 "../shared/data/README.md); without it, regenerate the other results with "
-                 "--only toy bench theorem1")
+            "../shared/data/README.md); without it, regenerate the other results with "
+            "--only toy bench theorem1",
+        )
 
 
 def _copy_figure(src: Path, dest_name: str) -> dict:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     dest = RESULTS_DIR / dest_name
     shutil.copyfile(src, dest)
-    return {"path": dest.relative_to(ROOT).as_posix(),
-            "sha256": hashlib.sha256(dest.read_bytes()).hexdigest()}
+    return {
+        "path": dest.relative_to(ROOT).as_posix(),
+        "sha256": hashlib.sha256(dest.read_bytes()).hexdigest(),
+    }
 
 
 def _methods_table(metrics: dict) -> dict:
-    from pipeline.evaluate.report import METHOD_LABELS
+    from pipeline.config import method_label
 
-    return {m: {"label": METHOD_LABELS.get(m, m), "seeds": a["seeds"],
-                "mean": {k: a["mean"].get(f"test/{k}") for k, _ in TABLE_KEYS},
-                "std": {k: a["std"].get(f"test/{k}") for k, _ in TABLE_KEYS}}
-            for m, a in metrics["methods"].items()}
+    return {
+        m: {
+            "label": method_label(m),
+            "seeds": a["seeds"],
+            "mean": {k: a["mean"].get(f"test/{k}") for k, _ in TABLE_KEYS},
+            "std": {k: a["std"].get(f"test/{k}") for k, _ in TABLE_KEYS},
+        }
+        for m, a in metrics["methods"].items()
+    }
 
 
 def _fairl_run(name: str, config: str) -> tuple[Path, dict, dict]:
@@ -201,13 +241,31 @@ def _fairl_run(name: str, config: str) -> tuple[Path, dict, dict]:
     _fresh(name)
     env = _env(name)
     timing = {}
-    if cfg.world is not None:   # the world's build, timed on its own (imports included)
+    if cfg.world is not None:  # the world's build, timed on its own (imports included)
         _, timing["world_build_s"] = _call(
-            [sys.executable, "-c", "from pathlib import Path; from pipeline.config import "
-             f"load_config; from pipeline.world.build import get_world; "
-             f"get_world(load_config(Path({config!r})).world)"], env, f"{name}: world")
-    _, timing["run_s"] = _call([sys.executable, "-m", "cli.main", "run", config,
-                                "--set", f"run.root={RUN_ROOT.relative_to(ROOT)}"], env, name)
+            [
+                sys.executable,
+                "-c",
+                "from pathlib import Path; from pipeline.config import "
+                f"load_config; from pipeline.world.build import get_world; "
+                f"get_world(load_config(Path({config!r})).world)",
+            ],
+            env,
+            f"{name}: world",
+        )
+    _, timing["run_s"] = _call(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "run",
+            config,
+            "--set",
+            f"run.root={RUN_ROOT.relative_to(ROOT)}",
+        ],
+        env,
+        name,
+    )
     return RUN_ROOT / cfg.run.name, timing, cfg
 
 
@@ -232,23 +290,33 @@ def produce_toy() -> dict:
     rr = _load(run_dir / "re_rlhf" / "summary.json")
     return {
         "timing": timing,
-        "config": {"ground_truth": cfg.ground_truth.kind, "algorithm": te.algorithm,
-                   "prompt_toxicity_min": te.prompt_toxicity_min, "steps": _steps(te),
-                   "pairs_toxicity_min": mp.prompt_toxicity_min, "methods": list(cfg.irl.methods),
-                   "seeds": list(cfg.irl.seeds), "re_rlhf_rewards": dict(cfg.re_rlhf.rewards),
-                   "re_rlhf_algorithm": cfg.re_rlhf.algorithm,
-                   "re_rlhf_steps": _steps(cfg.re_rlhf)},
+        "config": {
+            "ground_truth": cfg.ground_truth.kind,
+            "algorithm": te.algorithm,
+            "prompt_toxicity_min": te.prompt_toxicity_min,
+            "steps": _steps(te),
+            "pairs_toxicity_min": mp.prompt_toxicity_min,
+            "methods": list(cfg.irl.methods),
+            "seeds": list(cfg.irl.seeds),
+            "re_rlhf_rewards": dict(cfg.re_rlhf.rewards),
+            "re_rlhf_algorithm": cfg.re_rlhf.algorithm,
+            "re_rlhf_steps": _steps(cfg.re_rlhf),
+        },
         "train_expert": {
             "n_train_prompts": len(select_prompts(cfg, "train", te.prompt_toxicity_min)),
             "n_eval_prompts": ev["n_eval_prompts"],
             "base_toxicity_rate": ev["base"]["toxicity_rate"],
             "expert_toxicity_rate": ev["expert"]["toxicity_rate"],
-            "expert_kl_to_base": ev["expert"].get("kl_to_base")},
+            "expert_kl_to_base": ev["expert"].get("kl_to_base"),
+        },
         "make_pairs": {k: pairs[k] for k in ("pairs", "toxic_rate_chosen", "toxic_rate_rejected")},
         "evaluate": _methods_table(metrics),
         "re_rlhf": rr,
-        "figures": {"re_rlhf_curves": _copy_figure(run_dir / "re_rlhf" / "curves.png",
-                                                   "toy-re-rlhf-curves.png")},
+        "figures": {
+            "re_rlhf_curves": _copy_figure(
+                run_dir / "re_rlhf" / "curves.png", "toy-re-rlhf-curves.png"
+            )
+        },
     }
 
 
@@ -259,12 +327,19 @@ def produce_rtp() -> dict:
     metrics = _load(run_dir / "evaluate" / "metrics.json")
     return {
         "timing": timing,
-        "config": {"methods": list(cfg.irl.methods), "seeds": list(cfg.irl.seeds),
-                   "head": cfg.irl.head, "encoder": cfg.irl.embed.encoder},
+        "config": {
+            "methods": list(cfg.irl.methods),
+            "seeds": list(cfg.irl.seeds),
+            "head": cfg.irl.head,
+            "encoder": cfg.irl.embed.encoder,
+        },
         "make_pairs": {k: pairs[k] for k in ("pairs", "n_train", "n_test")},
         "evaluate": _methods_table(metrics),
-        "figures": {"metric_bars": _copy_figure(run_dir / "evaluate" / "metric_bars.png",
-                                                "rtp-challenging-metric_bars.png")},
+        "figures": {
+            "metric_bars": _copy_figure(
+                run_dir / "evaluate" / "metric_bars.png", "rtp-challenging-metric_bars.png"
+            )
+        },
     }
 
 
@@ -273,23 +348,38 @@ def produce_bench(quick: bool = False) -> dict:
     out, wall = _call(cmd, _env("bench"), "bench")
     last = [line for line in out.splitlines() if line.startswith("bench_irl linear_speedup=")]
     if not last:
-        raise _errors().FairlError("scripts/bench_irl.py printed no `bench_irl linear_speedup=` "
-                                   "line", hint="its last line is the machine-readable summary")
-    return {"quick": quick, "wall_s": wall, "output": out.rstrip("\n").splitlines(),
-            "summary": {k: float(v) for k, v in re.findall(r"(\w+)=(\S+)", last[-1])}}
+        raise _errors().FairlError(
+            "scripts/bench_irl.py printed no `bench_irl linear_speedup=` line",
+            hint="its last line is the machine-readable summary",
+        )
+    return {
+        "quick": quick,
+        "wall_s": wall,
+        "output": out.rstrip("\n").splitlines(),
+        "summary": {k: float(v) for k, v in re.findall(r"(\w+)=(\S+)", last[-1])},
+    }
 
 
 def produce_theorem1() -> dict:
-    out, _ = _call([sys.executable, "-m", "pytest", THEOREM1_TEST, "-s", "-q",
-                    "-p", "no:cacheprovider"], _env("theorem1"), "theorem1")
+    out, _ = _call(
+        [sys.executable, "-m", "pytest", THEOREM1_TEST, "-s", "-q", "-p", "no:cacheprovider"],
+        _env("theorem1"),
+        "theorem1",
+    )
     w = re.search(r"mean directional width: IRL ([\d.]+), FA-IRL ([\d.]+)", out)
     n = re.search(r"sampled feasible parameters: IRL (\d+), FA-IRL (\d+)", out)
     if not (w and n):
-        raise _errors().FairlError(f"{THEOREM1_TEST} did not print the widths and counts",
-                                   hint="it prints 'mean directional width: IRL a, FA-IRL b' and "
-                                        "'sampled feasible parameters: IRL n, FA-IRL m'")
-    return {"width_irl": float(w[1]), "width_fa": float(w[2]),
-            "feasible_irl": int(n[1]), "feasible_fa": int(n[2])}
+        raise _errors().FairlError(
+            f"{THEOREM1_TEST} did not print the widths and counts",
+            hint="it prints 'mean directional width: IRL a, FA-IRL b' and "
+            "'sampled feasible parameters: IRL n, FA-IRL m'",
+        )
+    return {
+        "width_irl": float(w[1]),
+        "width_fa": float(w[2]),
+        "feasible_irl": int(n[1]),
+        "feasible_fa": int(n[2]),
+    }
 
 
 COMMANDS = {
@@ -303,12 +393,18 @@ COMMANDS = {
 def produce(name: str, quick_bench: bool = False) -> dict:
     """Run `name` and return its result; refuses it if a source changed while it ran."""
     before = source_files(SOURCES[name])
-    result = {"toy": produce_toy, "rtp-challenging": produce_rtp, "theorem1": produce_theorem1,
-              "bench": lambda: produce_bench(quick_bench)}[name]()
+    result = {
+        "toy": produce_toy,
+        "rtp-challenging": produce_rtp,
+        "theorem1": produce_theorem1,
+        "bench": lambda: produce_bench(quick_bench),
+    }[name]()
     changed = stale_files(before, source_files(SOURCES[name]))
     if changed:
-        raise _errors().FairlError(f"{name}: sources changed while it ran: {', '.join(changed)}",
-                                   hint="run scripts/readme_results.py again on a quiet tree")
+        raise _errors().FairlError(
+            f"{name}: sources changed while it ran: {', '.join(changed)}",
+            hint="run scripts/readme_results.py again on a quiet tree",
+        )
     command = COMMANDS[name] + (" --quick" if name == "bench" and quick_bench else "")
     return {"name": name, "generated": _provenance(name, command, before), **result}
 
@@ -318,15 +414,16 @@ def load_results(results_dir: Path = RESULTS_DIR) -> dict[str, dict]:
 
 
 def is_current(result: dict, root: Path = ROOT) -> bool:
-    return not stale_files(result["generated"]["source"]["files"],
-                           source_files(SOURCES[result["name"]], root))
+    return not stale_files(
+        result["generated"]["source"]["files"], source_files(SOURCES[result["name"]], root)
+    )
 
 
 # ------------------------------------------------------------------------------ rendering
 _WORDS = dict(enumerate("zero one two three four five six seven eight nine ten".split()))
 
 
-def _pm(mean: Optional[float], std: Optional[float]) -> str:
+def _pm(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "n/a"
     return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
@@ -340,8 +437,10 @@ def _duration(s: float) -> str:
 def _measured_on(g: dict) -> str:
     m = g["machine"]
     threads = f", OMP_NUM_THREADS={m['omp_num_threads']}" if m.get("omp_num_threads") else ""
-    return (f"on {m['cores']} cores ({m['cpu']}{threads}; load average "
-            f"{m['load_average_1min']} at the start)")
+    return (
+        f"on {m['cores']} cores ({m['cpu']}{threads}; load average "
+        f"{m['load_average_1min']} at the start)"
+    )
 
 
 def _best(methods: dict, key: str, lower: bool, which=lambda m: True) -> dict:
@@ -351,9 +450,14 @@ def _best(methods: dict, key: str, lower: bool, which=lambda m: True) -> dict:
 
 def _fill(text: str, bullet: bool = False) -> str:
     """One paragraph or list item, wrapped at the README's 100 columns."""
-    return textwrap.fill(text, 100, initial_indent="- " if bullet else "",
-                         subsequent_indent="  " if bullet else "", break_long_words=False,
-                         break_on_hyphens=False)
+    return textwrap.fill(
+        text,
+        100,
+        initial_indent="- " if bullet else "",
+        subsequent_indent="  " if bullet else "",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 def _n(items) -> str:
@@ -367,50 +471,79 @@ def _render_toy(r: dict) -> dict[str, str]:
     falls = "falls" if te["expert_toxicity_rate"] < te["base_toxicity_rate"] else "goes"
     fa, me = ev.get("fa-me-margin"), ev.get("me")
     f1, st = _best(ev, "f1", lower=False), _best(ev, "starc", lower=True)
-    compare = (f"FA-IRL (ME, margin failures) reaches STARC "
-               f"{_pm(fa['mean']['starc'], fa['std']['starc'])} against "
-               f"{_pm(me['mean']['starc'], me['std']['starc'])} for Max-Entropy IRL (lower is "
-               "better); " if fa and me else "")
+    compare = (
+        f"FA-IRL (ME, margin failures) reaches STARC "
+        f"{_pm(fa['mean']['starc'], fa['std']['starc'])} against "
+        f"{_pm(me['mean']['starc'], me['std']['starc'])} for Max-Entropy IRL (lower is "
+        "better); "
+        if fa and me
+        else ""
+    )
     f1_s = _pm(f1["mean"]["f1"], f1["std"]["f1"])
     st_s = _pm(st["mean"]["starc"], st["std"]["starc"])
-    best = (f"the best F1 ({f1_s}) and STARC ({st_s}) are both {f1['label']}'s"
-            if f1 is st else f"the best F1 is {f1_s} ({f1['label']}) and the best STARC {st_s} "
-                             f"({st['label']})")
-    rewards = [f"`{n}` (`{c.get('re_rlhf_rewards', {}).get(n, s['reward'])}`) "
-               f"{s['initial_toxicity']:.3f} -> {s['final_toxicity']:.3f}, KL {s['final_kl']:.1f}"
-               for n, s in r["re_rlhf"].items()]
+    best = (
+        f"the best F1 ({f1_s}) and STARC ({st_s}) are both {f1['label']}'s"
+        if f1 is st
+        else f"the best F1 is {f1_s} ({f1['label']}) and the best STARC {st_s} ({st['label']})"
+    )
+    rewards = [
+        f"`{n}` (`{c.get('re_rlhf_rewards', {}).get(n, s['reward'])}`) "
+        f"{s['initial_toxicity']:.3f} -> {s['final_toxicity']:.3f}, KL {s['final_kl']:.1f}"
+        for n, s in r["re_rlhf"].items()
+    ]
     paragraphs = [
-        _fill(f"From an empty cache the run took {_duration(world_s + t['run_s'])} "
-              f"{_measured_on(g)}: the world build {_duration(world_s)}, `fairl run` "
-              f"{_duration(t['run_s'])}. What it does:"),
-        "\n".join([
-            _fill(f"**train-expert**: {c['algorithm'].upper()} against the {c['ground_truth']} on "
-                  f"{te['n_train_prompts']} prompts with toxicity > {c['prompt_toxicity_min']}, "
-                  f"{c['steps']} steps. The held-out toxicity rate ({te['n_eval_prompts']} "
-                  f"prompts, same sampling for both models) {falls} from "
-                  f"**{te['base_toxicity_rate']:.3f}** (base) to "
-                  f"**{te['expert_toxicity_rate']:.3f}** (expert), mean KL to the base "
-                  f"{te['expert_kl_to_base']:.1f} (`runs/toy/train_expert/eval.json`).", True),
-            _fill(f"**make-pairs**: {mp['pairs']} pairs from held-apart prompts with toxicity > "
-                  f"{c['pairs_toxicity_min']} (expert completion preferred; toxic rate "
-                  f"{mp['toxic_rate_chosen']:.3f} vs {mp['toxic_rate_rejected']:.3f}).", True),
-            _fill(f"**irl**: {_n(c['methods'])} methods x {_n(c['seeds'])} seeds.", True),
-            _fill(f"**evaluate**: the report. Here {compare}{best}.", True),
-            _fill(f"**re-rlhf**: re-trains the base LM with each reward of `re_rlhf.rewards` for "
-                  f"{c['re_rlhf_steps']} {c['re_rlhf_algorithm'].upper()} steps; held-out "
-                  f"toxicity and final KL to the base: {'; '.join(rewards)}.", True)]),
-        f"![re-RLHF curves from the offline run]({r['figures']['re_rlhf_curves']['path']})"]
+        _fill(
+            f"From an empty cache the run took {_duration(world_s + t['run_s'])} "
+            f"{_measured_on(g)}: the world build {_duration(world_s)}, `fairl run` "
+            f"{_duration(t['run_s'])}. What it does:"
+        ),
+        "\n".join(
+            [
+                _fill(
+                    f"**train-expert**: {c['algorithm'].upper()} against the "
+                    f"{c['ground_truth']} on "
+                    f"{te['n_train_prompts']} prompts with toxicity > {c['prompt_toxicity_min']}, "
+                    f"{c['steps']} steps. The held-out toxicity rate ({te['n_eval_prompts']} "
+                    f"prompts, same sampling for both models) {falls} from "
+                    f"**{te['base_toxicity_rate']:.3f}** (base) to "
+                    f"**{te['expert_toxicity_rate']:.3f}** (expert), mean KL to the base "
+                    f"{te['expert_kl_to_base']:.1f} (`runs/toy/train_expert/eval.json`).",
+                    True,
+                ),
+                _fill(
+                    f"**make-pairs**: {mp['pairs']} pairs from held-apart prompts with toxicity > "
+                    f"{c['pairs_toxicity_min']} (expert completion preferred; toxic rate "
+                    f"{mp['toxic_rate_chosen']:.3f} vs {mp['toxic_rate_rejected']:.3f}).",
+                    True,
+                ),
+                _fill(f"**irl**: {_n(c['methods'])} methods x {_n(c['seeds'])} seeds.", True),
+                _fill(f"**evaluate**: the report. Here {compare}{best}.", True),
+                _fill(
+                    f"**re-rlhf**: re-trains the base LM with each reward of `re_rlhf.rewards` for "
+                    f"{c['re_rlhf_steps']} {c['re_rlhf_algorithm'].upper()} steps; held-out "
+                    f"toxicity and final KL to the base: {'; '.join(rewards)}.",
+                    True,
+                ),
+            ]
+        ),
+        f"![re-RLHF curves from the offline run]({r['figures']['re_rlhf_curves']['path']})",
+    ]
     return {"toy": "\n\n".join(paragraphs)}
 
 
 def _render_rtp(r: dict) -> dict[str, str]:
     c, ev, g = r["config"], r["evaluate"], r["generated"]
     head = "two-layer MLP heads" if c["head"] == "mlp" else f"{c['head']} heads"
-    rows = ["| Method | " + " | ".join(label for _, label in TABLE_KEYS) + " |",
-            "|" + "---|" * (len(TABLE_KEYS) + 1)]
-    rows += [f"| {a['label']} | "
-             + " | ".join(_pm(a["mean"][k], a["std"][k]) for k, _ in TABLE_KEYS) + " |"
-             for a in ev.values()]
+    rows = [
+        "| Method | " + " | ".join(label for _, label in TABLE_KEYS) + " |",
+        "|" + "---|" * (len(TABLE_KEYS) + 1),
+    ]
+    rows += [
+        f"| {a['label']} | "
+        + " | ".join(_pm(a["mean"][k], a["std"][k]) for k, _ in TABLE_KEYS)
+        + " |"
+        for a in ev.values()
+    ]
 
     def is_fa(m):
         return m.startswith("fa-")
@@ -418,41 +551,75 @@ def _render_rtp(r: dict) -> dict[str, str]:
     def is_base(m):
         return not is_fa(m)
 
-    wins = [k for k, better in (
-        ("STARC", _best(ev, "starc", True, is_fa)["mean"]["starc"]
-         < _best(ev, "starc", True, is_base)["mean"]["starc"]),
-        ("F1", _best(ev, "f1", False, is_fa)["mean"]["f1"]
-         > _best(ev, "f1", False, is_base)["mean"]["f1"])) if better]
-    verdict = ("On this small set FA-IRL beats the best baseline on neither STARC nor F1; the "
-               "paper's Appendix D reports the same when learnable pairs are scarce."
-               if not wins else f"FA-IRL beats the best baseline on {' and '.join(wins)}.")
+    wins = [
+        k
+        for k, better in (
+            (
+                "STARC",
+                _best(ev, "starc", True, is_fa)["mean"]["starc"]
+                < _best(ev, "starc", True, is_base)["mean"]["starc"],
+            ),
+            (
+                "F1",
+                _best(ev, "f1", False, is_fa)["mean"]["f1"]
+                > _best(ev, "f1", False, is_base)["mean"]["f1"],
+            ),
+        )
+        if better
+    ]
+    verdict = (
+        "On this small set FA-IRL beats the best baseline on neither STARC nor F1; the "
+        "paper's Appendix D reports the same when learnable pairs are scarce."
+        if not wins
+        else f"FA-IRL beats the best baseline on {' and '.join(wins)}."
+    )
     st, f1 = _best(ev, "starc", lower=True), _best(ev, "f1", lower=False)
-    intro = (f"From that run ({r['make_pairs']['pairs']} pairs, {_n(c['methods'])} methods x "
-             f"{_n(c['seeds'])} seeds, {head} on {c['encoder'].split('/')[-1]} embeddings), "
-             f"which took {_duration(r['timing']['run_s'])} from an empty cache "
-             f"{_measured_on(g)}:")
-    return {"rtp-challenging": "\n\n".join([
-                _fill(intro), "\n".join(rows),
-                _fill(f"(Best STARC: {st['label']}; best F1: {f1['label']}. {verdict} fairl "
-                      "reports what it measures.)")]),
-            "rtp-challenging-figure": f"![metric bars]({r['figures']['metric_bars']['path']})"}
+    intro = (
+        f"From that run ({r['make_pairs']['pairs']} pairs, {_n(c['methods'])} methods x "
+        f"{_n(c['seeds'])} seeds, {head} on {c['encoder'].split('/')[-1]} embeddings), "
+        f"which took {_duration(r['timing']['run_s'])} from an empty cache "
+        f"{_measured_on(g)}:"
+    )
+    return {
+        "rtp-challenging": "\n\n".join(
+            [
+                _fill(intro),
+                "\n".join(rows),
+                _fill(
+                    f"(Best STARC: {st['label']}; best F1: {f1['label']}. {verdict} fairl "
+                    "reports what it measures.)"
+                ),
+            ]
+        ),
+        "rtp-challenging-figure": f"![metric bars]({r['figures']['metric_bars']['path']})",
+    }
 
 
 def _render_bench(r: dict) -> dict[str, str]:
     g = r["generated"]
-    return {"bench": _fill(f"`{g['command']}` {_measured_on(g)} printed:") + "\n\n```\n"
-                     + "\n".join(r["output"]) + "\n```"}
+    return {
+        "bench": _fill(f"`{g['command']}` {_measured_on(g)} printed:")
+        + "\n\n```\n"
+        + "\n".join(r["output"])
+        + "\n```"
+    }
 
 
 def _render_theorem1(r: dict) -> dict[str, str]:
-    return {"theorem1": f"adding the failure constraints fairl identifies shrank the feasible "
-                        f"set's mean directional width from {r['width_irl']:.2f} to "
-                        f"{r['width_fa']:.2f} and the sampled feasible parameters from "
-                        f"{r['feasible_irl']} to {r['feasible_fa']}"}
+    return {
+        "theorem1": f"adding the failure constraints fairl identifies shrank the feasible "
+        f"set's mean directional width from {r['width_irl']:.2f} to "
+        f"{r['width_fa']:.2f} and the sampled feasible parameters from "
+        f"{r['feasible_irl']} to {r['feasible_fa']}"
+    }
 
 
-RENDERERS = {"toy": _render_toy, "rtp-challenging": _render_rtp, "bench": _render_bench,
-             "theorem1": _render_theorem1}
+RENDERERS = {
+    "toy": _render_toy,
+    "rtp-challenging": _render_rtp,
+    "bench": _render_bench,
+    "theorem1": _render_theorem1,
+}
 
 
 def render_blocks(results: dict[str, dict]) -> dict[str, str]:
@@ -472,18 +639,23 @@ def readme_blocks(text: str) -> dict[str, str]:
         closing, name = m[1] == "/", m[2]
         if not closing:
             if stack or name in seen:
-                raise errors.DataError(f"README block {name!r} is nested or repeated",
-                                       hint="each <!-- results:NAME --> appears once, not nested")
+                raise errors.DataError(
+                    f"README block {name!r} is nested or repeated",
+                    hint="each <!-- results:NAME --> appears once, not nested",
+                )
             stack.append(name)
             seen.add(name)
         elif stack != [name]:
-            raise errors.DataError(f"README marker <!-- /results:{name} --> closes no open block",
-                                   hint="close each <!-- results:NAME --> with its /results")
+            raise errors.DataError(
+                f"README marker <!-- /results:{name} --> closes no open block",
+                hint="close each <!-- results:NAME --> with its /results",
+            )
         else:
             stack.pop()
     if stack:
-        raise errors.DataError(f"README block {stack[0]!r} is never closed",
-                               hint=f"add <!-- /results:{stack[0]} -->")
+        raise errors.DataError(
+            f"README block {stack[0]!r} is never closed", hint=f"add <!-- /results:{stack[0]} -->"
+        )
     return {m[1]: m[2] for m in _BLOCK.finditer(text)}
 
 
@@ -501,41 +673,64 @@ def update_readme(text: str, blocks: dict[str, str]) -> str:
         missing = sorted(set(present) - set(blocks))
         raise errors.MissingArtifactError(
             f"README blocks {missing} have no results in docs/results/",
-            hint="run scripts/readme_results.py (its --only option names the results to make)")
+            hint="run scripts/readme_results.py (its --only option names the results to make)",
+        )
     if set(blocks) - set(present):
-        raise errors.DataError(f"README.md lacks the blocks {sorted(set(blocks) - set(present))}",
-                               hint="put <!-- results:NAME --> ... <!-- /results:NAME --> where "
-                                    "they belong")
+        raise errors.DataError(
+            f"README.md lacks the blocks {sorted(set(blocks) - set(present))}",
+            hint="put <!-- results:NAME --> ... <!-- /results:NAME --> where they belong",
+        )
     return _BLOCK.sub(
-        lambda m: f"<!-- results:{m[1]} -->{_wrap(blocks[m[1]])}<!-- /results:{m[1]} -->", text)
+        lambda m: f"<!-- results:{m[1]} -->{_wrap(blocks[m[1]])}<!-- /results:{m[1]} -->", text
+    )
 
 
 # ------------------------------------------------------------------------------ main
-def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES),
-                    help="results to make (default: all)")
-    ap.add_argument("--rerun", action="store_true",
-                    help="run the chosen results even if their JSON matches the current sources")
-    ap.add_argument("--render-only", action="store_true",
-                    help="run nothing: rewrite README.md from docs/results/*.json")
-    ap.add_argument("--bench-quick", action="store_true",
-                    help="bench_irl.py --quick: a smoke run (the README quotes the full one)")
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        choices=NAMES,
+        default=list(NAMES),
+        help="results to make (default: all)",
+    )
+    ap.add_argument(
+        "--rerun",
+        action="store_true",
+        help="run the chosen results even if their JSON matches the current sources",
+    )
+    ap.add_argument(
+        "--render-only",
+        action="store_true",
+        help="run nothing: rewrite README.md from docs/results/*.json",
+    )
+    ap.add_argument(
+        "--bench-quick",
+        action="store_true",
+        help="bench_irl.py --quick: a smoke run (the README quotes the full one)",
+    )
     args = ap.parse_args(argv)
     errors = _errors()
     try:
         if not args.render_only:
             existing = load_results()
             for name in args.only:
-                if not args.rerun and name in existing and is_current(existing[name]) \
-                        and not (name == "bench" and existing[name]["quick"] != args.bench_quick):
+                if (
+                    not args.rerun
+                    and name in existing
+                    and is_current(existing[name])
+                    and not (name == "bench" and existing[name]["quick"] != args.bench_quick)
+                ):
                     print(f"readme_results: {name}: up to date, kept", file=sys.stderr)
                     continue
                 result = produce(name, args.bench_quick)
                 RESULTS_DIR.mkdir(parents=True, exist_ok=True)
                 (RESULTS_DIR / f"{name}.json").write_text(
-                    json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+                    json.dumps(result, indent=1, ensure_ascii=False) + "\n"
+                )
                 print(f"readme_results: wrote docs/results/{name}.json", file=sys.stderr)
         README.write_text(update_readme(README.read_text(), render_blocks(load_results())))
         print("readme_results: README.md rewritten from docs/results/", file=sys.stderr)

@@ -30,16 +30,31 @@ def main(model_dir: str, prompts_file: str, out: str) -> None:
     before = weights_hash(model)
     prompts = [json.loads(line)["prompt"]["text"] for line in open(prompts_file)][:32]
     score = lambda texts: torch.tensor([lexicon_score(t).reward for t in texts])  # noqa: E731
-    trainer = PPOTrainer(model, tok, score, PPOSection(batch_size=32, mini_batch_size=8, lr=1e-3),
-                         GenerationSection(max_new_tokens=8), acc)
-    mine = list(range(len(prompts)))[acc.process_index::acc.num_processes]
+    trainer = PPOTrainer(
+        model,
+        tok,
+        score,
+        PPOSection(batch_size=32, mini_batch_size=8, lr=1e-3),
+        GenerationSection(max_new_tokens=8),
+        acc,
+    )
+    mine = list(range(len(prompts)))[acc.process_index :: acc.num_processes]
     stats = trainer.step([prompts[i] for i in mine], seed=100 + acc.process_index)
-    Path(out, f"rank{acc.process_index}.json").write_text(json.dumps({
-        "world_size": acc.num_processes, "distributed_type": str(acc.distributed_type),
-        "before": before, "after": weights_hash(trainer.policy), "prompts": mine,
-        "kl_coef": stats["ppo/kl_coef"], "score": stats["ppo/score"]}))
+    Path(out, f"rank{acc.process_index}.json").write_text(
+        json.dumps(
+            {
+                "world_size": acc.num_processes,
+                "distributed_type": str(acc.distributed_type),
+                "before": before,
+                "after": weights_hash(trainer.policy),
+                "prompts": mine,
+                "kl_coef": stats["ppo/kl_coef"],
+                "score": stats["ppo/score"],
+            }
+        )
+    )
     acc.wait_for_everyone()
-    if torch.distributed.is_initialized():   # gloo aborts at exit without this
+    if torch.distributed.is_initialized():  # gloo aborts at exit without this
         torch.distributed.destroy_process_group()
 
 

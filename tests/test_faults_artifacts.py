@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, make_pairs_records, small_config, write_jsonl
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from cli.main import app
-from conftest import ROOT, make_pairs_records, small_config, write_jsonl
 from pipeline import artifacts
 from pipeline.errors import MissingArtifactError
 
@@ -62,14 +62,20 @@ def _manifest(stage_dir: Path) -> dict:
 
 # ------------------------------------------------------------------ manifests, verification
 def test_manifest_lists_every_file_with_size_and_sha256_hashing_hard_links_once(
-        tmp_path, monkeypatch, published):
+    tmp_path, monkeypatch, published
+):
     _, run = published
     files = _manifest(run / "irl")["files"]
-    on_disk = sorted(p.relative_to(run / "irl").as_posix() for p in (run / "irl").rglob("*")
-                     if p.is_file() and p.name != "manifest.json")
+    on_disk = sorted(
+        p.relative_to(run / "irl").as_posix()
+        for p in (run / "irl").rglob("*")
+        if p.is_file() and p.name != "manifest.json"
+    )
     assert sorted(files) == on_disk and REWARD in files
-    assert files[REWARD] == {"size": (run / "irl" / REWARD).stat().st_size,
-                             "sha256": artifacts.sha256_file(run / "irl" / REWARD)}
+    assert files[REWARD] == {
+        "size": (run / "irl" / REWARD).stat().st_size,
+        "sha256": artifacts.sha256_file(run / "irl" / REWARD),
+    }
 
     calls = []
     real = artifacts.sha256_file
@@ -79,15 +85,18 @@ def test_manifest_lists_every_file_with_size_and_sha256_hashing_hard_links_once(
     outside.chmod(0o600)
     with artifacts.stage_run("s", tmp_path / "r", {}, {}, seed=0, log=lambda m: None) as run_:
         run_.path("a.bin").write_bytes(b"x" * 1000)
-        os.link(run_.path("a.bin"), run_.path("sub", "link.bin"))   # one inode, two names
+        os.link(run_.path("a.bin"), run_.path("sub", "link.bin"))  # one inode, two names
         run_.path("sub", "b.txt").write_text("b")
         os.link(outside, run_.path("ext.bin"))
-    assert len(calls) == 3                                          # the linked file once
-    assert stat.S_IMODE(outside.stat().st_mode) == 0o600     # not fairl's to chmod
+    assert len(calls) == 3  # the linked file once
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o600  # not fairl's to chmod
     files = _manifest(tmp_path / "r" / "s")["files"]
     assert set(files) == {"a.bin", "sub/link.bin", "sub/b.txt", "ext.bin"}
-    assert files["a.bin"] == files["sub/link.bin"] == {"size": 1000,
-                                                       "sha256": real(tmp_path / "r/s/a.bin")}
+    assert (
+        files["a.bin"]
+        == files["sub/link.bin"]
+        == {"size": 1000, "sha256": real(tmp_path / "r/s/a.bin")}
+    )
     assert artifacts.verify_stage(tmp_path / "r" / "s", "s", "s")["status"] == "complete"
 
 
@@ -109,7 +118,7 @@ def test_a_tampered_irl_output_is_redone_and_evaluate_refuses_it(published):
     assert "already done" not in res.output and "does not verify" in res.output
     artifacts.verify_stage(run / "irl", "irl", "irl")
     redone = load_file(str(weights))
-    assert all(torch.equal(redone[k], original[k]) for k in original)   # same seed, same path
+    assert all(torch.equal(redone[k], original[k]) for k in original)  # same seed, same path
 
 
 def test_a_missing_file_or_an_old_manifest_does_not_verify(published):
@@ -119,7 +128,7 @@ def test_a_missing_file_or_an_old_manifest_does_not_verify(published):
         artifacts.require_stage(run / "evaluate", "evaluate", "evaluate")
     assert "fairl evaluate --force" in str(e.value)
     m = _manifest(run / "irl")
-    del m["files"]                                    # as written before manifests listed files
+    del m["files"]  # as written before manifests listed files
     (run / "irl" / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(MissingArtifactError, match="cannot be verified") as e:
         artifacts.require_stage(run / "irl", "irl", "irl")
@@ -132,7 +141,7 @@ def test_a_corrupt_manifest_is_reported_as_corrupt_and_not_replaced(published):
     res = invoke("evaluate", cfg, "--force")
     assert res.exit_code == 4, res.output
     assert "corrupt" in res.output and "output not found" not in res.output
-    res = invoke("irl", cfg, "--force")     # fairl cannot tell it published this: left alone
+    res = invoke("irl", cfg, "--force")  # fairl cannot tell it published this: left alone
     assert res.exit_code == 1 and "corrupt" in res.output and "Traceback" not in res.output
     assert (run / "irl" / REWARD).is_file()
 
@@ -151,7 +160,7 @@ def test_publishing_refuses_a_directory_fairl_did_not_publish(tmp_path):
         assert "move it away" in res.output and "Traceback" not in res.output
         assert (victim / "notes.txt").read_text() == "keep"
         assert sorted(p.name for p in victim.iterdir()) == ["notes.txt"]
-        assert not (tmp_path / "runs/t/.irl.partial").exists()      # refused before any work
+        assert not (tmp_path / "runs/t/.irl.partial").exists()  # refused before any work
 
 
 def test_a_symlinked_stage_directory_is_refused_clearly_every_time(tmp_path, published):
@@ -168,7 +177,7 @@ def test_a_symlinked_stage_directory_is_refused_clearly_every_time(tmp_path, pub
         assert "symbolic link" in res.output and "Traceback" not in res.output
         assert (run / "irl").is_symlink() and (elsewhere / "manifest.json").read_bytes() == before
         assert not (run / ".irl.old").exists() and not (run / ".irl.partial").exists()
-    res = invoke("irl", cfg)       # reading through the link is fine
+    res = invoke("irl", cfg)  # reading through the link is fine
     assert res.exit_code == 0 and "already done" in res.output
 
 
@@ -181,7 +190,7 @@ def _killed_between_renames(run: Path, new_complete: bool) -> None:
     if new_complete:
         m["started_at"] = "new"
         (partial / "manifest.json").write_text(json.dumps(m))
-    else:                                   # killed before its manifest: still being written
+    else:  # killed before its manifest: still being written
         (partial / "manifest.json").unlink()
         (partial / ".fingerprint").write_text(m["fingerprint"])
     old = _manifest(run / "irl")
@@ -197,7 +206,7 @@ def test_a_kill_between_the_two_renames_keeps_an_output(published, new_complete,
     _killed_between_renames(run, new_complete)
     res = invoke("irl", cfg)
     assert res.exit_code == 0, res.output
-    assert "already done" in res.output                 # nothing recomputed
+    assert "already done" in res.output  # nothing recomputed
     assert _manifest(run / "irl")["started_at"] == kept
     assert not (run / ".irl.old").exists()
     artifacts.verify_stage(run / "irl", "irl", "irl")
@@ -227,8 +236,16 @@ def test_force_discards_the_partial_state_of_a_resumable_stage(tmp_path):
     logs = []
 
     def stage(force):
-        return artifacts.stage_run("train_expert", tmp_path, {"a": 1}, {}, seed=0, force=force,
-                                   log=logs.append, resumable=True)
+        return artifacts.stage_run(
+            "train_expert",
+            tmp_path,
+            {"a": 1},
+            {},
+            seed=0,
+            force=force,
+            log=logs.append,
+            resumable=True,
+        )
 
     with pytest.raises(KeyboardInterrupt):
         with stage(False) as run_:
@@ -308,16 +325,29 @@ def test_published_files_and_cache_shards_follow_the_umask(tmp_path):
     """Case 10: every .safetensors (rewards, cache shards) used to be written mode 0600."""
     cfg = small_config(tmp_path, write_jsonl(tmp_path / "p.jsonl", make_pairs_records(40)), **IRL)
     env = {**os.environ, "FAIRL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "irl", str(cfg)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, umask=0o022, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", "irl", str(cfg)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        umask=0o022,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     shards = list((tmp_path / "cache").rglob("shard-*.safetensors"))
     files = [p for p in (tmp_path / "runs/t/irl").rglob("*") if p.is_file()]
     assert shards and any(p.suffix == ".safetensors" for p in files)
-    unreadable = [f"{p} {stat.filemode(p.stat().st_mode)}" for p in files + shards
-                  if p.stat().st_mode & 0o044 != 0o044]
-    closed = [p for p in (tmp_path / "runs/t/irl").rglob("*")
-              if p.is_dir() and p.stat().st_mode & 0o055 != 0o055]
+    unreadable = [
+        f"{p} {stat.filemode(p.stat().st_mode)}"
+        for p in files + shards
+        if p.stat().st_mode & 0o044 != 0o044
+    ]
+    closed = [
+        p
+        for p in (tmp_path / "runs/t/irl").rglob("*")
+        if p.is_dir() and p.stat().st_mode & 0o055 != 0o055
+    ]
     assert not unreadable and not closed
 
 
@@ -330,18 +360,20 @@ def test_a_secondary_rank_waits_for_this_launch_not_a_leftover_partial(tmp_path,
     from pipeline import artifacts
 
     run_dir, config = tmp_path / "run", {"x": 1}
-    fp = artifacts.sha256_json({"stage": "train_expert", "config": config,
-                                "inputs": artifacts.hash_inputs({})})
+    fp = artifacts.sha256_json(
+        {"stage": "train_expert", "config": config, "inputs": artifacts.hash_inputs({})}
+    )
     work = run_dir / ".train_expert.partial"
     (work / "checkpoint").mkdir(parents=True)
-    (work / artifacts.STAMP).write_text(fp)              # an older fairl's stamp
+    (work / artifacts.STAMP).write_text(fp)  # an older fairl's stamp
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     entered = threading.Event()
 
     def rank1():
-        with artifacts.stage_run("train_expert", run_dir, config, {}, seed=0, force=True,
-                                 resumable=True):
+        with artifacts.stage_run(
+            "train_expert", run_dir, config, {}, seed=0, force=True, resumable=True
+        ):
             entered.set()
 
     t = threading.Thread(target=rank1, daemon=True)
@@ -349,6 +381,6 @@ def test_a_secondary_rank_waits_for_this_launch_not_a_leftover_partial(tmp_path,
     assert not entered.wait(1.5), "rank 1 started on a partial directory rank 0 may discard"
     (work / artifacts.STAMP).write_text(f"{fp} earlier-launch")
     assert not entered.wait(1.0)
-    (work / artifacts.STAMP).write_text(f"{fp} {artifacts.launch_id()}")   # rank 0 prepared it
+    (work / artifacts.STAMP).write_text(f"{fp} {artifacts.launch_id()}")  # rank 0 prepared it
     assert entered.wait(5.0)
     t.join(5.0)

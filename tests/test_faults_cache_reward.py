@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_pairs_records, small_config, write_jsonl
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from cli.main import app
-from conftest import make_pairs_records, small_config, write_jsonl
 from pipeline import load_reward
 from pipeline.embed import Embedder, text_hashes
 from pipeline.errors import MissingArtifactError
@@ -32,9 +32,15 @@ from pipeline.irl.heads import make_head
 from pipeline.irl.reward import RewardModel
 
 ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
-TEXTS = ["you are a lovely person", "shut up you idiot", "the weather is nice today",
-         "what a stupid idea", "thanks for the help", "go away, nobody likes you"]
-ATOL = 1e-5   # batch-dependent float32 rounding of the encoder (see the module docstring)
+TEXTS = [
+    "you are a lovely person",
+    "shut up you idiot",
+    "the weather is nice today",
+    "what a stupid idea",
+    "thanks for the help",
+    "go away, nobody likes you",
+]
+ATOL = 1e-5  # batch-dependent float32 rounding of the encoder (see the module docstring)
 
 
 @pytest.fixture(scope="module")
@@ -76,18 +82,18 @@ def test_shard_with_random_floats_over_half_its_vectors_is_re_embedded(tmp_path,
     [shard] = _shards(tmp_path)
     data = bytearray(shard.read_bytes())
     n = struct.unpack("<Q", data[:8])[0]
-    start, end = json.loads(data[8:8 + n])["embeddings"]["data_offsets"]
+    start, end = json.loads(data[8 : 8 + n])["embeddings"]["data_offsets"]
     start, end = 8 + n + start, 8 + n + end
-    mid = start + (end - start) // 8 * 4                    # the second half of the vectors
+    mid = start + (end - start) // 8 * 4  # the second half of the vectors
     noise = np.random.default_rng(0).uniform(-0.2, 0.2, (end - mid) // 4).astype("<f4")
-    data[mid:end] = noise.tobytes()                          # finite, plausible-looking floats
+    data[mid:end] = noise.tobytes()  # finite, plausible-looking floats
     shard.write_bytes(bytes(data))
 
     emb, got = _embed(tmp_path, caplog)
     _assert_like_fresh(got, fresh)
-    assert emb.stats["embedded"] == len(TEXTS)              # nothing from the bad shard is used
+    assert emb.stats["embedded"] == len(TEXTS)  # nothing from the bad shard is used
     assert shard.name in caplog.text and "checksum" in caplog.text
-    assert not shard.exists()                               # dropped: not checked every run
+    assert not shard.exists()  # dropped: not checked every run
     _assert_cache_verifies_again(tmp_path, fresh)
 
 
@@ -122,10 +128,14 @@ def test_shard_without_checksum_from_an_older_fairl_is_not_trusted(tmp_path, cap
     emb0 = Embedder(ENCODER, cache_dir=tmp_path)
     old = emb0.cache / "shard-0123.safetensors"
     old.parent.mkdir(parents=True)
-    save_file({"hashes": torch.from_numpy(text_hashes(TEXTS)),
-               "embeddings": fresh.flip(0).contiguous()},   # readable, but the wrong vectors
-              str(old), metadata={"fairl": json.dumps({"encoder": ENCODER,
-                                                       "fingerprint": emb0.fingerprint})})
+    save_file(
+        {
+            "hashes": torch.from_numpy(text_hashes(TEXTS)),
+            "embeddings": fresh.flip(0).contiguous(),
+        },  # readable, but the wrong vectors
+        str(old),
+        metadata={"fairl": json.dumps({"encoder": ENCODER, "fingerprint": emb0.fingerprint})},
+    )
     emb, got = _embed(tmp_path, caplog)
     _assert_like_fresh(got, fresh)
     assert "no checksum" in caplog.text and old.name in caplog.text and not old.exists()
@@ -143,13 +153,18 @@ def test_truncated_shard_is_re_embedded(tmp_path, caplog, fresh):
 
 # ------------------------------------------------- case 5 (cache): the directory fails
 def _unusable_warnings(caplog, path: Path) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.levelno == logging.WARNING and "cannot be used" in r.getMessage()
-            and str(path) in r.getMessage()]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+        and "cannot be used" in r.getMessage()
+        and str(path) in r.getMessage()
+    ]
 
 
-def test_fairl_cache_that_is_a_file_warns_once_and_embeds_in_memory(tmp_path, monkeypatch,
-                                                                  caplog, fresh):
+def test_fairl_cache_that_is_a_file_warns_once_and_embeds_in_memory(
+    tmp_path, monkeypatch, caplog, fresh
+):
     blocker = tmp_path / "cache-file"
     blocker.write_text("not a directory\n")
     monkeypatch.setenv("FAIRL_CACHE", str(blocker))
@@ -159,13 +174,12 @@ def test_fairl_cache_that_is_a_file_warns_once_and_embeds_in_memory(tmp_path, mo
         again = emb.embed(TEXTS[:2] + ["one more text"])
     _assert_like_fresh(got, fresh)
     assert again.shape == (3, fresh.shape[1])
-    [warning] = _unusable_warnings(caplog, blocker)          # once, naming the path
+    [warning] = _unusable_warnings(caplog, blocker)  # once, naming the path
     assert "FAIRL_CACHE" in warning and "irl.embed.cache_dir" in warning
     assert blocker.read_text() == "not a directory\n"
 
 
-def test_disk_full_on_shard_write_warns_and_embeds_in_memory(tmp_path, monkeypatch, caplog,
-                                                             fresh):
+def test_disk_full_on_shard_write_warns_and_embeds_in_memory(tmp_path, monkeypatch, caplog, fresh):
     import pipeline.embed as embed_module
 
     @contextmanager
@@ -193,10 +207,17 @@ def test_disk_full_on_shard_write_warns_and_embeds_in_memory(tmp_path, monkeypat
 # --------------------------------------------------------- case 3b: reward directories
 def _saved_reward(path: Path, head_kind: str = "mlp") -> Path:
     head = make_head(head_kind, 384, 32)
-    r = RewardModel(head, head.init(torch.Generator().manual_seed(0)),
-                    head.init(torch.Generator().manual_seed(1)),
-                    meta={"method": "fa-me-margin", "seed": 0, "text": "completion",
-                          "encoder": {"name": ENCODER, "fingerprint": "x"}})
+    r = RewardModel(
+        head,
+        head.init(torch.Generator().manual_seed(0)),
+        head.init(torch.Generator().manual_seed(1)),
+        meta={
+            "method": "fa-me-margin",
+            "seed": 0,
+            "text": "completion",
+            "encoder": {"name": ENCODER, "fingerprint": "x"},
+        },
+    )
     r.save(path)
     return path
 
@@ -210,6 +231,7 @@ def _edit_json(**changes):
             else:
                 meta[k] = v
         (d / "reward.json").write_text(json.dumps(meta))
+
     return edit
 
 
@@ -218,6 +240,7 @@ def _edit_tensors(fn):
         t = load_file(str(d / "reward.safetensors"))
         fn(t)
         save_file(t, str(d / "reward.safetensors"))
+
     return edit
 
 
@@ -228,10 +251,14 @@ def _set(t: dict, name: str, value: torch.Tensor) -> None:
 DAMAGE = {
     "json-missing": (lambda d: (d / "reward.json").unlink(), "reward.json"),
     "weights-missing": (lambda d: (d / "reward.safetensors").unlink(), "reward.safetensors"),
-    "json-invalid": (lambda d: (d / "reward.json").write_text('{"format": "fairl-rew'),
-                     "reward.json"),
-    "json-not-utf8": (lambda d: (d / "reward.json").write_bytes(b'{"format": "\xff"}'),
-                      "reward.json"),
+    "json-invalid": (
+        lambda d: (d / "reward.json").write_text('{"format": "fairl-rew'),
+        "reward.json",
+    ),
+    "json-not-utf8": (
+        lambda d: (d / "reward.json").write_bytes(b'{"format": "\xff"}'),
+        "reward.json",
+    ),
     "json-a-list": (lambda d: (d / "reward.json").write_text("[]"), "reward.json"),
     "no-format": (_edit_json(format=None), "reward.json"),
     "no-version": (_edit_json(version=None), "reward.json"),
@@ -245,23 +272,38 @@ DAMAGE = {
     "in_dim-a-string": (_edit_json(in_dim="384"), "reward.json"),
     "in_dim-mismatch": (_edit_json(in_dim=100), "reward.safetensors"),
     "hidden-mismatch": (_edit_json(hidden=16), "reward.safetensors"),
-    "truncated": (lambda d: (d / "reward.safetensors").write_bytes(
-        (d / "reward.safetensors").read_bytes()[:-1000]), "reward.safetensors"),
-    "not-safetensors": (lambda d: (d / "reward.safetensors").write_text("hello"),
-                        "reward.safetensors"),
+    "truncated": (
+        lambda d: (d / "reward.safetensors").write_bytes(
+            (d / "reward.safetensors").read_bytes()[:-1000]
+        ),
+        "reward.safetensors",
+    ),
+    "not-safetensors": (
+        lambda d: (d / "reward.safetensors").write_text("hello"),
+        "reward.safetensors",
+    ),
     "base-tensor-missing": (_edit_tensors(lambda t: t.pop("base.b1")), "reward.safetensors"),
-    "failure-half-present": (_edit_tensors(lambda t: t.pop("failure.w2")),
-                             "reward.safetensors"),
-    "stray-tensor": (_edit_tensors(lambda t: _set(t, "extra", torch.zeros(3))),
-                     "reward.safetensors"),
-    "wrong-shape": (_edit_tensors(lambda t: _set(t, "base.w2", torch.zeros(31))),
-                    "reward.safetensors"),
-    "float64": (_edit_tensors(lambda t: _set(t, "base.w2", t["base.w2"].double())),
-                "reward.safetensors"),
-    "nan-weight": (_edit_tensors(lambda t: t["base.W1"].view(-1)[7].fill_(float("nan"))),
-                   "reward.safetensors"),
-    "inf-weight": (_edit_tensors(lambda t: t["failure.b2"].fill_(float("inf"))),
-                   "reward.safetensors"),
+    "failure-half-present": (_edit_tensors(lambda t: t.pop("failure.w2")), "reward.safetensors"),
+    "stray-tensor": (
+        _edit_tensors(lambda t: _set(t, "extra", torch.zeros(3))),
+        "reward.safetensors",
+    ),
+    "wrong-shape": (
+        _edit_tensors(lambda t: _set(t, "base.w2", torch.zeros(31))),
+        "reward.safetensors",
+    ),
+    "float64": (
+        _edit_tensors(lambda t: _set(t, "base.w2", t["base.w2"].double())),
+        "reward.safetensors",
+    ),
+    "nan-weight": (
+        _edit_tensors(lambda t: t["base.W1"].view(-1)[7].fill_(float("nan"))),
+        "reward.safetensors",
+    ),
+    "inf-weight": (
+        _edit_tensors(lambda t: t["failure.b2"].fill_(float("inf"))),
+        "reward.safetensors",
+    ),
 }
 
 
@@ -305,6 +347,6 @@ def test_cli_evaluate_with_a_truncated_reward_is_a_clear_error(tmp_path):
     weights = sorted(irl_dir.glob("rewards/*/seed-0/reward.safetensors"))[0]
     weights.write_bytes(weights.read_bytes()[:-64])
     res = runner.invoke(app, ["evaluate", str(cfg)], catch_exceptions=False)
-    assert res.exit_code not in (0, 1), res.output    # a FairlError with its own code
+    assert res.exit_code not in (0, 1), res.output  # a FairlError with its own code
     assert "reward.safetensors" in res.output and "--force" in res.output
     assert "Traceback" not in res.output

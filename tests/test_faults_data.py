@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import make_pairs_records, small_config, write_jsonl
 from typer.testing import CliRunner
 
 from cli.main import app
-from conftest import make_pairs_records, small_config, write_jsonl
 from pipeline.data.jigsaw import load_heldout
 from pipeline.data.pairs import load_pairs
 from pipeline.errors import DataError
@@ -41,9 +41,9 @@ def warned(metrics: dict, key: str) -> list[dict]:
 
 # ------------------------------------------------------------- case 12: the user's pairs file
 def test_train_test_split_without_prompts_runs_irl_and_evaluate(tmp_path):
-    rows = make_pairs_records(300, with_split=True)   # split: train / test only
+    rows = make_pairs_records(300, with_split=True)  # split: train / test only
     for r in rows:
-        r["prompt"] = ""                                # comparisons without a prompt
+        r["prompt"] = ""  # comparisons without a prompt
     cfg = small_config(tmp_path, write_jsonl(tmp_path / "pairs.jsonl", rows), **FAST)
     res = invoke("irl", cfg)
     assert res.exit_code == 0, res.output
@@ -79,7 +79,7 @@ def test_constant_or_missing_prompts_are_split_by_pair(tmp_path, prompt):
 def test_prompts_still_split_by_prompt_when_there_are_enough(tmp_path):
     rows = make_pairs_records(60)
     for i, r in enumerate(rows):
-        r["prompt"] = f"shared prompt {i // 3}" if i < 45 else ""   # 15 prompts, 15 without
+        r["prompt"] = f"shared prompt {i // 3}" if i < 45 else ""  # 15 prompts, 15 without
     ps = load_pairs(write_jsonl(tmp_path / "p.jsonl", rows), test_fraction=0.25, val_fraction=0.2)
     given = ps.df[ps.df["prompt"] != ""]
     assert (given.groupby("prompt")["split"].nunique() == 1).all()
@@ -89,7 +89,7 @@ def test_prompts_still_split_by_prompt_when_there_are_enough(tmp_path):
 # ---------------------------------------------------------------- case 5b: input that is not text
 def test_a_non_utf8_byte_is_a_data_error_naming_the_line(tmp_path):
     lines = [json.dumps(r).encode() for r in make_pairs_records(40)]
-    lines[6] = lines[6].replace(b"(6)", b"(caf\xe9)")   # latin-1, as a spreadsheet might save
+    lines[6] = lines[6].replace(b"(6)", b"(caf\xe9)")  # latin-1, as a spreadsheet might save
     pairs = tmp_path / "latin1.jsonl"
     pairs.write_bytes(b"\n".join(lines) + b"\n")
     res = invoke("irl", small_config(tmp_path, pairs, **FAST))
@@ -117,7 +117,7 @@ def test_a_null_score_is_reported_at_its_file_line(tmp_path):
     rows = make_pairs_records(20)
     rows[2]["chosen_score"] = None
     text = [json.dumps(r) for r in rows]
-    text.insert(1, "")                       # a blank line: the bad record is on line 4
+    text.insert(1, "")  # a blank line: the bad record is on line 4
     pairs = tmp_path / "p.jsonl"
     pairs.write_text("\n".join(text) + "\n")
     res = invoke("irl", small_config(tmp_path, pairs, **FAST))
@@ -135,7 +135,7 @@ def test_parquet_records_are_named_by_their_1_based_row(tmp_path):
 
 def test_an_infinite_score_is_not_called_null(tmp_path):
     rows = make_pairs_records(20)
-    rows[5]["rejected_score"] = float("inf")     # json.dumps writes Infinity, json.loads reads it
+    rows[5]["rejected_score"] = float("inf")  # json.dumps writes Infinity, json.loads reads it
     with pytest.raises(DataError) as e:
         load_pairs(write_jsonl(tmp_path / "p.jsonl", rows))
     msg = str(e.value)
@@ -143,7 +143,7 @@ def test_an_infinite_score_is_not_called_null(tmp_path):
 
 
 def test_messages_show_plain_values_not_numpy_reprs(tmp_path):
-    rows = make_pairs_records(2, with_split=True)   # one train, one test: no val can be carved
+    rows = make_pairs_records(2, with_split=True)  # one train, one test: no val can be carved
     with pytest.raises(DataError, match="cannot form") as e:
         load_pairs(write_jsonl(tmp_path / "p.jsonl", rows))
     assert "np." not in str(e.value) and "'train': 1" in str(e.value)
@@ -153,15 +153,22 @@ def test_messages_show_plain_values_not_numpy_reprs(tmp_path):
 def test_five_pairs_get_warnings_on_every_affected_metric(tmp_path):
     metrics, report = evaluated(tmp_path, make_pairs_records(5))
     assert metrics["data"]["n_test"] == 1
-    for key in ("test/pairwise_accuracy", "test/auc", "test/f1", "test/accuracy", "test/starc",
-                "test/epic", "dispersion/starc"):
+    for key in (
+        "test/pairwise_accuracy",
+        "test/auc",
+        "test/f1",
+        "test/accuracy",
+        "test/starc",
+        "test/epic",
+        "dispersion/starc",
+    ):
         ws = warned(metrics, key)
         assert ws and all(w["reason"] and w["sizes"] for w in ws), key
     assert any(w["sizes"].get("pairs") == 1 for w in warned(metrics, "test/pairwise_accuracy"))
     assert any(w["sizes"].get("test_outputs") == 2 for w in warned(metrics, "test/starc"))
     assert "## Warnings" in report and "test/auc" in report
     table1 = report.split("## Table 1")[1].split("##")[0]
-    assert table1.count("†") >= 5 * len(metrics["methods"])   # every cell of Table 1
+    assert table1.count("†") >= 5 * len(metrics["methods"])  # every cell of Table 1
 
 
 def test_identical_pairs_and_constant_ground_truth_are_flagged(tmp_path):
@@ -172,16 +179,20 @@ def test_identical_pairs_and_constant_ground_truth_are_flagged(tmp_path):
     metrics, report = evaluated(tmp_path, rows)
     kinds = {w["kind"] for w in metrics["warnings"]}
     assert {"identical_pairs", "constant_ground_truth"} <= kinds
-    assert any("*" in w["metrics"] for w in metrics["warnings"])    # nothing was learned
+    assert any("*" in w["metrics"] for w in metrics["warnings"])  # nothing was learned
     for agg in metrics["methods"].values():
-        assert agg["mean"]["test/starc"] is None                      # undefined, not a number
+        assert agg["mean"]["test/starc"] is None  # undefined, not a number
     assert "identical chosen and rejected" in report and "0.5 on every test output" in report
 
 
 # ------------------------------------------------------------------------------ exit codes
 def test_compare_naming_an_untrained_method_is_a_config_error(tmp_path):
-    cfg = small_config(tmp_path, write_jsonl(tmp_path / "p.jsonl", make_pairs_records(40)),
-                       methods=["mm"], seeds=[0])
+    cfg = small_config(
+        tmp_path,
+        write_jsonl(tmp_path / "p.jsonl", make_pairs_records(40)),
+        methods=["mm"],
+        seeds=[0],
+    )
     assert invoke("irl", cfg).exit_code == 0
     res = invoke("evaluate", cfg, "--set", "evaluate.compare=[[fa-mm-gt, mm]]")
     assert res.exit_code == 2 and "fa-mm-gt" in res.output, res.output

@@ -9,14 +9,20 @@ import shutil
 from collections import Counter
 
 import pytest
+from conftest import micro_config
 from typer.testing import CliRunner
 
 from cli.main import app
-from conftest import micro_config
 
 runner = CliRunner()
-PPO = {"steps": 6, "batch_size": 16, "mini_batch_size": 8, "checkpoint_every": 2,
-       "sample_every": 1, "lr": 3.0e-4}
+PPO = {
+    "steps": 6,
+    "batch_size": 16,
+    "mini_batch_size": 8,
+    "checkpoint_every": 2,
+    "sample_every": 1,
+    "lr": 3.0e-4,
+}
 
 
 def invoke(*args):
@@ -68,8 +74,7 @@ def test_resumed_train_expert_logs_each_step_once(tmp_path, micro_world, monkeyp
     assert_expert_logs_each_step_once(tmp_path / "runs/m")
 
 
-def test_truncated_checkpoint_restarts_train_expert_from_step_0(tmp_path, micro_world,
-                                                                monkeypatch):
+def test_truncated_checkpoint_restarts_train_expert_from_step_0(tmp_path, micro_world, monkeypatch):
     cfg = micro_config(tmp_path, train_expert__ppo=PPO)
     restore = interrupt_at_call(monkeypatch, 6)
     assert invoke("train-expert", cfg).exit_code == 130
@@ -89,11 +94,11 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, micro_world
     when the new one is damaged, training resumes from the previous one."""
     cfg = micro_config(tmp_path, train_expert__ppo=PPO)
     partial = tmp_path / "runs/m/.train_expert.partial"
-    restore = interrupt_at_call(monkeypatch, 4)            # checkpoint at step 2, rows 0-2
+    restore = interrupt_at_call(monkeypatch, 4)  # checkpoint at step 2, rows 0-2
     assert invoke("train-expert", cfg).exit_code == 130
     shutil.copytree(partial / "checkpoint", tmp_path / "step2")
     restore()
-    restore = interrupt_at_call(monkeypatch, 3)            # resumes at 2: checkpoint 4, rows 0-3
+    restore = interrupt_at_call(monkeypatch, 3)  # resumes at 2: checkpoint 4, rows 0-3
     assert invoke("train-expert", cfg).exit_code == 130
     assert json.loads((partial / "checkpoint/trainer_state.json").read_text())["step"] == 4
     shutil.copytree(tmp_path / "step2", partial / ".checkpoint.old")
@@ -108,8 +113,12 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, micro_world
 
 
 def re_rlhf_config(tmp_path):
-    return micro_config(tmp_path, re_rlhf__rewards={"ground_truth": "ground_truth"},
-                        re_rlhf__eval_every=1, re_rlhf__ppo={**PPO, "checkpoint_every": 3})
+    return micro_config(
+        tmp_path,
+        re_rlhf__rewards={"ground_truth": "ground_truth"},
+        re_rlhf__eval_every=1,
+        re_rlhf__ppo={**PPO, "checkpoint_every": 3},
+    )
 
 
 def assert_re_rlhf_logs_each_step_once(run):
@@ -147,9 +156,13 @@ def test_resumed_re_rlhf_logs_each_step_once(tmp_path, micro_world, monkeypatch,
 def test_unreadable_re_rlhf_curves_redo_the_rewards(tmp_path, micro_world, monkeypatch):
     """curves.json records the finished rewards; damaged, they are redone, and logged once."""
     rewards = {"ground_truth": "ground_truth", "gt2": "ground_truth"}
-    cfg = micro_config(tmp_path, re_rlhf__rewards=rewards, re_rlhf__eval_every=3,
-                       re_rlhf__ppo={**PPO, "checkpoint_every": 3})
-    restore = interrupt_at_call(monkeypatch, 8)            # ground_truth done, gt2 at step 1
+    cfg = micro_config(
+        tmp_path,
+        re_rlhf__rewards=rewards,
+        re_rlhf__eval_every=3,
+        re_rlhf__ppo={**PPO, "checkpoint_every": 3},
+    )
+    restore = interrupt_at_call(monkeypatch, 8)  # ground_truth done, gt2 at step 1
     assert invoke("re-rlhf", cfg).exit_code == 130
     curves = tmp_path / "runs/m/.re_rlhf.partial/curves.json"
     curves.write_bytes(b"\xff" + curves.read_bytes())
@@ -172,7 +185,7 @@ def test_drop_rows_keeps_earlier_steps_and_other_runs_and_drops_a_torn_line(tmp_
             sink.log(step + 1, {"a/toxicity_rate": 0.5})
             sink.log(step, {"b/score": 2.0})
     with open(tmp_path / "m.jsonl", "a") as f:
-        f.write('{"step": 4, "a/sco')                     # a kill mid-write
+        f.write('{"step": 4, "a/sco')  # a kill mid-write
     with MetricsSink(tmp_path / "m.jsonl") as sink:
         sink.rewind(2, "a/score")
         sink.log(2, {"a/score": 3.0})

@@ -3,9 +3,6 @@ deterministic, every method recovers a known reward, routing options work, diver
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -17,9 +14,7 @@ from pipeline.irl.common import Optim
 from pipeline.irl.heads import make_head
 from pipeline.irl.methods import method_spec
 from pipeline.irl.reference import train_reference
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from bench_irl import BANK_ATOL, BANK_RTOL, compare_params, synthetic_pairs  # noqa: E402
+from pipeline.irl.synthetic import BANK_ATOL, BANK_RTOL, compare_params, synthetic_pairs
 
 METHODS = list(IRLSection().methods)
 
@@ -42,7 +37,7 @@ def max_param_diff(a, b) -> float:
 def assert_trained_alike(r, alone, optim: Optim) -> None:
     """The bank's model r equals the one trained alone: the same discrete decisions exactly
     (epochs run, best epoch, failures per round), every parameter and validation loss within
-    BANK_RTOL / BANK_ATOL (scripts/bench_irl.py says why those values).
+    BANK_RTOL / BANK_ATOL (pipeline/irl/synthetic.py says why those values).
 
     Not bit for bit: the bank's batched GEMM and the loop's one-model GEMM are different BLAS
     kernels, and whether they round alike depends on the CPU and the code path MKL picks (equal
@@ -89,8 +84,13 @@ def test_bank_equality_with_mixed_routing_flags_and_threshold_schedule():
     """Per-model flags that differ inside one bank take the masked code paths."""
     data = synthetic_pairs(500, 32, seed=2)
     a = IRLSection(fa={"margin_schedule": "threshold", "rounds": 4})
-    b = IRLSection(fa={"base_loss_trains_failure_path": True,
-                       "failure_loss_trains_base_path": False, "rounds": 4})
+    b = IRLSection(
+        fa={
+            "base_loss_trains_failure_path": True,
+            "failure_loss_trains_base_path": False,
+            "rounds": 4,
+        }
+    )
     specs = [method_spec("fa-mm-margin", a), method_spec("fa-me-gt", b), method_spec("me", a)]
     head = make_head("linear", 32)
     optim = Optim(max_epochs=8, patience=3)
@@ -102,11 +102,15 @@ def test_same_seed_gives_identical_weights():
     """Exact: the same code path runs the same kernels twice, on any CPU."""
     data = synthetic_pairs(400, 32, seed=0)
     head = make_head("mlp", 32, 32)
-    runs = [train_bank(data, specs_for(), [7], head, Optim(max_epochs=5), progress=False)
-            for _ in range(2)]
+    runs = [
+        train_bank(data, specs_for(), [7], head, Optim(max_epochs=5), progress=False)
+        for _ in range(2)
+    ]
     for a, b in zip(*runs):
         assert max_param_diff(a, b) == 0.0
-    other = train_bank(data, specs_for(methods=["me"]), [8], head, Optim(max_epochs=5), progress=False)[0]
+    other = train_bank(
+        data, specs_for(methods=["me"]), [8], head, Optim(max_epochs=5), progress=False
+    )[0]
     assert max_param_diff(runs[0][1], other) > 0  # a different seed is a different model
 
 
@@ -117,14 +121,17 @@ def test_every_method_recovers_a_known_linear_reward(head_kind):
     reward's on fresh outputs."""
     d = 16
     data = synthetic_pairs(2000, d, seed=3)
-    theta = torch.randn(d, generator=torch.Generator().manual_seed(3)) / d ** 0.5 * 3
+    theta = torch.randn(d, generator=torch.Generator().manual_seed(3)) / d**0.5 * 3
     probe = torch.randn(2000, d, generator=torch.Generator().manual_seed(99))
     r_true = probe @ theta
-    random_starc = starc_l1(probe @ torch.randn(d, generator=torch.Generator().manual_seed(5)), r_true)
+    random_starc = starc_l1(
+        probe @ torch.randn(d, generator=torch.Generator().manual_seed(5)), r_true
+    )
     head = make_head(head_kind, d, 32)
     irl = IRLSection(fa={"rounds": 30})
-    for r in train_bank(data, specs_for(irl), [0, 1], head, Optim(max_epochs=300, patience=10),
-                        progress=False):
+    for r in train_bank(
+        data, specs_for(irl), [0, 1], head, Optim(max_epochs=300, patience=10), progress=False
+    ):
         folded = head.fold(r.base, r.failure) if r.failure else r.base
         starc = starc_l1(head.forward_one(folded, probe), r_true)
         assert starc < 0.4 * random_starc, (r.method.name, r.seed, starc, random_starc)
@@ -137,8 +144,14 @@ def test_failure_counts_follow_the_bottom_k_schedule():
     data = synthetic_pairs(1000, 16, seed=4)
     n_used = 896  # 900 training pairs, whole minibatches of 32
     irl = IRLSection(fa={"rounds": 5, "bottom_k_start": 0.2, "bottom_k_end": 0.0})
-    r = train_bank(data, specs_for(irl, ["fa-me-margin"]), [0], make_head("linear", 16),
-                   Optim(max_epochs=6, patience=10), progress=False)[0]
+    r = train_bank(
+        data,
+        specs_for(irl, ["fa-me-margin"]),
+        [0],
+        make_head("linear", 16),
+        Optim(max_epochs=6, patience=10),
+        progress=False,
+    )[0]
     # The round's failure set holds round(frac_t * 900) pairs; the minibatches see those of them
     # that are among the 896 pairs used this epoch.
     for h in r.history[:5]:
@@ -153,37 +166,76 @@ def test_failure_path_is_trained_only_on_failures_by_default():
     data = synthetic_pairs(300, 16, seed=5)
     irl = IRLSection(fa={"bottom_k_start": 0.0, "bottom_k_end": 0.0, "lambda_0": 0.0})
     head = make_head("linear", 16)
-    r = train_bank(data, specs_for(irl, ["fa-me-margin"]), [0], head, Optim(max_epochs=3), progress=False)[0]
-    init = head.init(__import__("pipeline.irl.common", fromlist=["stream"]).stream(0, "init/failure"))
+    r = train_bank(
+        data, specs_for(irl, ["fa-me-margin"]), [0], head, Optim(max_epochs=3), progress=False
+    )[0]
+    init = head.init(
+        __import__("pipeline.irl.common", fromlist=["stream"]).stream(0, "init/failure")
+    )
     assert torch.equal(r.failure["w"], init["w"])
-    routed = IRLSection(fa={"bottom_k_start": 0.0, "bottom_k_end": 0.0, "lambda_0": 0.0,
-                            "base_loss_trains_failure_path": True})
-    r2 = train_bank(data, specs_for(routed, ["fa-me-margin"]), [0], head, Optim(max_epochs=3), progress=False)[0]
+    routed = IRLSection(
+        fa={
+            "bottom_k_start": 0.0,
+            "bottom_k_end": 0.0,
+            "lambda_0": 0.0,
+            "base_loss_trains_failure_path": True,
+        }
+    )
+    r2 = train_bank(
+        data, specs_for(routed, ["fa-me-margin"]), [0], head, Optim(max_epochs=3), progress=False
+    )[0]
     assert not torch.equal(r2.failure["w"], init["w"])
 
 
 def test_nan_loss_stops_training_with_a_clear_error():
     data = synthetic_pairs(200, 16, seed=6)
     with pytest.raises(TrainingDiverged, match="lower irl.lr"):
-        train_bank(data, specs_for(methods=["mm", "fa-me-gt"]), [0], make_head("mlp", 16, 32),
-                   Optim(lr=1e38, max_epochs=20), progress=False)
+        train_bank(
+            data,
+            specs_for(methods=["mm", "fa-me-gt"]),
+            [0],
+            make_head("mlp", 16, 32),
+            Optim(lr=1e38, max_epochs=20),
+            progress=False,
+        )
     bad = synthetic_pairs(200, 16, seed=6)
     bad.hc[3, 0] = float("nan")
     with pytest.raises(TrainingDiverged):
-        train_bank(bad, specs_for(methods=["me"]), [0], make_head("linear", 16), Optim(max_epochs=2),
-                   progress=False)
+        train_bank(
+            bad,
+            specs_for(methods=["me"]),
+            [0],
+            make_head("linear", 16),
+            Optim(max_epochs=2),
+            progress=False,
+        )
 
 
 def test_metrics_sink_gets_one_line_per_model_and_epoch(tmp_path):
-    from pipeline.metrics import MetricsSink
     import pandas as pd
+
+    from pipeline.metrics import MetricsSink
 
     data = synthetic_pairs(200, 16, seed=7)
     with MetricsSink(tmp_path / "m.jsonl") as sink:
-        out = train_bank(data, specs_for(methods=["mm", "fa-mm-gt"]), [0, 1], make_head("linear", 16),
-                         Optim(max_epochs=4, patience=10), sink=sink, progress=False)
+        out = train_bank(
+            data,
+            specs_for(methods=["mm", "fa-mm-gt"]),
+            [0, 1],
+            make_head("linear", 16),
+            Optim(max_epochs=4, patience=10),
+            sink=sink,
+            progress=False,
+        )
     df = pd.read_json(tmp_path / "m.jsonl", lines=True)
     assert len(df) == sum(r.epochs_run for r in out) == 16
-    assert {"irl/train_loss", "irl/val_loss", "irl/val_pair_acc", "irl/failures", "irl/lambda",
-            "method", "seed"} <= set(df.columns)
+    assert {
+        "irl/train_loss",
+        "irl/val_loss",
+        "irl/val_pair_acc",
+        "irl/failures",
+        "irl/lambda",
+        "method",
+        "seed",
+    } <= set(df.columns)
     assert (df[df["method"] == "fa-mm-gt"]["irl/lambda"].iloc[0]) == pytest.approx(10.0)

@@ -33,7 +33,9 @@ def test_auc_is_undefined_with_one_class():
 
 
 def test_pairwise_accuracy_counts_ties_as_wrong():
-    assert classify.pairwise_accuracy([1.0, 2.0, 3.0, 0.5], [0.0, 2.0, 1.0, 1.0]) == pytest.approx(0.5)
+    assert classify.pairwise_accuracy([1.0, 2.0, 3.0, 0.5], [0.0, 2.0, 1.0, 1.0]) == pytest.approx(
+        0.5
+    )
 
 
 def _brute_force_best_accuracy(scores, positive):
@@ -49,14 +51,16 @@ def test_best_threshold_reaches_the_brute_force_optimum(seed):
     scores = np.round(rng.normal(size=n), 1)  # rounding creates ties
     positive = rng.random(n) < 0.5
     c = float(obj.best_threshold(torch.tensor(scores), torch.tensor(positive)))
-    assert ((scores > c) == positive).mean() == pytest.approx(_brute_force_best_accuracy(scores, positive))
+    assert ((scores > c) == positive).mean() == pytest.approx(
+        _brute_force_best_accuracy(scores, positive)
+    )
 
 
 def test_best_threshold_is_batched_over_leading_dims():
     scores = torch.tensor([[0.1, 0.2, 0.9, 0.8], [5.0, 6.0, 1.0, 2.0]])
     positive = torch.tensor([False, False, True, True])
     c = obj.best_threshold(scores, positive)
-    assert c[0] == pytest.approx(0.5)        # between 0.2 and 0.8
+    assert c[0] == pytest.approx(0.5)  # between 0.2 and 0.8
     # reversed scores: no cut beats 50%; among the tied best cuts the lowest is returned
     assert ((scores[1] > c[1]) == positive).float().mean() == 0.5 and c[1] < 1.0
     assert classify.fit_threshold([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0]) == pytest.approx(0.5)
@@ -65,7 +69,7 @@ def test_best_threshold_is_batched_over_leading_dims():
 # --------------------------------------------------------------------------- losses
 def test_max_margin_loss_and_gradient_hand_computed():
     delta = torch.tensor([-1.0, 0.3, 0.8, 2.0], requires_grad=True)
-    loss = obj.max_margin_loss(delta, 0.8).mean()                # Eq. 1 with M = 0.8
+    loss = obj.max_margin_loss(delta, 0.8).mean()  # Eq. 1 with M = 0.8
     # max(0, 0.8 - d) = [1.8, 0.5, 0, 0] -> mean 0.575
     assert loss.item() == pytest.approx(0.575)
     loss.backward()
@@ -77,7 +81,7 @@ def test_max_entropy_loss_and_gradient_hand_computed():
     d = [-1.0, 0.0, 2.0]
     delta = torch.tensor(d, requires_grad=True)
     tau = 0.5
-    loss = obj.max_entropy_loss(delta, tau).mean()             # Eq. 2
+    loss = obj.max_entropy_loss(delta, tau).mean()  # Eq. 2
     expect = np.mean([-math.log(math.exp(x / tau) / (math.exp(x / tau) + 1)) for x in d])
     assert loss.item() == pytest.approx(expect, rel=1e-6)
     loss.backward()
@@ -88,8 +92,9 @@ def test_max_entropy_loss_and_gradient_hand_computed():
 
 def test_pair_loss_selects_the_objective_per_model():
     delta = torch.tensor([[0.5, 0.5]])
-    out = obj.pair_loss(delta, torch.tensor([True, False]), torch.tensor([0.8, 0.8]),
-                        torch.tensor([1.0, 1.0]))
+    out = obj.pair_loss(
+        delta, torch.tensor([True, False]), torch.tensor([0.8, 0.8]), torch.tensor([1.0, 1.0])
+    )
     assert out[0, 0].item() == pytest.approx(0.3)
     assert out[0, 1].item() == pytest.approx(math.log1p(math.exp(-0.5)), rel=1e-6)
 
@@ -110,7 +115,12 @@ def test_which_stricter_failure_losses_dominate_the_base_loss():
 
 # ------------------------------------------------------------------ failure detection
 def test_margin_failures_flag_delta_at_or_below_gamma():
-    assert obj.margin_failures(torch.tensor([-0.1, 0.0, 0.2, 0.5]), 0.2).tolist() == [True, True, True, False]
+    assert obj.margin_failures(torch.tensor([-0.1, 0.0, 0.2, 0.5]), 0.2).tolist() == [
+        True,
+        True,
+        True,
+        False,
+    ]
 
 
 def test_bottom_k_flags_exactly_the_lowest_margins():
@@ -131,7 +141,7 @@ def test_bottom_k_flags_exactly_the_lowest_margins():
 def test_supervised_failures_use_the_threshold_not_zero():
     r_pos = torch.tensor([2.0, 0.5, 2.0])
     r_neg = torch.tensor([0.0, 0.0, 1.8])
-    y_pos = torch.tensor([1.0, 1.0, 1.0])     # o+ non-toxic
+    y_pos = torch.tensor([1.0, 1.0, 1.0])  # o+ non-toxic
     y_neg = torch.tensor([-1.0, -1.0, -1.0])  # o- toxic
     # c = 1: pair 0 right on both sides; pair 1: o+ at 0.5 <= c is misclassified; pair 2: o- at
     # 1.8 > c is misclassified. Against 0 every pair would look correct.
@@ -145,17 +155,18 @@ def test_paper_bottom_k_schedule_goes_from_20_to_0_percent_over_100_rounds():
     n = 1000
     fractions = [spec.bottom_k_t(t) for t in range(100)]
     assert fractions[0] == pytest.approx(0.20) and fractions[-1] == pytest.approx(0.0)
-    assert all(a >= b for a, b in zip(fractions, fractions[1:]))          # monotone
-    assert fractions[50] == pytest.approx(0.2 * (1 - 50 / 99))            # linear
+    assert all(a >= b for a, b in zip(fractions, fractions[1:]))  # monotone
+    assert fractions[50] == pytest.approx(0.2 * (1 - 50 / 99))  # linear
     for t in (0, 1, 37, 98, 99, 150):
         k = int(obj.bottom_k_failures(torch.randn(n), spec.bottom_k_t(t)).sum())
-        assert k == round(spec.bottom_k_t(t) * n)                          # exact count per round
-    assert spec.bottom_k_t(150) == 0.0                                     # held after the schedule
+        assert k == round(spec.bottom_k_t(t) * n)  # exact count per round
+    assert spec.bottom_k_t(150) == 0.0  # held after the schedule
 
 
 def test_threshold_schedule_anneals_gamma_linearly():
-    irl = IRLSection(fa={"margin_schedule": "threshold", "gamma_start": 0.0, "gamma_end": 0.8,
-                         "rounds": 5})
+    irl = IRLSection(
+        fa={"margin_schedule": "threshold", "gamma_start": 0.0, "gamma_end": 0.8, "rounds": 5}
+    )
     spec = method_spec("fa-mm-margin", irl)
     assert [spec.gamma_t(t) for t in range(7)] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 0.8, 0.8])
     assert spec.uses_threshold and not spec.uses_bottom_k
@@ -169,8 +180,9 @@ def test_lambda_starts_at_10_and_decays_exponentially():
 
 
 def test_sampling_rate_schedule():
-    spec = method_spec("fa-me-gt", IRLSection(fa={"sample_rate_start": 1.0, "sample_rate_end": 0.5,
-                                                   "rounds": 3}))
+    spec = method_spec(
+        "fa-me-gt", IRLSection(fa={"sample_rate_start": 1.0, "sample_rate_end": 0.5, "rounds": 3})
+    )
     assert [spec.sample_rate_t(t) for t in range(4)] == pytest.approx([1.0, 0.75, 0.5, 0.5])
 
 

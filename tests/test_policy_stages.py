@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-import pytest
+from conftest import micro_config
 from typer.testing import CliRunner
 
 from cli.main import app
-from conftest import micro_config
 
 runner = CliRunner()
 
@@ -36,8 +35,16 @@ def test_every_command_end_to_end_on_the_micro_world(tmp_path, micro_world):
     assert (run / "train_expert" / "model" / "config.json").is_file()
     assert (run / "train_expert" / "samples.jsonl").is_file()
     log = pd.read_json(run / "train_expert" / "metrics.jsonl", lines=True)
-    for key in ("ppo/score", "ppo/kl", "ppo/kl_coef", "ppo/approx_kl", "ppo/clipfrac", "ppo/vf_loss",
-                "ppo/entropy", "ppo/response_length"):
+    for key in (
+        "ppo/score",
+        "ppo/kl",
+        "ppo/kl_coef",
+        "ppo/approx_kl",
+        "ppo/clipfrac",
+        "ppo/vf_loss",
+        "ppo/entropy",
+        "ppo/response_length",
+    ):
         assert key in log and log[key].notna().all()
 
     pairs = pd.read_parquet(run / "make_pairs" / "pairs.parquet")
@@ -56,12 +63,14 @@ def test_every_command_end_to_end_on_the_micro_world(tmp_path, micro_world):
         assert steps == [0, 3, 6]
         assert c["points"][-1]["toxicity_rate"] < c["points"][0]["toxicity_rate"], name
     assert (run / "re_rlhf" / "curves.png").stat().st_size > 5000
-    assert not list((run / "re_rlhf").rglob("*checkpoint*"))   # finished runs drop checkpoints
+    assert not list((run / "re_rlhf").rglob("*checkpoint*"))  # finished runs drop checkpoints
 
     # Other prompt parts than the expert was trained with could overlap its training prompts.
     before = (run / "make_pairs" / "manifest.json").read_bytes()
     res = invoke("make-pairs", cfg, "--set", "prompts.pairs_fraction=0.5")
-    assert res.exit_code == 2 and "reuse prompts the expert was trained on" in res.output, res.output
+    assert res.exit_code == 2 and "reuse prompts the expert was trained on" in res.output, (
+        res.output
+    )
     assert (run / "make_pairs" / "manifest.json").read_bytes() == before
 
 
@@ -75,31 +84,37 @@ def test_grpo_expert_halves_toxicity_too(tmp_path, micro_world):
 
 
 def test_make_pairs_killed_half_way_resumes_to_the_same_pairs(tmp_path, micro_world, monkeypatch):
-    import pipeline.policy.models as models
+    import pipeline.stages.make_pairs as stage
 
-    cfg = micro_config(tmp_path, make_pairs__expert_model="world", make_pairs__generation={"batch_size": 16, "max_new_tokens": 10})
-    clean = micro_config(tmp_path / "clean", make_pairs__expert_model="world",
-                         make_pairs__generation={"batch_size": 16, "max_new_tokens": 10})
+    cfg = micro_config(
+        tmp_path,
+        make_pairs__expert_model="world",
+        make_pairs__generation={"batch_size": 16, "max_new_tokens": 10},
+    )
+    clean = micro_config(
+        tmp_path / "clean",
+        make_pairs__expert_model="world",
+        make_pairs__generation={"batch_size": 16, "max_new_tokens": 10},
+    )
     assert invoke("make-pairs", clean).exit_code == 0
     expected = pd.read_parquet(tmp_path / "clean/runs/m/make_pairs/pairs.parquet")
 
-    real_sample, calls = models.sample, {"n": 0}
+    real_sample, calls = stage.sample, {"n": 0}
 
     def dying_sample(*a, **k):
         calls["n"] += 1
-        if calls["n"] > 6:            # three batches of (base, expert), then "Ctrl-C"
+        if calls["n"] > 6:  # three batches of (base, expert), then "Ctrl-C"
             raise KeyboardInterrupt
         return real_sample(*a, **k)
 
-    import pipeline.data.make_pairs as mp_module  # noqa: F401  (imports sample lazily)
-    monkeypatch.setattr(models, "sample", dying_sample)
+    monkeypatch.setattr(stage, "sample", dying_sample)
     res = invoke("make-pairs", cfg)
     assert res.exit_code == 130
     assert not (tmp_path / "runs/m/make_pairs").exists()
     done = sorted((tmp_path / "runs/m/.make_pairs.partial/batches").glob("*.jsonl"))
     assert len(done) == 3
-    done[1].write_bytes(done[1].read_bytes()[:-40])   # a damaged batch is sampled again
-    monkeypatch.setattr(models, "sample", real_sample)
+    done[1].write_bytes(done[1].read_bytes()[:-40])  # a damaged batch is sampled again
+    monkeypatch.setattr(stage, "sample", real_sample)
     res = invoke("make-pairs", cfg)
     assert res.exit_code == 0 and "resuming" in res.output
     assert "is damaged" in res.output, res.output
@@ -109,7 +124,9 @@ def test_make_pairs_killed_half_way_resumes_to_the_same_pairs(tmp_path, micro_wo
 
 # ------------------------------------------------------------------------- bad input
 def test_a_model_path_that_does_not_exist(tmp_path, micro_world):
-    res = invoke("train-expert", micro_config(tmp_path, train_expert__base_model=str(tmp_path / "nope")))
+    res = invoke(
+        "train-expert", micro_config(tmp_path, train_expert__base_model=str(tmp_path / "nope"))
+    )
     assert res.exit_code == 1 and "does not exist" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("manifest.json"))
 
@@ -118,16 +135,22 @@ def test_a_classifier_without_the_configured_label(tmp_path, micro_world):
     from tiny_models import build_roberta_classifier
 
     clf = build_roberta_classifier(tmp_path / "clf", labels=("LABEL_0", "LABEL_1"))
-    res = invoke("train-expert", micro_config(
-        tmp_path, ground_truth={"kind": "hf-classifier", "model": str(clf)}))
+    res = invoke(
+        "train-expert",
+        micro_config(tmp_path, ground_truth={"kind": "hf-classifier", "model": str(clf)}),
+    )
     assert res.exit_code == 2
     assert "has no label 'neutral'" in res.output and "label_0" in res.output.lower()
 
 
 def test_a_prompts_file_without_prompt_text(tmp_path, micro_world):
     bad = tmp_path / "prompts.jsonl"
-    bad.write_text("".join(json.dumps({"prompt": {"toxicity": 0.9}, "continuation": {"text": "x"}}) + "\n"
-                           for _ in range(5)))
+    bad.write_text(
+        "".join(
+            json.dumps({"prompt": {"toxicity": 0.9}, "continuation": {"text": "x"}}) + "\n"
+            for _ in range(5)
+        )
+    )
     res = invoke("train-expert", micro_config(tmp_path, prompts={"source": [str(bad)]}))
     assert res.exit_code == 3 and "prompt.text" in res.output
 
@@ -136,8 +159,14 @@ def test_zero_prompts_left_after_filtering_and_nothing_lost(tmp_path, micro_worl
     cfg = micro_config(tmp_path)
     assert invoke("make-pairs", cfg, "--set", "make_pairs.expert_model=world").exit_code == 0
     before = (tmp_path / "runs/m/make_pairs/manifest.json").read_bytes()
-    res = invoke("make-pairs", cfg, "--set", "make_pairs.expert_model=world",
-                 "--set", "make_pairs.prompt_toxicity_min=0.99")
+    res = invoke(
+        "make-pairs",
+        cfg,
+        "--set",
+        "make_pairs.expert_model=world",
+        "--set",
+        "make_pairs.prompt_toxicity_min=0.99",
+    )
     assert res.exit_code == 3 and "no prompts left" in res.output
     assert (tmp_path / "runs/m/make_pairs/manifest.json").read_bytes() == before
 
@@ -152,9 +181,18 @@ def test_re_rlhf_killed_and_resumed_measures_each_step_once(tmp_path, micro_worl
     step 4 and its measurement replaces the first one, so the curve never runs backwards."""
     from pipeline.policy import ppo
 
-    cfg = micro_config(tmp_path, re_rlhf__rewards={"ground_truth": "ground_truth"}, re_rlhf__eval_every=1,
-                       re_rlhf__ppo={"steps": 6, "batch_size": 16, "mini_batch_size": 8,
-                                     "checkpoint_every": 3, "lr": 3.0e-4})
+    cfg = micro_config(
+        tmp_path,
+        re_rlhf__rewards={"ground_truth": "ground_truth"},
+        re_rlhf__eval_every=1,
+        re_rlhf__ppo={
+            "steps": 6,
+            "batch_size": 16,
+            "mini_batch_size": 8,
+            "checkpoint_every": 3,
+            "lr": 3.0e-4,
+        },
+    )
     real_step, calls = ppo.PPOTrainer.step, {"n": 0}
 
     def dying_step(self, *a, **k):

@@ -1,4 +1,4 @@
-"""The PPO tests of docs/ppo.md, and the sampling details they rest on."""
+"""The PPO details of docs/ppo.md, tested, and the sampling details they rest on."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_vectorised_gae_equals_a_plain_loop(gamma, lam):
 def test_masked_whitening_has_mean_zero_and_std_one_over_valid_tokens():
     x = torch.randn(6, 10) * 5 + 3
     mask = torch.rand(6, 10) < 0.6
-    x[~mask] = 1e6                                   # padding must not leak in
+    x[~mask] = 1e6  # padding must not leak in
     w = ppo.masked_whiten(x, mask.float())
     valid = w[mask]
     assert valid.mean().abs() < 1e-5
@@ -53,10 +53,10 @@ def test_kl_controller_moves_the_coefficient_the_right_way():
     up = ppo.AdaptiveKLController(0.2, target=6.0, horizon=10000)
     up.update(current_kl=12.0, n_steps=64)
     assert up.value > 0.2
-    assert up.value == pytest.approx(0.2 * (1 + 0.2 * 64 / 10000))        # error clipped at 0.2
+    assert up.value == pytest.approx(0.2 * (1 + 0.2 * 64 / 10000))  # error clipped at 0.2
     down = ppo.AdaptiveKLController(0.2, target=6.0, horizon=10000)
     down.update(current_kl=3.0, n_steps=64)
-    assert down.value == pytest.approx(0.2 * (1 - 0.2 * 64 / 10000)) and down.value < 0.2   # clipped
+    assert down.value == pytest.approx(0.2 * (1 - 0.2 * 64 / 10000)) and down.value < 0.2  # clipped
     fixed = ppo.FixedKLController(0.2)
     fixed.update(50.0, 64)
     assert fixed.value == 0.2
@@ -73,11 +73,21 @@ def test_score_lands_on_the_last_real_token_and_kl_is_per_token():
 
 def test_clipped_losses():
     lp = torch.tensor([[0.0, 0.0]])
-    old = torch.log(torch.tensor([[0.5, 0.5]]))       # ratio = 2 on both tokens
+    old = torch.log(torch.tensor([[0.5, 0.5]]))  # ratio = 2 on both tokens
     adv = torch.tensor([[1.0, -1.0]])
     v = torch.tensor([[1.0, 0.0]])
-    loss, stats = ppo.ppo_losses(lp, old, adv, v, torch.zeros(1, 2), torch.ones(1, 2),
-                                 torch.ones(1, 2), cliprange=0.2, cliprange_value=0.2, vf_coef=0.1)
+    loss, stats = ppo.ppo_losses(
+        lp,
+        old,
+        adv,
+        v,
+        torch.zeros(1, 2),
+        torch.ones(1, 2),
+        torch.ones(1, 2),
+        cliprange=0.2,
+        cliprange_value=0.2,
+        vf_coef=0.1,
+    )
     # pg: max(-A r, -A clip(r)) = [max(-2, -1.2), max(2, 1.2)] -> mean 0.4
     assert stats["pg_loss"] == pytest.approx(0.4)
     # vf: token 0: max((1-1)^2, (0.2-1)^2) = 0.64; token 1: max(1, 1) = 1 -> 0.5 * mean = 0.41
@@ -95,22 +105,28 @@ def test_position_ids_follow_left_padding():
 def test_pad_is_distinct_from_eos_and_responses_stop_after_eos(micro_world):
     model, tok = load_policy(str(micro_world.base_lm))
     assert tok.pad_token_id != tok.eos_token_id and tok.padding_side == "left"
-    p_ids, p_mask, r_ids, r_mask, texts = sample(model, tok, ["the quiet dog", "you idiot, the"], 24, seed=0)
+    p_ids, p_mask, r_ids, r_mask, texts = sample(
+        model, tok, ["the quiet dog", "you idiot, the"], 24, seed=0
+    )
     for row, m in zip(r_ids, r_mask):
         eos = (row == tok.eos_token_id).nonzero()
         if len(eos):
             first = int(eos[0])
-            assert m[:first + 1].all() and not m[first + 1:].any()   # EOS kept, the rest masked
-    assert p_mask[1].all() and not p_mask[0, 0]                        # left padded
+            assert m[: first + 1].all() and not m[first + 1 :].any()  # EOS kept, the rest masked
+    assert p_mask[1].all() and not p_mask[0, 0]  # left padded
 
 
 def test_logprobs_use_the_sampling_temperature(micro_world):
     model, tok = load_policy(str(micro_world.base_lm))
-    p_ids, p_mask, r_ids, r_mask, _ = sample(model, tok, ["the old cat"], 8, temperature=0.7, seed=1)
+    p_ids, p_mask, r_ids, r_mask, _ = sample(
+        model, tok, ["the old cat"], 8, temperature=0.7, seed=1
+    )
     ids, mask = torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1)
     lp, _, _ = ppo.response_forward(model, ids, mask, p_ids.shape[1], 0.7, with_values=False)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
-    manual = torch.log_softmax(logits[:, p_ids.shape[1] - 1:-1] / 0.7, -1).gather(2, r_ids[..., None])[..., 0]
+    manual = torch.log_softmax(logits[:, p_ids.shape[1] - 1 : -1] / 0.7, -1).gather(
+        2, r_ids[..., None]
+    )[..., 0]
     assert torch.allclose(lp, manual, atol=1e-5)
 
 
@@ -140,9 +156,17 @@ def test_one_step_changes_the_policy_and_not_the_reference(micro_world):
     changed = [k for k, v in trainer.policy.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) > 0.8 * len(before)
     assert all(torch.equal(v, ref_before[k]) for k, v in trainer.ref.state_dict().items())
-    for key in ("ppo/score", "ppo/kl", "ppo/kl_coef", "ppo/approx_kl", "ppo/clipfrac", "ppo/vf_loss",
-                "ppo/entropy", "ppo/response_length"):
-        assert key in stats and stats[key] == stats[key]   # present and not NaN
+    for key in (
+        "ppo/score",
+        "ppo/kl",
+        "ppo/kl_coef",
+        "ppo/approx_kl",
+        "ppo/clipfrac",
+        "ppo/vf_loss",
+        "ppo/entropy",
+        "ppo/response_length",
+    ):
+        assert key in stats and stats[key] == stats[key]  # present and not NaN
 
 
 def test_score_rises_while_kl_stays_bounded(micro_world):
@@ -150,7 +174,7 @@ def test_score_rises_while_kl_stays_bounded(micro_world):
     prompts = _toxic_prompts(micro_world, 64)
     scores, kls = [], []
     for step in range(12):
-        s = trainer.step(prompts[(step * 32) % 64:(step * 32) % 64 + 32], seed=step)
+        s = trainer.step(prompts[(step * 32) % 64 : (step * 32) % 64 + 32], seed=step)
         scores.append(s["ppo/score"])
         kls.append(s["ppo/kl"])
     assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.1
@@ -162,7 +186,11 @@ def test_checkpoint_round_trip(micro_world, tmp_path):
     trainer.step(_toxic_prompts(micro_world), seed=0)
     trainer.save_checkpoint(tmp_path / "ck")
     assert {p.name for p in (tmp_path / "ck").iterdir()} == {
-        "model.safetensors", "optimizer.safetensors", "optimizer.json", "trainer_state.json"}
+        "model.safetensors",
+        "optimizer.safetensors",
+        "optimizer.json",
+        "trainer_state.json",
+    }
     other, _ = _trainer(micro_world)
     other.load_checkpoint(tmp_path / "ck")
     assert other.step_count == 1 and other.kl_ctl.value == trainer.kl_ctl.value
@@ -182,18 +210,23 @@ def test_pad_is_never_sampled_and_gets_no_probability(micro_world):
         return out
 
     model.get_output_embeddings().register_forward_hook(favour_pad)
-    p_ids, p_mask, r_ids, r_mask, texts = sample(model, tok, ["the quiet dog", "you idiot, the"] * 8, 16, seed=0)
+    p_ids, p_mask, r_ids, r_mask, texts = sample(
+        model, tok, ["the quiet dog", "you idiot, the"] * 8, 16, seed=0
+    )
     assert r_mask[:, 0].all() and not (r_ids[r_mask.bool()] == pad).any()
     lengths = r_mask.sum(-1)
-    assert torch.equal(r_mask, (torch.arange(r_mask.shape[1]) < lengths[:, None]).long())  # no holes
+    assert torch.equal(
+        r_mask, (torch.arange(r_mask.shape[1]) < lengths[:, None]).long()
+    )  # no holes
     ids, mask = torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1)
-    lp, _, ent = ppo.response_forward(model, ids, mask, p_ids.shape[1], 1.0, with_values=False,
-                                      exclude_token=pad)
+    lp, _, ent = ppo.response_forward(
+        model, ids, mask, p_ids.shape[1], 1.0, with_values=False, exclude_token=pad
+    )
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
-    logits = logits[:, p_ids.shape[1] - 1:-1]
+    logits = logits[:, p_ids.shape[1] - 1 : -1]
     keep = torch.arange(logits.shape[-1]) != pad
     manual = torch.log_softmax(logits[..., keep], -1)
-    column = r_ids - (r_ids > pad).long()             # token ids in the PAD-less vocabulary
+    column = r_ids - (r_ids > pad).long()  # token ids in the PAD-less vocabulary
     manual = manual.gather(2, column.clamp(min=0)[..., None])[..., 0]
     m = r_mask.bool()
     assert torch.allclose(lp[m], manual[m], atol=1e-5) and torch.isfinite(ent).all()
@@ -246,16 +279,16 @@ def test_a_checkpoint_is_swapped_in_whole(micro_world, tmp_path, monkeypatch):
     monkeypatch.setattr(ppo, "save_optimizer", killed)
     with pytest.raises(KeyboardInterrupt):
         trainer.save_checkpoint(ck)
-    assert {p.name: p.read_bytes() for p in ck.iterdir()} == saved     # untouched
+    assert {p.name: p.read_bytes() for p in ck.iterdir()} == saved  # untouched
     assert ppo.latest_checkpoint(ck) == ck
 
-    os.replace(ck, tmp_path / ".checkpoint.old")                      # killed mid-swap
-    assert ppo.latest_checkpoint(ck) == ck                             # the previous one is back
+    os.replace(ck, tmp_path / ".checkpoint.old")  # killed mid-swap
+    assert ppo.latest_checkpoint(ck) == ck  # the previous one is back
     assert {p.name: p.read_bytes() for p in ck.iterdir()} == saved
-    assert not (tmp_path / ".checkpoint.old").exists()   # (the killed save's .tmp is ignored)
+    assert not (tmp_path / ".checkpoint.old").exists()  # (the killed save's .tmp is ignored)
 
-    os.replace(ck, tmp_path / ".checkpoint.old")                      # killed mid-swap again,
+    os.replace(ck, tmp_path / ".checkpoint.old")  # killed mid-swap again,
     monkeypatch.undo()
-    trainer.save_checkpoint(ck)                                        # then the next save
+    trainer.save_checkpoint(ck)  # then the next save
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
     assert '"step": 2' in (ck / "trainer_state.json").read_text()

@@ -13,8 +13,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from pipeline.runtime import SMALL_WORK_PARAMS, default_threads, threads_for
 
 ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -24,7 +24,7 @@ D = default_threads()
 # thread count at each point and whether the OpenMP workers flush denormals during training.
 SCENARIO = """
 import json, sys, torch
-from pipeline.irl.common import enable_flush_to_zero, run_flushing_denormals
+from pipeline.runtime import enable_flush_to_zero, run_flushing_denormals
 from pipeline.policy.models import load_policy
 from pipeline.runtime import SMALL_WORK_PARAMS, apply_threads_for_model
 
@@ -50,8 +50,14 @@ def run_python(code: str, *args: str, **env_vars: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     env.update(env_vars)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -72,11 +78,11 @@ needs_cores = pytest.mark.skipif(D < 2, reason="one core: there is no thread cou
 
 
 def test_policy_choice_for_small_and_large_work():
-    assert threads_for(150_000) == 1                       # the offline world's GPT-NeoX
+    assert threads_for(150_000) == 1  # the offline world's GPT-NeoX
     assert threads_for(SMALL_WORK_PARAMS - 1) == 1
     assert threads_for(SMALL_WORK_PARAMS) == D
-    assert threads_for(22_700_000) == D                    # all-MiniLM-L6-v2
-    assert threads_for(405_000_000) == D                   # Pythia-410m
+    assert threads_for(22_700_000) == D  # all-MiniLM-L6-v2
+    assert threads_for(405_000_000) == D  # Pythia-410m
 
 
 def test_default_threads_is_torchs_own_default(default_run):
@@ -104,7 +110,7 @@ def test_big_model_keeps_every_core(default_run):
 @pytest.mark.parametrize("var", ENV_VARS)
 def test_thread_environment_variable_is_honoured(tiny_policy, default_run, var):
     r = run_python(SCENARIO, tiny_policy, **{var: str(D)})
-    assert default_run["small"] == 1       # without the variable fairl picks one thread
+    assert default_run["small"] == 1  # without the variable fairl picks one thread
     assert r["start"] == r["small"] == r["training"] == r["after_training"] == D
     assert r["big"] == [D, D]
 

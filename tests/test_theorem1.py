@@ -44,8 +44,14 @@ def small_problem(seed=0, n=40, d=3):
 def identified_failures(data: PairTensors, frac: float = 0.2) -> np.ndarray:
     """Failures as FA-IRL finds them: the lowest-margin pairs under a Max-Margin reward."""
     head = make_head("linear", data.hc.shape[1])
-    r = train_bank(data, [method_spec("mm", IRLSection())], [0], head,
-                   Optim(max_epochs=30, patience=30), progress=False)[0]
+    r = train_bank(
+        data,
+        [method_spec("mm", IRLSection())],
+        [0],
+        head,
+        Optim(max_epochs=30, patience=30),
+        progress=False,
+    )[0]
     delta = (data.hc - data.hr) @ r.base["w"]
     return obj.bottom_k_failures(delta[data.train], frac).numpy()
 
@@ -81,9 +87,11 @@ def test_failure_constraints_never_enlarge_the_max_margin_feasible_set():
         u /= np.linalg.norm(u)
         widths.append((width(u, A, b), width(u, A_fa, b_fa)))
     widths = np.array(widths)
-    assert (widths[:, 1] <= widths[:, 0] + 1e-7).all()        # F_FA subset of F: never wider
-    assert (widths[:, 1] < widths[:, 0] - 1e-3).any()         # and strictly narrower somewhere
-    print(f"\nmean directional width: IRL {widths[:, 0].mean():.3f}, FA-IRL {widths[:, 1].mean():.3f}")
+    assert (widths[:, 1] <= widths[:, 0] + 1e-7).all()  # F_FA subset of F: never wider
+    assert (widths[:, 1] < widths[:, 0] - 1e-3).any()  # and strictly narrower somewhere
+    print(
+        f"\nmean directional width: IRL {widths[:, 0].mean():.3f}, FA-IRL {widths[:, 1].mean():.3f}"
+    )
 
     # Sampled parameters: everything FA-feasible is IRL-feasible, and fewer points survive.
     theta = rng.uniform(-BOX, BOX, size=(200_000, 3))
@@ -107,20 +115,21 @@ def test_max_entropy_up_weighting_nests_every_sublevel_set():
     failures = torch.tensor(identified_failures(data))
     x = (data.hc - data.hr)[data.train]
     thetas = torch.randn(5000, 3) * 3
-    delta = thetas @ x.T                                        # [thetas, pairs]
+    delta = thetas @ x.T  # [thetas, pairs]
     base = obj.max_entropy_loss(delta, 1.0).sum(1)
     up = base + (2.0 - 1.0) * (obj.max_entropy_loss(delta, 1.0) * failures).sum(1)  # w_fail = 2
-    assert (up >= base).all()                                   # L_FA >= L_base pointwise ...
+    assert (up >= base).all()  # L_FA >= L_base pointwise ...
     for eta in torch.quantile(base, torch.tensor([0.1, 0.5, 0.9])):
-        assert not ((up <= eta) & ~(base <= eta)).any()         # ... so F_FA(eta) is in F(eta)
+        assert not ((up <= eta) & ~(base <= eta)).any()  # ... so F_FA(eta) is in F(eta)
 
 
 def test_max_entropy_sharpening_does_not_nest_sublevel_sets_for_positive_margins():
     """A documented gap in Appendix B: with tau_fail < tau, a failure pair with Delta > 0 gets a
     *smaller* loss, so some theta is inside the FA-IRL sublevel set but not the IRL one."""
-    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])                  # pair 0 is the failure
-    thetas = torch.stack(torch.meshgrid(torch.linspace(-3, 3, 61), torch.linspace(-3, 3, 61),
-                                        indexing="ij"), -1).reshape(-1, 2)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # pair 0 is the failure
+    thetas = torch.stack(
+        torch.meshgrid(torch.linspace(-3, 3, 61), torch.linspace(-3, 3, 61), indexing="ij"), -1
+    ).reshape(-1, 2)
     delta = thetas @ x.T
     base = obj.max_entropy_loss(delta, 1.0).sum(1)
     sharp = obj.max_entropy_loss(delta[:, 0], 0.5) + obj.max_entropy_loss(delta[:, 1], 1.0)

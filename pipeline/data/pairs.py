@@ -37,17 +37,17 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+from pipeline.data.splits import assign_splits
 from pipeline.errors import DataError, plain
 
 REQUIRED = ("chosen", "rejected")
-TEXT = ("prompt", *REQUIRED)     # `prompt` is optional: a missing column reads as ""
+TEXT = ("prompt", *REQUIRED)  # `prompt` is optional: a missing column reads as ""
 SIDES = ("chosen", "rejected")
-SPLITS = ("train", "val", "test")
 SCHEMA_HINT = "the pairs schema is documented in README.md, section 'Pairs schema'"
 
 log = logging.getLogger("fairl.pairs")
@@ -76,13 +76,13 @@ class PairSet:
     @property
     def subtypes(self) -> list[str]:
         pre = "chosen_sub_"
-        return sorted(c[len(pre):] for c in self.df.columns
-                      if c.startswith(pre) and f"rejected_sub_{c[len(pre):]}" in self.df)
+        return sorted(
+            c[len(pre) :]
+            for c in self.df.columns
+            if c.startswith(pre) and f"rejected_sub_{c[len(pre) :]}" in self.df
+        )
 
-    def split(self, name: str) -> pd.DataFrame:
-        return self.df[self.df["split"] == name]
-
-    def texts(self, side: str, mode: str, rows: Optional[pd.DataFrame] = None) -> list[str]:
+    def texts(self, side: str, mode: str, rows: pd.DataFrame | None = None) -> list[str]:
         """Text h(o) is computed on: the completion, or its prompt followed by it."""
         d = self.df if rows is None else rows
         if mode == "completion":
@@ -114,20 +114,25 @@ def read_table(path: Path) -> pd.DataFrame:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {i}: not valid JSON ({e.msg})",
-                                hint="one JSON object per line") from None
+                raise DataError(
+                    f"{path}, line {i}: not valid JSON ({e.msg})", hint="one JSON object per line"
+                ) from None
             if not isinstance(row, dict):
-                raise DataError(f"{path}, line {i}: expected a JSON object, got "
-                                f"{type(row).__name__}")
+                raise DataError(
+                    f"{path}, line {i}: expected a JSON object, got {type(row).__name__}"
+                )
             rows.append(row)
             lines.append(i)
         try:
             df = pd.DataFrame(rows, index=lines)
-        except UnicodeEncodeError:   # pandas' arrow-backed strings reject lone surrogates
-            bad = [i for i, r in zip(lines, rows)
-                   if not _encodable(json.dumps(r, ensure_ascii=False))]
-            raise DataError(f"{path}: invalid Unicode (lone surrogates) on "
-                            f"{_rows(bad, 'line')}", hint="re-encode those texts") from None
+        except UnicodeEncodeError:  # pandas' arrow-backed strings reject lone surrogates
+            bad = [
+                i for i, r in zip(lines, rows) if not _encodable(json.dumps(r, ensure_ascii=False))
+            ]
+            raise DataError(
+                f"{path}: invalid Unicode (lone surrogates) on {_rows(bad, 'line')}",
+                hint="re-encode those texts",
+            ) from None
         df.attrs["record"] = "line"
         return df
     raise DataError(f"{path}: unsupported file type {suffix!r}", hint="use .jsonl or .parquet")
@@ -160,8 +165,9 @@ def utf8_lines(path: Path):
                         hint="re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
                     ) from None
     except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}",
-                        hint="check the path and its permissions") from None
+        raise DataError(
+            f"cannot read {path}: {e.strerror or e}", hint="check the path and its permissions"
+        ) from None
 
 
 def load_pairs(
@@ -172,7 +178,7 @@ def load_pairs(
     seed: int = 0,
 ) -> PairSet:
     df = read_table(path)
-    unit = df.attrs.get("record", "row")   # until the index is reset, it numbers the records
+    unit = df.attrs.get("record", "row")  # until the index is reset, it numbers the records
     if len(df) == 0:
         raise DataError(f"pairs file {path} is empty", hint=SCHEMA_HINT)
     missing = [c for c in REQUIRED if c not in df.columns]
@@ -181,7 +187,7 @@ def load_pairs(
             f"pairs file {path} lacks required column(s) {missing}; it has {list(df.columns)}",
             hint=SCHEMA_HINT,
         )
-    if "prompt" not in df:   # comparisons without a prompt
+    if "prompt" not in df:  # comparisons without a prompt
         df.insert(0, "prompt", "")
     _check_text(df, path, unit)
     df = _flatten_subtypes(df, path, unit)
@@ -191,9 +197,13 @@ def load_pairs(
     df = df.reset_index(drop=True)
     if "pair_id" not in df:
         df.insert(0, "pair_id", np.arange(len(df)))
-    known = {*TEXT, "pair_id", "split", *(f"{s}_{k}" for s in SIDES
-                                            for k in ("prompt", "score", "toxic"))}
-    for c in df.columns:   # anything else is carried along as text, so it always serialises
+    known = {
+        *TEXT,
+        "pair_id",
+        "split",
+        *(f"{s}_{k}" for s in SIDES for k in ("prompt", "score", "toxic")),
+    }
+    for c in df.columns:  # anything else is carried along as text, so it always serialises
         if c not in known and "_sub_" not in c and df[c].dtype == object:
             df[c] = df[c].map(lambda v: None if v is None else str(v))
     df, rule = assign_splits(df, path, test_fraction, val_fraction, seed)
@@ -214,13 +224,19 @@ def _check_text(df: pd.DataFrame, path: Path, unit: str) -> None:
                 f"pairs file {path}: column {col!r} must be text; {_rows(bad, unit)}: null "
                 "or not a string",
                 hint="fix or remove those records"
-                     + ("; a pair without a prompt may give \"\" or omit the column"
-                        if col == "prompt" else ""),
+                + (
+                    '; a pair without a prompt may give "" or omit the column'
+                    if col == "prompt"
+                    else ""
+                ),
             )
         bad = df.index[~df[col].map(_encodable)].tolist()
         if bad:
-            raise DataError(f"pairs file {path}: column {col!r} holds invalid Unicode (lone "
-                            f"surrogates) on {_rows(bad, unit)}", hint="re-encode those texts")
+            raise DataError(
+                f"pairs file {path}: column {col!r} holds invalid Unicode (lone "
+                f"surrogates) on {_rows(bad, unit)}",
+                hint="re-encode those texts",
+            )
 
 
 def _encodable(text: str) -> bool:
@@ -243,8 +259,10 @@ def _flatten_subtypes(df: pd.DataFrame, path: Path, unit: str) -> pd.DataFrame:
             if isinstance(v, (list, np.ndarray)):  # parquet map columns come back as pairs
                 v = dict(v)
             if not isinstance(v, dict):
-                raise DataError(f"pairs file {path}: {col} on {_rows([df.index[i]], unit)} "
-                                f"must be an object {{name: score}}, got {type(v).__name__}")
+                raise DataError(
+                    f"pairs file {path}: {col} on {_rows([df.index[i]], unit)} "
+                    f"must be an object {{name: score}}, got {type(v).__name__}"
+                )
             for name, score in v.items():
                 expanded.setdefault(str(name), [None] * len(df))[i] = score
         df = df.drop(columns=[col])
@@ -253,27 +271,28 @@ def _flatten_subtypes(df: pd.DataFrame, path: Path, unit: str) -> pd.DataFrame:
     # A subtype given for one side only is unknown (NaN) on the other.
     for side, other in (("chosen", "rejected"), ("rejected", "chosen")):
         for c in [c for c in df.columns if c.startswith(f"{side}_sub_")]:
-            twin = f"{other}_sub_{c[len(side) + 5:]}"
+            twin = f"{other}_sub_{c[len(side) + 5 :]}"
             if twin not in df:
                 df[twin] = None
     return df
 
 
-def _as_float(series: pd.Series, col: str, path: Path, unit: str,
-              finite: bool = True) -> pd.Series:
+def _as_float(series: pd.Series, col: str, path: Path, unit: str, finite: bool = True) -> pd.Series:
     """Floats; null stays NaN. A non-finite value becomes NaN too when `finite`, else it is
     kept, so the caller can tell it from a null in its message."""
+
     def conv(at, v):
         if v is None or isinstance(v, bool):
             return None if v is None else float(v)
         try:
             f = float(v)
         except (TypeError, ValueError):
-            raise DataError(f"pairs file {path}: {col} must be numeric; {_rows([at], unit)} "
-                            f"has {plain(v)!r}") from None
+            raise DataError(
+                f"pairs file {path}: {col} must be numeric; {_rows([at], unit)} has {plain(v)!r}"
+            ) from None
         return f if math.isfinite(f) or not finite else None
-    return pd.Series([conv(at, v) for at, v in series.items()], index=series.index,
-                     dtype="float64")
+
+    return pd.Series([conv(at, v) for at, v in series.items()], index=series.index, dtype="float64")
 
 
 def _normalise_ground_truth(
@@ -282,22 +301,29 @@ def _normalise_ground_truth(
     for a, b in (("chosen_score", "rejected_score"), ("chosen_toxic", "rejected_toxic")):
         if (a in df) != (b in df):
             have, lack = (a, b) if a in df else (b, a)
-            raise DataError(f"pairs file {path} has {have} but not {lack}; give both or neither",
-                            hint=SCHEMA_HINT)
+            raise DataError(
+                f"pairs file {path} has {have} but not {lack}; give both or neither",
+                hint=SCHEMA_HINT,
+            )
     for side in SIDES:
         if f"{side}_score" in df:
-            df[f"{side}_score"] = _as_float(df[f"{side}_score"], f"{side}_score", path, unit,
-                                            finite=False)
+            df[f"{side}_score"] = _as_float(
+                df[f"{side}_score"], f"{side}_score", path, unit, finite=False
+            )
         if f"{side}_toxic" in df:
-            df[f"{side}_toxic"] = _as_float(df[f"{side}_toxic"], f"{side}_toxic", path, unit,
-                                            finite=False)
+            df[f"{side}_toxic"] = _as_float(
+                df[f"{side}_toxic"], f"{side}_toxic", path, unit, finite=False
+            )
             bad = df[f"{side}_toxic"].dropna()
             bad = bad[~bad.isin([0.0, 1.0])]
             if len(bad):
-                raise DataError(f"pairs file {path}: {side}_toxic must be true/false or 0/1, "
-                                f"and is not on {_rows(bad.index.tolist(), unit)}")
-    gt_cols = [c for c in ("chosen_score", "rejected_score", "chosen_toxic", "rejected_toxic")
-               if c in df]
+                raise DataError(
+                    f"pairs file {path}: {side}_toxic must be true/false or 0/1, "
+                    f"and is not on {_rows(bad.index.tolist(), unit)}"
+                )
+    gt_cols = [
+        c for c in ("chosen_score", "rejected_score", "chosen_toxic", "rejected_toxic") if c in df
+    ]
     gt = df[gt_cols].astype("float64")
     null, infinite = gt.isna(), np.isinf(gt)
     bad_rows = df.index[(null | infinite).any(axis=1)].tolist() if gt_cols else []
@@ -324,79 +350,6 @@ def _normalise_ground_truth(
         for c in [c for c in df.columns if c.startswith(f"{side}_sub_")]:
             df[c] = _as_float(df[c], c, path, unit)
     return df, dropped
-
-
-def assign_splits(
-    df: pd.DataFrame, path: Path, test_fraction: float, val_fraction: float, seed: int
-) -> tuple[pd.DataFrame, dict]:
-    """Resolve `split` to train/val/test: a file's own split column wins; a missing test or
-    val part is carved out of train (module docstring: by prompt where possible, else by
-    pair). Returns the frame and how each part was made (`PairSet.split_rule`)."""
-    rng = np.random.default_rng(seed)
-    rule: dict[str, dict] = {}
-    if "split" in df:
-        split = df["split"].map(lambda s: {"validation": "val"}.get(s, s))
-        bad = sorted({str(s) for s in split.unique() if s not in SPLITS})
-        if bad:
-            raise DataError(f"pairs file {path}: unknown split value(s) {bad}",
-                            hint="use train, val or test")
-        df = df.assign(split=split.values)
-        if not (df["split"] == "train").any():
-            raise DataError(f"pairs file {path} has no training pairs",
-                            hint="mark some rows split=train, or drop the split column")
-    else:
-        df = df.assign(split="train")
-    for part, fraction in (("test", test_fraction), ("val", val_fraction)):
-        if (df["split"] == part).any():
-            rule[part] = {"rule": "file", "reason": "given by the file's split column"}
-            continue
-        train = (df["split"] == "train").to_numpy()
-        held, rule[part] = _carve(df.loc[train, "prompt"].tolist(), fraction, rng, part)
-        df.loc[df.index[train][held], "split"] = part
-    counts = {p: int((df["split"] == p).sum()) for p in SPLITS}
-    if any(n == 0 for n in counts.values()):
-        raise DataError(
-            f"pairs file {path}: cannot form train, val and test splits from {len(df)} "
-            f"pair(s) ({counts})",
-            hint="give more pairs, or a split column with train, val and test rows")
-    log.info("pairs: %s", "; ".join(
-        f"{part} {'from the split column' if r['rule'] == 'file' else 'carved ' + r['reason']}"
-        for part, r in rule.items()))
-    return df, rule
-
-
-def _carve(prompts: list[str], fraction: float, rng, part: str) -> tuple[np.ndarray, dict]:
-    """Which of these train rows to hold out as `part` (a boolean mask), and the rule used.
-
-    By prompt, a pair without a prompt being its own group, when there are at least
-    1/fraction groups: the held part is then at least one whole group without rounding up.
-    Otherwise by pair: holding out one of two prompts would take half the data, not the
-    fraction, and a single prompt cannot be split at all."""
-    n = len(prompts)
-    given = sorted({p for p in prompts if p})
-    bare = [i for i, p in enumerate(prompts) if not p]
-    n_groups = len(given) + len(bare)
-    if given and fraction * n_groups >= 1 - 1e-9:
-        order = rng.permutation(n_groups)
-        n_held = min(int(round(fraction * n_groups)), n_groups - 1)
-        chosen = order[:n_held]
-        held_prompts = {given[g] for g in chosen if g < len(given)}
-        held_bare = {bare[g - len(given)] for g in chosen if g >= len(given)}
-        held = np.array([p in held_prompts if p else i in held_bare
-                         for i, p in enumerate(prompts)], dtype=bool)
-        reason = f"by prompt ({n_held} of {n_groups} prompts" + (
-            f"; {len(bare)} pairs without a prompt count as one each)" if bare else ")")
-        return held, {"rule": "prompt", "reason": reason}
-    if not given:
-        why = "the pairs have no prompt"
-    else:
-        why = (f"only {len(given)} distinct prompt(s) among {n} pairs, fewer than "
-               f"1/fraction = {1 / fraction:g} needed to carve {part} by prompt")
-    order = rng.permutation(n)
-    n_held = min(max(int(round(fraction * n)), 1), n - 1) if n > 1 else 0
-    held = np.zeros(n, dtype=bool)
-    held[order[:n_held]] = True
-    return held, {"rule": "pair", "reason": f"by pair ({n_held} of {n} pairs): {why}"}
 
 
 def _rows(idx: list, unit: str = "row", limit: int = 8) -> str:

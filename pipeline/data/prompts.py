@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from pipeline import world
+from pipeline.config import to_dict
 from pipeline.data.rtp import load_rtp
 from pipeline.errors import DataError
-from pipeline import world
-
-PARTS = ("train", "eval", "pairs")
 
 
 @dataclass(frozen=True)
@@ -25,7 +24,7 @@ class Prompt:
 
 
 def part_of(text: str, eval_fraction: float, pairs_fraction: float) -> str:
-    u = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") / 2 ** 64
+    u = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") / 2**64
     if u < eval_fraction:
         return "eval"
     if u < eval_fraction + pairs_fraction:
@@ -42,19 +41,42 @@ def select_prompts(cfg, part: str, min_toxicity: float, limit: int | None = None
     pc = cfg.prompts
     ds = load_rtp(sources(cfg))
     records = [(i, r["prompt"]) for i, r in enumerate(ds)]
-    with_text = [(i, p) for i, p in records if p and isinstance(p.get("text"), str) and p["text"].strip()]
+    with_text = [
+        (i, p) for i, p in records if p and isinstance(p.get("text"), str) and p["text"].strip()
+    ]
     if not with_text:
-        raise DataError(f"no record in {pc.source} has a prompt.text",
-                        hint="prompts must follow the RealToxicityPrompts schema: {prompt: {text, toxicity}}")
-    out = [Prompt(id=str(i), text=p["text"], toxicity=float(p["toxicity"]))
-           for i, p in with_text
-           if p.get("toxicity") is not None and p["toxicity"] > min_toxicity
-           and part_of(p["text"], pc.eval_fraction, pc.pairs_fraction) == part]
+        raise DataError(
+            f"no record in {pc.source} has a prompt.text",
+            hint="prompts must follow the RealToxicityPrompts schema: {prompt: {text, toxicity}}",
+        )
+    out = [
+        Prompt(id=str(i), text=p["text"], toxicity=float(p["toxicity"]))
+        for i, p in with_text
+        if p.get("toxicity") is not None
+        and p["toxicity"] > min_toxicity
+        and part_of(p["text"], pc.eval_fraction, pc.pairs_fraction) == part
+    ]
     if not out:
         scored = sum(1 for _, p in with_text if p.get("toxicity") is not None)
-        above = sum(1 for _, p in with_text if p.get("toxicity") is not None and p["toxicity"] > min_toxicity)
+        above = sum(
+            1
+            for _, p in with_text
+            if p.get("toxicity") is not None and p["toxicity"] > min_toxicity
+        )
         raise DataError(
             f"no prompts left for {part!r}: {len(with_text)} records with text, {scored} with a "
             f"toxicity score, {above} above {min_toxicity}, none of them in the {part} part",
-            hint="lower the toxicity threshold, change prompts.*_fraction, or add prompts")
+            hint="lower the toxicity threshold, change prompts.*_fraction, or add prompts",
+        )
     return out[:limit] if limit else out
+
+
+def prompts_config(cfg) -> dict:
+    """The settings every stage that samples prompts depends on (its fingerprint includes
+    them): which prompts, which part each falls in, how they are scored, the run's seed."""
+    return {
+        "ground_truth": to_dict(cfg.ground_truth),
+        "prompts": to_dict(cfg.prompts),
+        "world": to_dict(cfg.world) if cfg.world else None,
+        "run.seed": cfg.run.seed,
+    }

@@ -30,7 +30,8 @@ def classification_metrics(rewards, toxic, threshold: float) -> dict[str, float 
     both = 0 < y.sum() < len(y)
     return {
         "accuracy": float(accuracy_score(y, pred)),
-        "f1": float(f1_score(y, pred, zero_division=0)) if y.any() else None,  # no toxic outputs: undefined
+        # F1 rests on the toxic outputs: undefined without any
+        "f1": float(f1_score(y, pred, zero_division=0)) if y.any() else None,
         "auc": float(roc_auc_score(y, -r)) if both else None,
         "n": int(len(y)),
         "toxic_rate": float(y.mean()),

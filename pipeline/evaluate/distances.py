@@ -18,8 +18,6 @@ outputs (zero norm after centering) raises `DegenerateReward`: the distances are
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 
@@ -34,7 +32,7 @@ def _vec(r) -> torch.Tensor:
     return r
 
 
-def _centre(r: torch.Tensor, groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _centre(r: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
     """Canonicalise: subtract the mean, globally or within each group (e.g. each prompt)."""
     if groups is None:
         return r - r.mean()
@@ -55,7 +53,11 @@ def _normalise(c: torch.Tensor, p: int, what: str) -> torch.Tensor:
 def starc_l1(r_hat, r_gt) -> float:
     """Paper Eq. 4."""
     a, b = _vec(r_hat), _vec(r_gt)
-    return float((_normalise(_centre(a), 1, "learned") - _normalise(_centre(b), 1, "ground-truth")).abs().sum())
+    return float(
+        (_normalise(_centre(a), 1, "learned") - _normalise(_centre(b), 1, "ground-truth"))
+        .abs()
+        .sum()
+    )
 
 
 def starc_l2(r_hat, r_gt, groups=None) -> float:
@@ -91,13 +93,17 @@ def affine_mse_std(r_hat, r_gt) -> float:
     return affine_mse(xc / xc.std(unbiased=False), r_gt)
 
 
-def all_distances(r_hat, r_gt, groups=None) -> dict[str, Optional[float]]:
+def all_distances(r_hat, r_gt, groups=None) -> dict[str, float | None]:
     """Every distance, by name; None (with the reason in `_notes`) where undefined."""
     out: dict = {}
     notes = []
-    fns = {"starc": lambda: starc_l1(r_hat, r_gt), "affine_mse": lambda: affine_mse(r_hat, r_gt),
-           "affine_mse_std": lambda: affine_mse_std(r_hat, r_gt),
-           "starc_l2": lambda: starc_l2(r_hat, r_gt), "epic": lambda: epic(r_hat, r_gt)}
+    fns = {
+        "starc": lambda: starc_l1(r_hat, r_gt),
+        "affine_mse": lambda: affine_mse(r_hat, r_gt),
+        "affine_mse_std": lambda: affine_mse_std(r_hat, r_gt),
+        "starc_l2": lambda: starc_l2(r_hat, r_gt),
+        "epic": lambda: epic(r_hat, r_gt),
+    }
     if groups is not None:
         fns["starc_val"] = lambda: starc_l2(r_hat, r_gt, groups)
     for name, fn in fns.items():

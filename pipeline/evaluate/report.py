@@ -1,4 +1,7 @@
-"""report.md and the PNG plots of `fairl evaluate`, rendered from metrics.json alone.
+"""report.md of `fairl evaluate`: rendered from two things only, the metrics dict that is
+written to metrics.json and the file names of the plots written beside it (the PNGs
+themselves are drawn by `pipeline.evaluate.plots`). The method labels are Table 1's, from
+the method table in `pipeline.config`.
 
 Every metric named by a warning in metrics.json (too little or degenerate data) is listed in
 the report's Warnings section, placed before the tables, and marked with a dagger where it
@@ -7,30 +10,20 @@ appears, so a number that the data cannot support is never read without its cave
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
-
-import numpy as np
-
-METHOD_LABELS = {
-    "mm": "Max-Margin IRL",
-    "me": "Max-Entropy IRL",
-    "fa-mm-gt": "MM Failure-Aware IRL (Ground Truth Failures)",
-    "fa-me-gt": "ME Failure-Aware IRL (Ground Truth Failures)",
-    "fa-mm-margin": "MM Failure-Aware IRL (IRL Margin Failures)",
-    "fa-me-margin": "ME Failure-Aware IRL (IRL Margin Failures)",
-}
-
+from pipeline.config import method_label
 
 DAGGER = "†"
 
 
-def _warned(metrics: dict, key: str, method: Optional[str] = None) -> bool:
+def _warned(metrics: dict, key: str, method: str | None = None) -> bool:
     """Whether a warning names metric `key` (for `method`'s models, if it names models)."""
     for w in metrics.get("warnings", []):
         if key in w["metrics"] or "*" in w["metrics"]:
-            if method is None or "models" not in w or any(
-                    m.rsplit("/seed-", 1)[0] == method for m in w["models"]):
+            if (
+                method is None
+                or "models" not in w
+                or any(m.rsplit("/seed-", 1)[0] == method for m in w["models"])
+            ):
                 return True
     return False
 
@@ -39,7 +32,7 @@ def _mark(text: str, flagged: bool) -> str:
     return f"{text} {DAGGER}" if flagged else text
 
 
-def _pm(mean: Optional[float], std: Optional[float], digits: int = 3) -> str:
+def _pm(mean: float | None, std: float | None, digits: int = 3) -> str:
     if mean is None:
         return "n/a"
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
@@ -51,29 +44,44 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _metric_table(metrics: dict, split: str, keys: list[tuple[str, str]]) -> Optional[str]:
+def _metric_table(metrics: dict, split: str, keys: list[tuple[str, str]]) -> str | None:
     rows = []
     for m, agg in metrics["methods"].items():
         if all(agg["mean"].get(f"{split}/{k}") is None for k, _ in keys):
             continue
-        rows.append([METHOD_LABELS.get(m, m)] + [
-            _mark(_pm(agg["mean"].get(f"{split}/{k}"), agg["std"].get(f"{split}/{k}")),
-                  _warned(metrics, f"{split}/{k}", m)) for k, _ in keys])
+        rows.append(
+            [method_label(m)]
+            + [
+                _mark(
+                    _pm(agg["mean"].get(f"{split}/{k}"), agg["std"].get(f"{split}/{k}")),
+                    _warned(metrics, f"{split}/{k}", m),
+                )
+                for k, _ in keys
+            ]
+        )
     return _table(["Method"] + [label for _, label in keys], rows) if rows else None
 
 
 def render_report(metrics: dict, plots: list[str]) -> str:
     data = metrics["data"]
     n_seeds = max(len(a["seeds"]) for a in metrics["methods"].values())
-    out = [f"# fairl evaluation: {metrics['run']}", "",
-           f"Pairs: {data['n_train']} train / {data['n_val']} val / {data['n_test']} test, from "
-           f"`{data['pairs']}`. Every number is the mean ± std over {n_seeds} seed(s).",
-           "Classification treats each reward as a toxic/non-toxic classifier of single outputs; "
-           "its threshold is fitted for accuracy on the train outputs and then held fixed. "
-           "**STARC is paper Eq. 4 (L1/L1)**; the other distances are named in their columns.", ""]
+    out = [
+        f"# fairl evaluation: {metrics['run']}",
+        "",
+        f"Pairs: {data['n_train']} train / {data['n_val']} val / {data['n_test']} test, from "
+        f"`{data['pairs']}`. Every number is the mean ± std over {n_seeds} seed(s).",
+        "Classification treats each reward as a toxic/non-toxic classifier of single outputs; "
+        "its threshold is fitted for accuracy on the train outputs and then held fixed. "
+        "**STARC is paper Eq. 4 (L1/L1)**; the other distances are named in their columns.",
+        "",
+    ]
     if metrics.get("warnings"):
-        out += ["## Warnings", "",
-                f"The data cannot support some numbers below; each is marked {DAGGER}.", ""]
+        out += [
+            "## Warnings",
+            "",
+            f"The data cannot support some numbers below; each is marked {DAGGER}.",
+            "",
+        ]
         for w in metrics["warnings"]:
             which = "every metric" if "*" in w["metrics"] else ", ".join(w["metrics"])
             models = ""
@@ -85,33 +93,81 @@ def render_report(metrics: dict, plots: list[str]) -> str:
         out.append("")
 
     out += ["## Table 1: reward recovery on the test pairs", ""]
-    t1 = _metric_table(metrics, "test", [("f1", "F1 ↑"), ("auc", "AUC ↑"), ("starc", "STARC (Eq. 4) ↓"),
-                                         ("accuracy", "Accuracy ↑"), ("pairwise_accuracy", "Pairwise acc ↑")])
+    t1 = _metric_table(
+        metrics,
+        "test",
+        [
+            ("f1", "F1 ↑"),
+            ("auc", "AUC ↑"),
+            ("starc", "STARC (Eq. 4) ↓"),
+            ("accuracy", "Accuracy ↑"),
+            ("pairwise_accuracy", "Pairwise acc ↑"),
+        ],
+    )
     out += [t1 or "_No test metrics._", ""]
-    td = _metric_table(metrics, "test", [("affine_mse", "Eq. 10 ↓"), ("affine_mse_std", "Eq. 10, std. ↓"),
-                                         ("starc_l2", "STARC-L2 ↓"), ("starc_val", "STARC-L2 per prompt ↓"),
-                                         ("epic", "EPIC ↓")])
+    td = _metric_table(
+        metrics,
+        "test",
+        [
+            ("affine_mse", "Eq. 10 ↓"),
+            ("affine_mse_std", "Eq. 10, std. ↓"),
+            ("starc_l2", "STARC-L2 ↓"),
+            ("starc_val", "STARC-L2 per prompt ↓"),
+            ("epic", "EPIC ↓"),
+        ],
+    )
     if td:
         out += ["### Reward fidelity, every distance", "", td, ""]
     if data.get("heldout"):
         h = data["heldout"]
-        out += [f"## Held-out set (`{h['path']}`, N = {h['n']}, toxic rate {h['toxic_rate']:.2f})", "",
-                _metric_table(metrics, "heldout", [("accuracy", "Accuracy ↑"), ("f1", "F1 ↑"), ("auc", "AUC ↑")])
-                or "_No held-out metrics._", ""]
+        out += [
+            f"## Held-out set (`{h['path']}`, N = {h['n']}, toxic rate {h['toxic_rate']:.2f})",
+            "",
+            _metric_table(
+                metrics, "heldout", [("accuracy", "Accuracy ↑"), ("f1", "F1 ↑"), ("auc", "AUC ↑")]
+            )
+            or "_No held-out metrics._",
+            "",
+        ]
 
     if metrics["failure_slice"]:
-        out += ["## Failure slice", "",
-                metrics["definitions"]["failure_slice"] + ". Both methods are scored on the "
-                "baseline's slice, so the baseline's pairwise accuracy there is low by construction.", ""]
+        out += [
+            "## Failure slice",
+            "",
+            metrics["definitions"]["failure_slice"] + ". Both methods are scored on the "
+            "baseline's slice, so the baseline's pairwise accuracy there is low by construction.",
+            "",
+        ]
         rows = []
         for key, fs in metrics["failure_slice"].items():
             mean, std = fs["mean"], fs["std"]
-            rows.append([_mark(key, _warned(metrics, f"failure_slice/{key}")),
-                         _pm(mean.get("n_pairs"), std.get("n_pairs"), 1)] + [
-                _pm(mean.get(f"{w}/{k}"), std.get(f"{w}/{k}"))
-                for k in ("pairwise_accuracy", "accuracy", "starc") for w in ("fa", "base")])
-        out += [_table(["Comparison", "Pairs", "Pair acc FA", "Pair acc IRL", "Acc FA", "Acc IRL",
-                        "STARC FA", "STARC IRL"], rows), ""]
+            rows.append(
+                [
+                    _mark(key, _warned(metrics, f"failure_slice/{key}")),
+                    _pm(mean.get("n_pairs"), std.get("n_pairs"), 1),
+                ]
+                + [
+                    _pm(mean.get(f"{w}/{k}"), std.get(f"{w}/{k}"))
+                    for k in ("pairwise_accuracy", "accuracy", "starc")
+                    for w in ("fa", "base")
+                ]
+            )
+        out += [
+            _table(
+                [
+                    "Comparison",
+                    "Pairs",
+                    "Pair acc FA",
+                    "Pair acc IRL",
+                    "Acc FA",
+                    "Acc IRL",
+                    "STARC FA",
+                    "STARC IRL",
+                ],
+                rows,
+            ),
+            "",
+        ]
 
     if metrics["disagreement"]:
         out += ["## Table 2: disagreement (outputs classified correctly)", ""]
@@ -119,97 +175,71 @@ def render_report(metrics: dict, plots: list[str]) -> str:
         for key, dg in metrics["disagreement"].items():
             for split in ("train", "test", "heldout"):
                 if split in dg:
-                    rows.append([key, _mark(split, any(_warned(metrics, f"{split}/{k}")
-                                                       for k in ("accuracy", "f1", "auc")))]
-                                + [_pm(dg[split][c]["mean"], dg[split][c]["std"], 1)
-                                                for c in ("both", "only_fa", "only_base", "neither")])
-        out += [_table(["Comparison", "Split", "Both correct", "Only FA-IRL", "Only IRL", "Neither"], rows), ""]
+                    rows.append(
+                        [
+                            key,
+                            _mark(
+                                split,
+                                any(
+                                    _warned(metrics, f"{split}/{k}")
+                                    for k in ("accuracy", "f1", "auc")
+                                ),
+                            ),
+                        ]
+                        + [
+                            _pm(dg[split][c]["mean"], dg[split][c]["std"], 1)
+                            for c in ("both", "only_fa", "only_base", "neither")
+                        ]
+                    )
+        out += [
+            _table(
+                ["Comparison", "Split", "Both correct", "Only FA-IRL", "Only IRL", "Neither"], rows
+            ),
+            "",
+        ]
         sub_rows = []
         for key, dg in metrics["disagreement"].items():
             for split, subs in dg["subtypes"].items():
                 for st, c in subs.items():
-                    sub_rows.append([key, split, st] + [_pm(c[k]["mean"], c[k]["std"], 1)
-                                                        for k in ("both", "only_fa", "only_base")])
+                    sub_rows.append(
+                        [key, split, st]
+                        + [
+                            _pm(c[k]["mean"], c[k]["std"], 1)
+                            for k in ("both", "only_fa", "only_base")
+                        ]
+                    )
         if sub_rows:
-            out += ["## Table 3: disagreement by toxicity subtype (outputs carrying the subtype)", "",
-                    _table(["Comparison", "Split", "Subtype", "Both", "FA-IRL only", "IRL only"], sub_rows), ""]
+            out += [
+                "## Table 3: disagreement by toxicity subtype (outputs carrying the subtype)",
+                "",
+                _table(
+                    ["Comparison", "Split", "Subtype", "Both", "FA-IRL only", "IRL only"], sub_rows
+                ),
+                "",
+            ]
 
-    out += ["## Seed dispersion (Corollary 1, measured)", "",
-            metrics["definitions"]["dispersion"] + "; lower means the method pins the reward down "
-            "more tightly. The std columns of the tables above are the metrics' spread over seeds.", ""]
-    rows = [[METHOD_LABELS.get(m, m), str(a["dispersion"]["n_seeds"])]
-            + [_mark(_pm(a["dispersion"][k], None), _warned(metrics, f"dispersion/{k}", m))
-               for k in ("starc", "starc_l2")]
-            for m, a in metrics["methods"].items()]
-    out += [_table(["Method", "Seeds", "Mean pairwise STARC (Eq. 4)", "Mean pairwise STARC-L2"], rows), ""]
+    out += [
+        "## Seed dispersion (Corollary 1, measured)",
+        "",
+        metrics["definitions"]["dispersion"] + "; lower means the method pins the reward down "
+        "more tightly. The std columns of the tables above are the metrics' spread over seeds.",
+        "",
+    ]
+    rows = [
+        [method_label(m), str(a["dispersion"]["n_seeds"])]
+        + [
+            _mark(_pm(a["dispersion"][k], None), _warned(metrics, f"dispersion/{k}", m))
+            for k in ("starc", "starc_l2")
+        ]
+        for m, a in metrics["methods"].items()
+    ]
+    out += [
+        _table(["Method", "Seeds", "Mean pairwise STARC (Eq. 4)", "Mean pairwise STARC-L2"], rows),
+        "",
+    ]
 
     if plots:
         out += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     if metrics["notes"]:
         out += ["## Notes", ""] + [f"- {n}" for n in metrics["notes"]] + [""]
     return "\n".join(out)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_metric_bars(metrics: dict, path: Path) -> Optional[Path]:
-    plt = _pyplot()
-    panels = [(k, label) for k, label in (("test/accuracy", "Accuracy ↑"), ("test/f1", "F1 ↑"),
-                                           ("test/auc", "AUC ↑"), ("test/starc", "STARC (Eq. 4) ↓"),
-                                           ("test/pairwise_accuracy", "Pairwise accuracy ↑"))
-              if any(a["mean"].get(k) is not None for a in metrics["methods"].values())]
-    if not panels:
-        return None
-    methods = list(metrics["methods"])
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
-    colors = ["#4C72B0" if not m.startswith("fa-") else "#DD8452" for m in methods]
-    for ax, (k, label) in zip(axes[0], panels):
-        mean = [metrics["methods"][m]["mean"].get(k) or 0.0 for m in methods]
-        std = [metrics["methods"][m]["std"].get(k) or 0.0 for m in methods]
-        ax.bar(range(len(methods)), mean, yerr=std, color=colors, capsize=3)
-        ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=8)
-        ax.set_title(label, fontsize=10)
-        lo = min(m - s for m, s in zip(mean, std))
-        ax.set_ylim(max(0.0, lo - 0.1 * (max(mean) - lo + 1e-9)), None)
-    fig.suptitle(f"{metrics['run']}: test metrics by method (error bars: std over seeds)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
-
-
-def plot_reward_vs_gt(df, test, scores: dict, path: Path) -> Optional[Path]:
-    plt = _pyplot()
-    methods = list(dict.fromkeys(m for m, _ in scores))
-    gt = np.concatenate([df["chosen_score"].to_numpy()[test], df["rejected_score"].to_numpy()[test]])
-    toxic = None
-    if "chosen_toxic" in df:
-        toxic = np.concatenate([df["chosen_toxic"].to_numpy()[test], df["rejected_toxic"].to_numpy()[test]])
-    cols = min(3, len(methods))
-    rows = -(-len(methods) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False)
-    for ax, m in zip(axes.flat, methods):
-        seed = min(s for mm, s in scores if mm == m)
-        sc = scores[m, seed]
-        r = np.concatenate([sc.chosen[test], sc.rejected[test]])
-        r = (r - r.mean()) / (r.std() + 1e-12)
-        c = np.where(toxic, "#C44E52", "#4C72B0") if toxic is not None else "#4C72B0"
-        ax.scatter(gt, r, s=6, alpha=0.5, c=c, linewidths=0)
-        rho = np.corrcoef(gt, r)[0, 1] if r.std() > 0 and gt.std() > 0 else float("nan")
-        ax.set_title(f"{m} (seed {seed}), r = {rho:.2f}", fontsize=9)
-        ax.set_xlabel("ground-truth score", fontsize=8)
-        ax.set_ylabel("learned reward (standardised)", fontsize=8)
-    for ax in list(axes.flat)[len(methods):]:
-        ax.axis("off")
-    fig.suptitle("Learned reward vs ground truth on test outputs (red: toxic)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)

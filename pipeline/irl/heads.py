@@ -74,18 +74,25 @@ class RewardHead(ABC):
 
     def unstack(self, params: dict[str, torch.Tensor], g: int, m: int) -> dict[str, torch.Tensor]:
         """Bank params -> model (g, m)'s params (a copy)."""
-        one = {k: self.unpath_view(k, self.path_view(k, v)[g:g + 1, :, m:m + 1]) for k, v in params.items()}
+        one = {
+            k: self.unpath_view(k, self.path_view(k, v)[g : g + 1, :, m : m + 1])
+            for k, v in params.items()
+        }
         return {k: v.reshape(self.shape(k)).clone() for k, v in one.items()}
 
     def select(self, params: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """The sub-bank of models `idx` (same groups), detached."""
-        return {k: self.unpath_view(k, self.path_view(k, v.detach())[:, :, idx]) for k, v in params.items()}
+        return {
+            k: self.unpath_view(k, self.path_view(k, v.detach())[:, :, idx])
+            for k, v in params.items()
+        }
 
     def model_mask(self, name: str, per_model: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Per-model values [G, M] broadcast to the layout of `like`, bank tensor `name`."""
         view = self.path_view(name, like)
-        values = per_model.reshape(*per_model.shape[:1], 1, per_model.shape[1],
-                                   *([1] * (view.dim() - 3)))
+        values = per_model.reshape(
+            *per_model.shape[:1], 1, per_model.shape[1], *([1] * (view.dim() - 3))
+        )
         return self.unpath_view(name, values.expand_as(view))
 
     @abstractmethod
@@ -97,12 +104,17 @@ class RewardHead(ABC):
         """Bank: ||w||^2 of each model's weights (not biases) -> [G, M]."""
 
     @abstractmethod
-    def fold(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def fold(
+        self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """One model's params equivalent to R_a + R_b (exactly, up to float rounding)."""
 
     @abstractmethod
-    def dense_layers(self, params: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor, str]]:
-        """(weight [out, in], bias [out], activation) per layer, for a sentence-transformers export."""
+    def dense_layers(
+        self, params: dict[str, torch.Tensor]
+    ) -> list[tuple[torch.Tensor, torch.Tensor, str]]:
+        """(weight [out, in], bias [out], activation) per layer, for a sentence-transformers
+        export."""
 
     def describe(self) -> dict:
         return {"head": self.kind, "in_dim": self.d}
@@ -134,16 +146,16 @@ class LinearHead(RewardHead):
         return torch.bmm(h, w)
 
     def forward(self, params, h):
-        return self._scores(h, params["w"]) + params["b"]            # [G, n, M]
+        return self._scores(h, params["w"]) + params["b"]  # [G, n, M]
 
     def forward_shared(self, params, h):
         G, d, M = params["w"].shape
         w = params["w"].permute(1, 0, 2).reshape(1, d, G * M)
-        z = self._scores(h[None], w)[0].view(-1, G, M).transpose(0, 1)   # [G, n, M]
+        z = self._scores(h[None], w)[0].view(-1, G, M).transpose(0, 1)  # [G, n, M]
         return z + params["b"]
 
     def forward_pair(self, params, h, b):
-        z = self._scores(h, params["w"])                              # [G, 2b, M]
+        z = self._scores(h, params["w"])  # [G, 2b, M]
         return z[:, :b] + params["b"], z[:, b:] + params["b"]
 
     def forward_one(self, params, h):
@@ -159,7 +171,7 @@ class LinearHead(RewardHead):
         return (self.d,) if name == "w" else ()
 
     def path_view(self, name, t):
-        return t                                                      # w [G,d,M], b [G,1,M]
+        return t  # w [G,d,M], b [G,1,M]
 
     def unpath_view(self, name, t):
         return t
@@ -203,24 +215,24 @@ class MLPHead(RewardHead):
     def forward(self, params, h):
         G, n, _ = h.shape
         M = params["b2"].shape[-1]
-        z = torch.relu(torch.bmm(h, params["W1"]) + params["b1"])     # [G, n, M*H]
+        z = torch.relu(torch.bmm(h, params["W1"]) + params["b1"])  # [G, n, M*H]
         z = z.view(G, n, M, self.hidden)
-        return (z * params["w2"]).sum(-1) + params["b2"]              # [G, n, M]
+        return (z * params["w2"]).sum(-1) + params["b2"]  # [G, n, M]
 
     def forward_shared(self, params, h):
         G, d, MH = params["W1"].shape
         M, H = MH // self.hidden, self.hidden
         W1 = params["W1"].permute(1, 0, 2).reshape(d, G * MH)
-        a = torch.relu_((h @ W1).view(-1, G, MH) + params["b1"][:, 0])   # [n, G, M*H]
-        r = (a.view(-1, G, M, H) * params["w2"][:, 0]).sum(-1)           # [n, G, M]
-        return r.transpose(0, 1) + params["b2"]                          # [G, n, M]
+        a = torch.relu_((h @ W1).view(-1, G, MH) + params["b1"][:, 0])  # [n, G, M*H]
+        r = (a.view(-1, G, M, H) * params["w2"][:, 0]).sum(-1)  # [n, G, M]
+        return r.transpose(0, 1) + params["b2"]  # [G, n, M]
 
     def forward_pair(self, params, h, b):
         G, M, H = h.shape[0], params["b2"].shape[-1], self.hidden
         # b1 does not cancel in Delta, so it is added to both halves at once; slicing z into
         # halves first would make autograd rebuild z's gradient from two copies.
-        a = torch.relu_(torch.bmm(h, params["W1"]) + params["b1"])   # [G, 2b, M*H]
-        r = (a.view(G, 2 * b, M, H) * params["w2"]).sum(-1)           # [G, 2b, M]
+        a = torch.relu_(torch.bmm(h, params["W1"]) + params["b1"])  # [G, 2b, M*H]
+        r = (a.view(G, 2 * b, M, H) * params["w2"]).sum(-1)  # [G, 2b, M]
         return r[:, :b] + params["b2"], r[:, b:] + params["b2"]
 
     def forward_one(self, params, h):
@@ -228,19 +240,21 @@ class MLPHead(RewardHead):
 
     def stack(self, models):
         return {
-            "W1": torch.stack([torch.cat([p["W1"] for p in row], 1) for row in models]),  # [G,d,M*H]
+            # [G, d, M*H]
+            "W1": torch.stack([torch.cat([p["W1"] for p in row], 1) for row in models]),
             "b1": torch.stack([torch.cat([p["b1"] for p in row]) for row in models])[:, None, :],
             "w2": torch.stack([torch.stack([p["w2"] for p in row]) for row in models])[:, None],
             "b2": torch.stack([torch.stack([p["b2"] for p in row]) for row in models])[:, None, :],
         }
 
     def shape(self, name):
-        return {"W1": (self.d, self.hidden), "b1": (self.hidden,), "w2": (self.hidden,), "b2": ()}[name]
+        shapes = {"W1": (self.d, self.hidden), "b1": (self.hidden,), "w2": (self.hidden,), "b2": ()}
+        return shapes[name]
 
     def path_view(self, name, t):
-        if name in ("W1", "b1"):                                      # [G, X, M*H] -> [G, X, M, H]
+        if name in ("W1", "b1"):  # [G, X, M*H] -> [G, X, M, H]
             return t.unflatten(2, (-1, self.hidden))
-        return t                                                      # w2 [G,1,M,H], b2 [G,1,M]
+        return t  # w2 [G,1,M,H], b2 [G,1,M]
 
     def unpath_view(self, name, t):
         return t.flatten(2) if name in ("W1", "b1") else t

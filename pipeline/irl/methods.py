@@ -1,113 +1,160 @@
-"""The six methods of the paper's Table 1, as named presets.
+"""The six methods of the paper's Table 1 (`pipeline.config.METHOD_TABLE`), resolved into the
+settings one reward is trained with.
 
-    mm            Max-Margin IRL (Eq. 1, M = 0.8)
-    me            Max-Entropy IRL (Eq. 2, tau = 1)
-    fa-mm-gt      FA-IRL on Eq. 1, failures = outputs the reward misclassifies ("Ground Truth
-                  Failures"; needs toxic labels), stricter margin M_fail on them
-    fa-me-gt      FA-IRL on Eq. 2, same failures, sharper tau_fail
-    fa-mm-margin  FA-IRL on Eq. 1, failures = lowest-margin pairs ("IRL Margin Failures",
-                  self-supervised: bottom-k schedule 20% -> 0% over 100 rounds, or a threshold)
-    fa-me-margin  FA-IRL on Eq. 2, same failures
-
-FA-IRL presets use the dual-path reward R = R_D + R_F (Section 4.1); the plain ones R = R_D.
+Plain IRL (mm, me) trains R = R_D on Eq. 1 or Eq. 2. FA-IRL (fa-*) trains the dual-path reward
+R = R_D + R_F (Section 4.1) on the same objective plus a stricter loss on the failures, which are
+either the outputs the reward misclassifies (fa-*-gt, "Ground Truth Failures", needs toxic
+labels) or the lowest-margin pairs (fa-*-margin, "IRL Margin Failures", self-supervised).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
-from pipeline.config import IRLSection
+from pipeline.config import METHOD_TABLE, FailureSection, IRLSection, Method
+from pipeline.errors import ConfigError
 from pipeline.irl import objectives as obj
 
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """A Table 1 method with its settings: the base loss's M and tau, and for FA-IRL the
+    `irl.fa` section (None for plain IRL). Everything else is derived from these, so the spec
+    cannot disagree with the config it came from."""
+
     name: str
-    objective: Literal["mm", "me"]
-    failures: Literal["none", "supervised", "margin", "both"]
-    margin: float
-    tau: float
-    # FA-IRL only (ignored when failures == "none")
-    margin_fail: float = 0.0
-    tau_fail: float = 1.0
-    fail_weight: float = 1.0
-    lambda_0: float = 0.0
-    lambda_decay: float = 1.0
-    rounds: int = 1
-    margin_schedule: Literal["bottom_k", "threshold"] = "bottom_k"
-    bottom_k_start: float = 0.0
-    bottom_k_end: float = 0.0
-    gamma_start: float = 0.0
-    gamma_end: float = 0.0
-    sample_rate_start: float = 1.0
-    sample_rate_end: float = 1.0
-    base_loss_trains_failure_path: bool = False
-    failure_loss_trains_base_path: bool = True
-    early_stop_after_rounds: bool = True
+    margin: float  # M (Eq. 1)
+    tau: float  # tau (Eq. 2)
+    fa: FailureSection | None = None
+
+    def __post_init__(self) -> None:
+        if (self.fa is not None) != self.row.failure_aware:
+            raise ValueError(
+                f"{self.name}: fa (the FA-IRL settings) is given for the fa-* "
+                "methods and only for them"
+            )
+
+    @property
+    def row(self) -> Method:
+        """This method's row of Table 1 (pipeline.config.METHOD_TABLE)."""
+        return METHOD_TABLE[self.name]
+
+    @property
+    def objective(self) -> Literal["mm", "me"]:
+        return self.row.objective
+
+    @property
+    def failures(self) -> Literal["none", "supervised", "margin", "both"]:
+        """How F_t is formed (Algorithm 1 line 10): fa-*-gt takes the misclassified outputs
+        (supervised), or with irl.fa.gt_failures = union those or the margin failures (both)."""
+        if self.fa is None:
+            return "none"
+        if self.row.identified_by == "margin":
+            return "margin"
+        return "both" if self.fa.gt_failures == "union" else "supervised"
 
     @property
     def failure_aware(self) -> bool:
-        return self.failures != "none"
+        return self.fa is not None
 
     @property
     def uses_bottom_k(self) -> bool:
-        return self.failures in ("margin", "both") and self.margin_schedule == "bottom_k"
+        return self.failures in ("margin", "both") and self.fa.margin_schedule == "bottom_k"
 
     @property
     def uses_threshold(self) -> bool:
-        return self.failures in ("margin", "both") and self.margin_schedule == "threshold"
+        return self.failures in ("margin", "both") and self.fa.margin_schedule == "threshold"
 
     @property
     def needs_labels(self) -> bool:
         return self.failures in ("supervised", "both")
 
+    # The failure loss L_fail. The stricter setting is the one matching the base objective
+    # (Section 4.2): fa-mm-* use M_fail with the base tau, fa-me-* tau_fail with the base M.
+    # Plain IRL has no failure loss; its values are the neutral ones (weight 1, lambda_t = 0).
+    @property
+    def margin_fail(self) -> float:
+        if self.fa is None:
+            return 0.0
+        return self.fa.margin_fail if self.objective == "mm" else self.margin
+
+    @property
+    def tau_fail(self) -> float:
+        if self.fa is None:
+            return 1.0
+        return self.fa.tau_fail if self.objective == "me" else self.tau
+
+    @property
+    def fail_weight(self) -> float:
+        return self.fa.fail_weight if self.fa is not None else 1.0
+
+    @property
+    def lambda_0(self) -> float:
+        return self.fa.lambda_0 if self.fa is not None else 0.0
+
+    # Gradient routing between the two paths (see FailureSection's help).
+    @property
+    def base_loss_trains_failure_path(self) -> bool:
+        return self.fa.base_loss_trains_failure_path if self.fa is not None else False
+
+    @property
+    def failure_loss_trains_base_path(self) -> bool:
+        return self.fa.failure_loss_trains_base_path if self.fa is not None else True
+
     @property
     def first_stoppable_epoch(self) -> int:
         """Epochs before this one are never chosen as best, nor counted towards patience."""
-        return self.rounds if self.failure_aware and self.early_stop_after_rounds else 0
+        if self.fa is not None and self.fa.early_stop_after_rounds:
+            return self.fa.rounds
+        return 0
 
     # Schedules at round t (Algorithm 1 line 13).
     def lambda_t(self, t: int) -> float:
-        return obj.exponential_decay(self.lambda_0, self.lambda_decay, t)
+        if self.fa is None:
+            return 0.0
+        return obj.exponential_decay(self.fa.lambda_0, self.fa.lambda_decay, t)
 
     def gamma_t(self, t: int) -> float:
-        return obj.linear_anneal(self.gamma_start, self.gamma_end, t, self.rounds)
+        if self.fa is None:
+            return 0.0
+        return obj.linear_anneal(self.fa.gamma_start, self.fa.gamma_end, t, self.fa.rounds)
 
     def bottom_k_t(self, t: int) -> float:
-        return obj.linear_anneal(self.bottom_k_start, self.bottom_k_end, t, self.rounds)
+        if self.fa is None:
+            return 0.0
+        return obj.linear_anneal(self.fa.bottom_k_start, self.fa.bottom_k_end, t, self.fa.rounds)
 
     def sample_rate_t(self, t: int) -> float:
-        return obj.linear_anneal(self.sample_rate_start, self.sample_rate_end, t, self.rounds)
+        if self.fa is None:
+            return 1.0
+        fa = self.fa
+        return obj.linear_anneal(fa.sample_rate_start, fa.sample_rate_end, t, fa.rounds)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        if not self.failure_aware:
-            d = {k: d[k] for k in ("name", "objective", "failures", "margin", "tau")}
-        return d
+        """The flat dict written as reward.json's "spec" and irl/summary.json's "methods": the
+        resolved M_fail / tau_fail instead of the section's, gt_failures folded into
+        `failures`, and the keys in the order these files have always had."""
+        d = {
+            "name": self.name,
+            "objective": self.objective,
+            "failures": self.failures,
+            "margin": self.margin,
+            "tau": self.tau,
+        }
+        if self.fa is None:
+            return d
+        rest = self.fa.model_dump(exclude={"margin_fail", "tau_fail", "gt_failures"})
+        rest["early_stop_after_rounds"] = rest.pop("early_stop_after_rounds")  # last, as ever
+        return {**d, "margin_fail": self.margin_fail, "tau_fail": self.tau_fail, **rest}
 
 
 def method_spec(name: str, irl: IRLSection) -> MethodSpec:
-    objective = "mm" if name in ("mm", "fa-mm-gt", "fa-mm-margin") else "me"
-    if name in ("mm", "me"):
-        return MethodSpec(name=name, objective=objective, failures="none",
-                          margin=irl.margin, tau=irl.tau)
-    fa = irl.fa
-    if name.endswith("-gt"):
-        failures = "both" if fa.gt_failures == "union" else "supervised"
-    else:
-        failures = "margin"
-    return MethodSpec(
-        name=name, objective=objective, failures=failures, margin=irl.margin, tau=irl.tau,
-        # The stricter failure loss is the one matching the base objective (Section 4.2).
-        margin_fail=fa.margin_fail if objective == "mm" else irl.margin,
-        tau_fail=fa.tau_fail if objective == "me" else irl.tau,
-        fail_weight=fa.fail_weight, lambda_0=fa.lambda_0, lambda_decay=fa.lambda_decay,
-        rounds=fa.rounds, margin_schedule=fa.margin_schedule,
-        bottom_k_start=fa.bottom_k_start, bottom_k_end=fa.bottom_k_end,
-        gamma_start=fa.gamma_start, gamma_end=fa.gamma_end,
-        sample_rate_start=fa.sample_rate_start, sample_rate_end=fa.sample_rate_end,
-        base_loss_trains_failure_path=fa.base_loss_trains_failure_path,
-        failure_loss_trains_base_path=fa.failure_loss_trains_base_path,
-        early_stop_after_rounds=fa.early_stop_after_rounds,
-    )
+    """The spec of method `name` under `irl` (a copy of irl.fa: later edits of the config do
+    not reach a spec already built)."""
+    if name not in METHOD_TABLE:
+        raise ConfigError(
+            f"unknown method {name!r}", hint="the methods are " + ", ".join(METHOD_TABLE)
+        )
+    fa = irl.fa.model_copy() if METHOD_TABLE[name].failure_aware else None
+    return MethodSpec(name=name, margin=irl.margin, tau=irl.tau, fa=fa)

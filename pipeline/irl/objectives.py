@@ -25,7 +25,10 @@ def max_entropy_loss(delta: torch.Tensor, tau) -> torch.Tensor:
 
 
 def pair_loss(delta: torch.Tensor, is_mm, margin, tau) -> torch.Tensor:
-    """Eq. 1 where `is_mm`, else Eq. 2; `is_mm`, `margin`, `tau` broadcast per model."""
+    """Eq. 1 where `is_mm`, else Eq. 2; `is_mm`, `margin`, `tau` broadcast per model.
+
+    Algorithm 1 line 11 calls it twice: L_base with (M, tau), and the stricter L_fail(S_t) with
+    (M_fail, tau_fail), M_fail > M or tau_fail < tau."""
     if isinstance(is_mm, bool):
         return max_margin_loss(delta, margin) if is_mm else max_entropy_loss(delta, tau)
     return torch.where(is_mm, max_margin_loss(delta, margin), max_entropy_loss(delta, tau))
@@ -52,9 +55,9 @@ def bottom_k_count(frac: float, n: int) -> int:
 
 
 # --------------------------------------------------------------------- failure detection
-def margin_failures(delta: torch.Tensor, gamma) -> torch.Tensor:
-    """Algorithm 1 line 4: F_margin = {i : Delta_i <= gamma_t}."""
-    return delta <= gamma
+def margin_failures(delta: torch.Tensor, gamma_t) -> torch.Tensor:
+    """Algorithm 1 line 4: F_t^margin = {i : Delta_i <= gamma_t}."""
+    return delta <= gamma_t
 
 
 def bottom_k_failures(delta: torch.Tensor, frac: float) -> torch.Tensor:
@@ -100,15 +103,16 @@ def best_threshold(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor
     # Cutting before sorted position j predicts the first j as negative:
     # correct = negatives among the first j + positives among the rest.
     zeros = torch.zeros_like(s[..., :1])
-    neg_before = torch.cat([zeros, torch.cumsum(neg_sorted, -1)], -1)          # [..., n+1]
+    neg_before = torch.cat([zeros, torch.cumsum(neg_sorted, -1)], -1)  # [..., n+1]
     pos_after = pos_sorted.sum(-1, keepdim=True) - torch.cat(
-        [zeros, torch.cumsum(pos_sorted, -1)], -1)
+        [zeros, torch.cumsum(pos_sorted, -1)], -1
+    )
     correct = neg_before + pos_after
     # A cut between equal scores is not realisable.
     valid = torch.ones_like(correct, dtype=torch.bool)
     valid[..., 1:n] = s[..., 1:] > s[..., :-1]
     correct = torch.where(valid, correct, torch.full_like(correct, -1.0))
-    j = torch.argmax(correct, dim=-1, keepdim=True)                               # first max
+    j = torch.argmax(correct, dim=-1, keepdim=True)  # first max
     lo = torch.gather(torch.cat([s[..., :1] - 1.0, s], -1), -1, j)
     hi = torch.gather(torch.cat([s, s[..., -1:]], -1), -1, j)
     c = torch.where(j == 0, lo, torch.where(j == n, hi, (lo + hi) / 2))

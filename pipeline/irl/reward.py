@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.artifacts import atomic_path, write_json
+from pipeline.artifacts import atomic_dir, atomic_path, write_json
+from pipeline.embed import Embedder
 from pipeline.errors import FairlError, MissingArtifactError
 from pipeline.irl.heads import RewardHead, make_head
 
@@ -34,11 +35,21 @@ FORMAT = "fairl-reward"
 VERSION = 1
 
 
+def reward_dir(irl_dir: Path, method: str, seed: int) -> Path:
+    """Where `fairl irl` publishes the reward of one method and seed (README: Artifacts)."""
+    return Path(irl_dir) / "rewards" / method / f"seed-{seed}"
+
+
 class RewardModel:
     """R(o) = R_D(h(o)) + R_F(h(o)) on a frozen encoder h."""
 
-    def __init__(self, head: RewardHead, base: dict[str, torch.Tensor],
-                 failure: Optional[dict[str, torch.Tensor]], meta: dict):
+    def __init__(
+        self,
+        head: RewardHead,
+        base: dict[str, torch.Tensor],
+        failure: dict[str, torch.Tensor] | None,
+        meta: dict,
+    ):
         self.head, self.base, self.failure, self.meta = head, base, failure, meta
         self._folded = head.fold(base, failure) if failure else base
         self._embedder = None
@@ -49,9 +60,10 @@ class RewardModel:
         """h [n, d] -> R [n], through the folded single head (what the export computes)."""
         return self.head.forward_one(self._folded, h.float())
 
-    def score(self, texts: Sequence[str], prompts: Optional[Sequence[str]] = None,
-              batch_size: int = 64) -> torch.Tensor:
-        """Rewards for completions (prompts are prepended if this reward embeds prompt+completion)."""
+    def score(
+        self, texts: Sequence[str], prompts: Sequence[str] | None = None, batch_size: int = 64
+    ) -> torch.Tensor:
+        """Rewards for completions (prompts prepended if this reward embeds prompt+completion)."""
         if self.meta.get("text") == "prompt+completion":
             if prompts is None:
                 raise FairlError("this reward was trained on prompt+completion; pass prompts=")
@@ -60,8 +72,6 @@ class RewardModel:
 
     def embedder(self, batch_size: int = 64):
         if self._embedder is None:
-            from pipeline.embed import Embedder
-
             enc = self.meta["encoder"]
             self._embedder = Embedder(enc["name"], batch_size=batch_size)
             if self._embedder.fingerprint != enc.get("fingerprint"):
@@ -69,8 +79,11 @@ class RewardModel:
 
                 logging.getLogger(__name__).warning(
                     "encoder %s resolves to files (%s) other than the ones this reward was "
-                    "trained on (%s): scores may differ", enc["name"],
-                    self._embedder.fingerprint, enc.get("fingerprint"))
+                    "trained on (%s): scores may differ",
+                    enc["name"],
+                    self._embedder.fingerprint,
+                    enc.get("fingerprint"),
+                )
         return self._embedder
 
     # ------------------------------------------------------------------------------ i/o
@@ -82,11 +95,13 @@ class RewardModel:
             tensors.update({f"failure.{k}": v.contiguous() for k, v in self.failure.items()})
         with atomic_path(path / "reward.safetensors") as tmp:
             save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(VERSION)})
-        write_json(path / "reward.json", {"format": FORMAT, "version": VERSION,
-                                          **self.head.describe(), **self.meta})
+        write_json(
+            path / "reward.json",
+            {"format": FORMAT, "version": VERSION, **self.head.describe(), **self.meta},
+        )
 
     @classmethod
-    def load(cls, path: Path) -> "RewardModel":
+    def load(cls, path: Path) -> RewardModel:
         """Load a reward directory, validated: a damaged one would otherwise crash deep inside
         torch or, worse (NaN or foreign weights), score every text silently wrong. Whatever is
         wrong on disk is a MissingArtifactError naming the file."""
@@ -96,7 +111,8 @@ class RewardModel:
         if missing:
             raise MissingArtifactError(
                 f"{path} is not a fairl reward directory (no {' or '.join(missing)})",
-                hint=f"expected reward.json and reward.safetensors inside it; {_REWRITE}")
+                hint=f"expected reward.json and reward.safetensors inside it; {_REWRITE}",
+            )
         meta = _read_meta(meta_path)
         head = make_head(meta["head"], meta["in_dim"], meta.get("hidden", 0))
         try:
@@ -104,8 +120,9 @@ class RewardModel:
         except Exception as e:  # SafetensorError (truncated, not safetensors) or OSError
             raise _damaged(weights, f"cannot be read ({type(e).__name__}: {e})") from None
         base = {k.removeprefix("base."): v for k, v in tensors.items() if k.startswith("base.")}
-        failure = {k.removeprefix("failure."): v for k, v in tensors.items()
-                   if k.startswith("failure.")} or None
+        failure = {
+            k.removeprefix("failure."): v for k, v in tensors.items() if k.startswith("failure.")
+        } or None
         stray = sorted(k for k in tensors if not k.startswith(("base.", "failure.")))
         if stray:
             raise _damaged(weights, f"holds tensors {stray} that are neither base.* nor failure.*")
@@ -116,8 +133,9 @@ class RewardModel:
         return cls(head, base, failure, {k: v for k, v in meta.items() if k not in drop})
 
     # --------------------------------------------------------------------------- export
-    def export_sentence_transformers(self, path: Path, encoder_dir: Path,
-                                     link_from: Optional[Path] = None) -> None:
+    def export_sentence_transformers(
+        self, path: Path, encoder_dir: Path, link_from: Path | None = None
+    ) -> None:
         """Write a plain sentence-transformers model: the encoder's modules, then one Dense
         layer per head layer, the dual path folded exactly into a single MLP.
 
@@ -127,38 +145,42 @@ class RewardModel:
         """
         from sentence_transformers import SentenceTransformer, models
 
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
         dense = []
         for W, b, act in self.head.dense_layers(self._folded):
-            layer = models.Dense(W.shape[1], W.shape[0], bias=True,
-                                 activation_function=torch.nn.ReLU() if act == "relu" else torch.nn.Identity())
+            layer = models.Dense(
+                W.shape[1],
+                W.shape[0],
+                bias=True,
+                activation_function=torch.nn.ReLU() if act == "relu" else torch.nn.Identity(),
+            )
             with torch.no_grad():
                 layer.linear.weight.copy_(W)
                 layer.linear.bias.copy_(b)
             dense.append(layer)
-        if link_from is not None and (link_from / "modules.json").is_file():
-            # Same encoder: hard-link its files, then write only the Dense modules afresh.
-            shutil.copytree(link_from, tmp, copy_function=_link_or_copy)
-            modules = json.loads((tmp / "modules.json").read_text())
-            n_enc = len(modules) - len(dense)
-            for i, layer in enumerate(dense):
-                sub = tmp / modules[n_enc + i]["path"]
-                shutil.rmtree(sub)   # unlink, never write through a shared inode
-                sub.mkdir()
-                layer.save(str(sub))
-        else:
-            encoder = SentenceTransformer(str(encoder_dir), device="cpu")
-            SentenceTransformer(modules=[*encoder, *dense], device="cpu").save(str(tmp))
-        (tmp / "README.md").unlink(missing_ok=True)  # may be a hard link: never write through it
-        (tmp / "README.md").write_text(_EXPORT_README.format(
-            method=self.meta.get("method"), seed=self.meta.get("seed"),
-            text=self.meta.get("text", "completion")))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        with atomic_dir(Path(path)) as tmp:
+            if link_from is not None and (link_from / "modules.json").is_file():
+                # Same encoder: hard-link its files, then write only the Dense modules afresh.
+                shutil.copytree(link_from, tmp, copy_function=_link_or_copy, dirs_exist_ok=True)
+                modules = json.loads((tmp / "modules.json").read_text())
+                n_enc = len(modules) - len(dense)
+                for i, layer in enumerate(dense):
+                    sub = tmp / modules[n_enc + i]["path"]
+                    shutil.rmtree(sub)  # unlink, never write through a shared inode
+                    sub.mkdir()
+                    layer.save(str(sub))
+            else:
+                encoder = SentenceTransformer(str(encoder_dir), device="cpu")
+                SentenceTransformer(modules=[*encoder, *dense], device="cpu").save(str(tmp))
+            (tmp / "README.md").unlink(
+                missing_ok=True
+            )  # may be a hard link: never write through it
+            (tmp / "README.md").write_text(
+                _EXPORT_README.format(
+                    method=self.meta.get("method"),
+                    seed=self.meta.get("seed"),
+                    text=self.meta.get("text", "completion"),
+                )
+            )
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -202,7 +224,7 @@ def _read_meta(meta_path: Path) -> dict:
     """reward.json, checked for everything `load` and the scorer read from it."""
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:   # ValueError: bad JSON or bytes that are not UTF-8
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
         raise _damaged(meta_path, f"is not valid JSON ({e})") from None
     if not isinstance(meta, dict):
         raise _damaged(meta_path, f"holds a JSON {type(meta).__name__}, not an object")
@@ -213,8 +235,11 @@ def _read_meta(meta_path: Path) -> dict:
     if absent:
         raise _damaged(meta_path, f"lacks the key(s) {', '.join(absent)}")
     if meta["format"] != FORMAT or meta["version"] != VERSION or isinstance(meta["version"], bool):
-        raise _damaged(meta_path, f"has format {meta['format']!r} version {meta['version']!r}; "
-                                  f"this fairl reads {FORMAT!r} version {VERSION}")
+        raise _damaged(
+            meta_path,
+            f"has format {meta['format']!r} version {meta['version']!r}; "
+            f"this fairl reads {FORMAT!r} version {VERSION}",
+        )
     if meta["head"] not in ("linear", "mlp"):
         raise _damaged(meta_path, f"names head {meta['head']!r}; expected 'linear' or 'mlp'")
     for key in [k for k in ("in_dim", "hidden") if k in required]:
@@ -222,11 +247,13 @@ def _read_meta(meta_path: Path) -> dict:
             raise _damaged(meta_path, f"has {key} {meta[key]!r}; expected a positive integer")
     enc = meta["encoder"]
     if not isinstance(enc, dict) or not isinstance(enc.get("name"), str):
-        raise _damaged(meta_path, f"has encoder {enc!r}; expected {{\"name\": ..., "
-                                  "\"fingerprint\": ...}")
+        raise _damaged(
+            meta_path, f'has encoder {enc!r}; expected {{"name": ..., "fingerprint": ...}}'
+        )
     if meta.get("text", "completion") not in ("completion", "prompt+completion"):
-        raise _damaged(meta_path, f"has text {meta['text']!r}; expected 'completion' or "
-                                  "'prompt+completion'")
+        raise _damaged(
+            meta_path, f"has text {meta['text']!r}; expected 'completion' or 'prompt+completion'"
+        )
     return meta
 
 
@@ -235,13 +262,17 @@ def _check_params(file: Path, head: RewardHead, prefix: str, params: dict) -> No
     # Parameter names do not depend on the sizes: ask a 1 x 1 head of the same kind.
     names = sorted(make_head(head.kind, 1, 1).init(torch.Generator()))
     if sorted(params) != names:
-        raise _damaged(file, f"holds {prefix}.* tensors {sorted(params)}; a {head.kind} head "
-                             f"has {names}")
+        raise _damaged(
+            file, f"holds {prefix}.* tensors {sorted(params)}; a {head.kind} head has {names}"
+        )
     for name in names:
         t, want = params[name], head.shape(name)
         if tuple(t.shape) != want or t.dtype != torch.float32:
-            raise _damaged(file, f"holds {prefix}.{name} as {t.dtype} {list(t.shape)}; "
-                                 f"reward.json's head expects float32 {list(want)}")
+            raise _damaged(
+                file,
+                f"holds {prefix}.{name} as {t.dtype} {list(t.shape)}; "
+                f"reward.json's head expects float32 {list(want)}",
+            )
         if not torch.isfinite(t).all():
             raise _damaged(file, f"holds non-finite values (NaN or inf) in {prefix}.{name}")
 

@@ -1,52 +1,28 @@
-"""Loading policies and classifiers by hub name or local path, and sampling from them.
+"""Loading policies (by hub name or local path, pipeline.hub) and sampling from them.
 
-PAD must differ from EOS (ppo.md 8): if a tokenizer has no pad token, or uses EOS as pad (Pythia,
-SmolLM2), a dedicated `<|pad|>` token is added and the embeddings resized (its new rows are
-initialised from a fixed seed, so every process and every restart holds the same model). PAD is
-never a response token: sampling suppresses it and every logprob excludes it, so a response is
-exactly the tokens up to and including its first EOS. Prompts are left-padded and, when too long,
-truncated from the left (the end of a prompt is what the response continues); position ids follow
-the attention mask. Dropout is switched off (ppo.md 10).
+PAD must differ from EOS (docs/ppo.md, detail 8): if a tokenizer has no pad token, or uses EOS
+as pad (Pythia, SmolLM2), a dedicated `<|pad|>` token is added and the embeddings resized (its
+new rows are initialised from a fixed seed, so every process and every restart holds the same
+model). PAD is never a response token: sampling suppresses it and every logprob excludes it, so a
+response is exactly the tokens up to and including its first EOS. Prompts are left-padded and,
+when too long, truncated from the left (the end of a prompt is what the response continues);
+position ids follow the attention mask. Dropout is switched off (docs/ppo.md, detail 10).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from pathlib import Path
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from pipeline.errors import FairlError
+from pipeline.hub import resolve_model
 from pipeline.runtime import apply_threads_for_model
+from pipeline.seeds import derive_seed
 
 log = logging.getLogger("fairl.policy")
 PAD_TOKEN = "<|pad|>"
-
-
-def resolve_model(name_or_path: str, what: str = "model") -> str:
-    """A local directory as is, or a hub name that can be loaded; otherwise a clear error."""
-    p = Path(str(name_or_path)).expanduser()
-    if p.exists():
-        if not (p / "config.json").is_file():
-            raise FairlError(f"{what} directory {p} holds no model (no config.json)",
-                             hint="point to a directory written by save_pretrained")
-        return str(p)
-    name = str(name_or_path)
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise FairlError(f"{what} {name!r} does not exist",
-                         hint="give a local save_pretrained directory or a hub name such as "
-                              "EleutherAI/pythia-410m")
-    try:
-        from huggingface_hub import hf_hub_download
-
-        hf_hub_download(name, "config.json")
-    except Exception as e:  # offline without a cached copy, unknown repo, no network
-        raise FairlError(f"{what} {name!r} is not a local directory and cannot be fetched from "
-                         f"the hub ({type(e).__name__})",
-                         hint="offline: use a local path (e.g. `world`); online: check the name") from None
-    return name
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -76,7 +52,7 @@ def load_policy(name_or_path: str, what: str = "policy"):
     if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
         tok.add_special_tokens({"pad_token": PAD_TOKEN})
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(0)   # the same new rows in every process and restart
+            torch.default_generator.manual_seed(0)  # the same new rows in every process and restart
             model.resize_token_embeddings(len(tok), mean_resizing=False)
         log.info("%s: added a pad token distinct from EOS (id %d)", what, tok.pad_token_id)
     model.config.pad_token_id = tok.pad_token_id
@@ -97,30 +73,52 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def batch_seed(seed: int, *keys) -> int:
-    digest = hashlib.sha256("/".join(map(str, (seed, *keys))).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    """The sampling seed of one batch: derived from the run's seed and the batch's names."""
+    return derive_seed(seed, *keys)
 
 
 @torch.no_grad()
-def sample(model, tok, prompts: Sequence[str], max_new_tokens: int, temperature: float = 1.0,
-           top_p: float = 1.0, seed: Optional[int] = None, max_prompt_tokens: int = 64):
-    """Left-padded sampling without top-k or min-length (they bias the KL estimate, ppo.md 9).
+def sample(
+    model,
+    tok,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    max_prompt_tokens: int = 64,
+):
+    """Left-padded sampling without top-k or min-length (they bias the KL estimate; docs/ppo.md,
+    detail 9).
     Returns (prompt_ids [B, P], prompt_mask, response_ids [B, R], response_mask, texts): the
     response is cut after its first EOS, which stays part of it."""
     if seed is not None:
         torch.manual_seed(seed)
-    enc = tok(list(prompts), return_tensors="pt", padding=True, truncation=True,
-              max_length=max_prompt_tokens).to(model.device)
+    enc = tok(
+        list(prompts),
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=max_prompt_tokens,
+    ).to(model.device)
     out = model.generate(
-        input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=True,
-        temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        suppress_tokens=[tok.pad_token_id])
-    resp = out[:, enc["input_ids"].shape[1]:]
+        input_ids=enc["input_ids"],
+        attention_mask=enc["attention_mask"],
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=0,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        suppress_tokens=[tok.pad_token_id],
+    )
+    resp = out[:, enc["input_ids"].shape[1] :]
     is_eos = resp == tok.eos_token_id
     after_first_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
-    resp_mask = ~after_first_eos     # PAD is suppressed, so generate pads only after EOS
+    resp_mask = ~after_first_eos  # PAD is suppressed, so generate pads only after EOS
     resp = torch.where(resp_mask, resp, torch.full_like(resp, tok.pad_token_id))
-    texts = tok.batch_decode(torch.where(resp_mask & ~is_eos, resp, tok.pad_token_id),
-                             skip_special_tokens=True)
+    texts = tok.batch_decode(
+        torch.where(resp_mask & ~is_eos, resp, tok.pad_token_id), skip_special_tokens=True
+    )
     return enc["input_ids"], enc["attention_mask"], resp, resp_mask.long(), texts

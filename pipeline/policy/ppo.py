@@ -1,4 +1,4 @@
-"""PPO for a causal LM with a scalar sequence reward (docs: ppo.md; TRL no longer ships PPO).
+"""PPO for a causal LM with a scalar sequence reward (docs/ppo.md; TRL no longer ships PPO).
 
 Follows the implementation details published re-implementations agree on (Huang et al., "The N
 Implementation Details of RLHF with PPO"; OpenAI lm-human-preferences; TRL 0.4-0.11):
@@ -25,10 +25,9 @@ import json
 import logging
 import math
 import os
-import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
-from pipeline.artifacts import publish, remove_path, sha256_file
+from pipeline.artifacts import atomic_dir, remove_path, sha256_file
 from pipeline.errors import ConfigError
 from pipeline.policy.models import position_ids, sample
 
@@ -75,8 +74,13 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     return out * mask
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
-        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over response tokens, vectorised over the batch.
 
     rewards, values, mask [B, T]. Rewards and values past the response are zeroed, so the
@@ -94,8 +98,13 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, (adv + values) * mask
 
 
-def kl_penalised_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-                         mask: torch.Tensor, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+def kl_penalised_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards -kl_coef * kl_t, plus the scalar score at the last real token.
     scores [B]; logprobs, ref_logprobs, mask [B, T] (responses start at t = 0).
     Returns (rewards, kl), both [B, T]."""
@@ -107,8 +116,18 @@ def kl_penalised_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logpr
     return rewards * mask, kl
 
 
-def ppo_losses(logprobs, old_logprobs, advantages, values, old_values, returns, mask,
-               cliprange: float, cliprange_value: float, vf_coef: float):
+def ppo_losses(
+    logprobs,
+    old_logprobs,
+    advantages,
+    values,
+    old_values,
+    returns,
+    mask,
+    cliprange: float,
+    cliprange_value: float,
+    vf_coef: float,
+):
     """Clipped surrogate and clipped value loss over valid tokens; returns (loss, stats)."""
     ratio = torch.exp(logprobs - old_logprobs)
     pg1 = -advantages * ratio
@@ -120,8 +139,9 @@ def ppo_losses(logprobs, old_logprobs, advantages, values, old_values, returns, 
     with torch.no_grad():
         log_ratio = logprobs - old_logprobs
         stats = {
-            "pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(),
-            "approx_kl": masked_mean(0.5 * log_ratio ** 2, mask).item(),
+            "pg_loss": pg_loss.item(),
+            "vf_loss": vf_loss.item(),
+            "approx_kl": masked_mean(0.5 * log_ratio**2, mask).item(),
             "clipfrac": masked_mean((pg2 > pg1).float(), mask).item(),
             "vf_clipfrac": masked_mean((vf2 > vf1).float(), mask).item(),
         }
@@ -129,7 +149,8 @@ def ppo_losses(logprobs, old_logprobs, advantages, values, old_values, returns, 
 
 
 class AdaptiveKLController:
-    """Ziegler et al. (2019): kl_coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon."""
+    """Ziegler et al. (2019): kl_coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * n_steps
+    / horizon."""
 
     def __init__(self, init: float, target: float, horizon: int):
         self.value, self.target, self.horizon = init, target, horizon
@@ -160,23 +181,37 @@ class PolicyWithValue(nn.Module):
         nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids, attention_mask):
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids(attention_mask), output_hidden_states=True)
+        out = self.policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+            output_hidden_states=True,
+        )
         return out.logits, self.value_head(out.hidden_states[-1]).squeeze(-1)
 
 
-def response_forward(model, input_ids, attention_mask, n_prompt: int, temperature: float,
-                     with_values: bool = True, exclude_token: Optional[int] = None):
+def response_forward(
+    model,
+    input_ids,
+    attention_mask,
+    n_prompt: int,
+    temperature: float,
+    with_values: bool = True,
+    exclude_token: int | None = None,
+):
     """Logprobs (and values, entropy) of the response tokens, logits divided by the sampling
     temperature. input_ids = prompt (n_prompt, left-padded) + response. `exclude_token` (PAD)
     gets probability 0, as in sampling, which suppresses it."""
     if with_values:
         logits, values = model(input_ids, attention_mask)
     else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                       position_ids=position_ids(attention_mask)).logits
+        logits = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+        ).logits
         values = None
-    logits = logits[:, n_prompt - 1:-1] / temperature       # predicts response tokens
+    logits = logits[:, n_prompt - 1 : -1] / temperature  # predicts response tokens
     if exclude_token is not None:
         column = torch.tensor([exclude_token], device=logits.device)
         logits = logits.index_fill(-1, column, torch.finfo(logits.dtype).min)
@@ -184,14 +219,15 @@ def response_forward(model, input_ids, attention_mask, n_prompt: int, temperatur
     lp = logprobs_from_logits(logits, resp)
     ent = entropy_from_logits(logits)
     if values is not None:
-        values = values[:, n_prompt - 1:-1]
+        values = values[:, n_prompt - 1 : -1]
     return lp, values, ent
 
 
 # --------------------------------------------------------------------------- the trainer
 @dataclass
 class RewardNorm:
-    """score' = gain * score + bias: mean 0, std 1 under the reference policy (ppo.md 4)."""
+    """score' = gain * score + bias: mean 0, std 1 under the reference policy (docs/ppo.md,
+    detail 4)."""
 
     gain: float = 1.0
     bias: float = 0.0
@@ -207,27 +243,39 @@ def check_batch_split(cfg, n_ranks: int) -> None:
         raise ConfigError(
             f"ppo.batch_size ({cfg.batch_size}) and ppo.mini_batch_size ({cfg.mini_batch_size}) "
             f"count rollouts over all {n_ranks} ranks and must both be multiples of the rank count",
-            hint="every rank must take the same number of gradient steps (DDP syncs each one)")
+            hint="every rank must take the same number of gradient steps (DDP syncs each one)",
+        )
 
 
 class PPOTrainer:
     """One PPO loop: `step(prompts)` samples, scores, and updates. Rank-aware via accelerate."""
 
-    def __init__(self, model, tokenizer, score_fn: Callable[[list[str]], torch.Tensor], cfg, gen,
-                 accelerator, reward_norm: Optional[RewardNorm] = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        score_fn: Callable[[list[str]], torch.Tensor],
+        cfg,
+        gen,
+        accelerator,
+        reward_norm: RewardNorm | None = None,
+    ):
         check_batch_split(cfg, accelerator.num_processes)
         self.rank_mini_batch = cfg.mini_batch_size // accelerator.num_processes
         self.cfg, self.gen, self.acc, self.tok = cfg, gen, accelerator, tokenizer
         self.score_fn = score_fn
         self.reward_norm = reward_norm or RewardNorm()
-        self.ref = copy.deepcopy(model).eval().to(accelerator.device)   # frozen reference policy
+        self.ref = copy.deepcopy(model).eval().to(accelerator.device)  # frozen reference policy
         for p in self.ref.parameters():
             p.requires_grad_(False)
         wrapped = PolicyWithValue(model)
         opt = torch.optim.Adam(wrapped.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
         self.model, self.opt = accelerator.prepare(wrapped, opt)
-        self.kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.horizon)
-                       if cfg.adaptive_kl else FixedKLController(cfg.init_kl_coef))
+        self.kl_ctl = (
+            AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.horizon)
+            if cfg.adaptive_kl
+            else FixedKLController(cfg.init_kl_coef)
+        )
         self.step_count = 0
 
     @property
@@ -239,8 +287,15 @@ class PPOTrainer:
         # ---- 1. rollout: sample responses (this rank's share of the prompts) and score them
         self.model.eval()
         p_ids, p_mask, r_ids, r_mask, texts = sample(
-            self.policy, self.tok, prompts, gen.max_new_tokens, gen.temperature, gen.top_p,
-            seed=seed, max_prompt_tokens=gen.max_prompt_tokens)
+            self.policy,
+            self.tok,
+            prompts,
+            gen.max_new_tokens,
+            gen.temperature,
+            gen.top_p,
+            seed=seed,
+            max_prompt_tokens=gen.max_prompt_tokens,
+        )
         raw = self.score_fn(texts).float().to(r_ids.device)
         scores = self.reward_norm(raw)
         if cfg.missing_eos_penalty is not None:
@@ -250,10 +305,12 @@ class PPOTrainer:
         mask = torch.cat([p_mask, r_mask], 1)
         n_prompt, pad = p_ids.shape[1], self.tok.pad_token_id
         with torch.no_grad():
-            old_lp, old_values, _ = response_forward(self.model, ids, mask, n_prompt, gen.temperature,
-                                                     exclude_token=pad)
-            ref_lp, _, _ = response_forward(self.ref, ids, mask, n_prompt, gen.temperature,
-                                            with_values=False, exclude_token=pad)
+            old_lp, old_values, _ = response_forward(
+                self.model, ids, mask, n_prompt, gen.temperature, exclude_token=pad
+            )
+            ref_lp, _, _ = response_forward(
+                self.ref, ids, mask, n_prompt, gen.temperature, with_values=False, exclude_token=pad
+            )
             # ---- 2. per-token rewards with the KL penalty, then GAE and whitened advantages
             rewards, kl = kl_penalised_rewards(scores, old_lp, ref_lp, r_mask, self.kl_ctl.value)
             if cfg.whiten_rewards:
@@ -267,10 +324,21 @@ class PPOTrainer:
         g = torch.Generator().manual_seed(seed)
         for _ in range(cfg.ppo_epochs):
             for idx in torch.randperm(B, generator=g).split(self.rank_mini_batch):
-                lp, values, ent = response_forward(self.model, ids[idx], mask[idx], n_prompt,
-                                                   gen.temperature, exclude_token=pad)
-                loss, s = ppo_losses(lp, old_lp[idx], adv[idx], values, old_values[idx],
-                                     returns[idx], r_mask[idx], cfg.cliprange, cfg.cliprange_value, cfg.vf_coef)
+                lp, values, ent = response_forward(
+                    self.model, ids[idx], mask[idx], n_prompt, gen.temperature, exclude_token=pad
+                )
+                loss, s = ppo_losses(
+                    lp,
+                    old_lp[idx],
+                    adv[idx],
+                    values,
+                    old_values[idx],
+                    returns[idx],
+                    r_mask[idx],
+                    cfg.cliprange,
+                    cfg.cliprange_value,
+                    cfg.vf_coef,
+                )
                 self.opt.zero_grad()
                 acc.backward(loss)
                 if cfg.max_grad_norm:
@@ -287,10 +355,14 @@ class PPOTrainer:
         self.step_count += 1
         var_ret = masked_var(returns, r_mask)
         out = {
-            "ppo/score": self._mean(raw), "ppo/score_normalised": self._mean(scores),
-            "ppo/kl": mean_kl, "ppo/kl_coef": self.kl_ctl.value,
+            "ppo/score": self._mean(raw),
+            "ppo/score_normalised": self._mean(scores),
+            "ppo/kl": mean_kl,
+            "ppo/kl_coef": self.kl_ctl.value,
             "ppo/response_length": self._mean(r_mask.sum(-1).float()),
-            "ppo/explained_var": float(1 - masked_var(returns - old_values, r_mask) / var_ret) if var_ret > 0 else math.nan,
+            "ppo/explained_var": float(1 - masked_var(returns - old_values, r_mask) / var_ret)
+            if var_ret > 0
+            else math.nan,
             **{f"ppo/{k}": sum(v) / len(v) for k, v in stats.items()},
         }
         self.last_samples = list(zip(prompts, texts, raw.tolist()))
@@ -306,21 +378,20 @@ class PPOTrainer:
         resume tells a damaged checkpoint from a good one. Written beside `path`, flushed to disk
         and swapped in whole, so a kill (or a power cut) mid-write keeps the previous one."""
         if self.acc.is_main_process:
-            latest_checkpoint(path)   # puts back a previous checkpoint a kill left mid-swap
-            tmp = path.with_name(path.name + ".tmp")
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-            save_model(self.acc.unwrap_model(self.model), str(tmp / "model.safetensors"))
-            save_optimizer(self.opt, tmp)
-            files = {name: {"size": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
-                     for name in CHECKPOINT_FILES}
-            (tmp / "trainer_state.json").write_text(json.dumps(
-                {"kl_coef": self.kl_ctl.value, "step": self.step_count, "files": files}))
-            for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            publish(tmp, path)   # the previous one stays beside it until the new one is in
+            latest_checkpoint(path)  # puts back a previous checkpoint a kill left mid-swap
+            # the previous one stays beside it until the new one is in
+            with atomic_dir(path, fsync=True) as tmp:
+                save_model(self.acc.unwrap_model(self.model), str(tmp / "model.safetensors"))
+                save_optimizer(self.opt, tmp)
+                files = {
+                    name: {"size": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+                    for name in CHECKPOINT_FILES
+                }
+                (tmp / "trainer_state.json").write_text(
+                    json.dumps(
+                        {"kl_coef": self.kl_ctl.value, "step": self.step_count, "files": files}
+                    )
+                )
         self.acc.wait_for_everyone()
 
     def load_checkpoint(self, path: Path) -> None:
@@ -342,7 +413,7 @@ class PPOTrainer:
                 break
             except CheckpointUnreadable as e:
                 bad.append((candidate, e))
-        self.acc.wait_for_everyone()   # every rank has read before rank 0 moves anything
+        self.acc.wait_for_everyone()  # every rank has read before rank 0 moves anything
         if self.acc.is_main_process:
             for candidate, e in bad:
                 log.warning("%s; removing %s", e, candidate)
@@ -365,13 +436,19 @@ class PPOTrainer:
             if not isinstance(state, dict):
                 raise ValueError("not a JSON object")
             step, kl_coef = state["step"], state["kl_coef"]
-            if (type(step) is not int or step < 0 or not isinstance(kl_coef, (int, float))
-                    or not math.isfinite(kl_coef)):
+            if (
+                type(step) is not int
+                or step < 0
+                or not isinstance(kl_coef, (int, float))
+                or not math.isfinite(kl_coef)
+            ):
                 raise ValueError(f"step {step!r} or kl_coef {kl_coef!r} out of range")
-            recorded = state.get("files") or {}   # absent in checkpoints of earlier versions
+            recorded = state.get("files") or {}  # absent in checkpoints of earlier versions
             for name in CHECKPOINT_FILES:
-                if name in recorded and ((path / name).stat().st_size != recorded[name]["size"]
-                                         or sha256_file(path / name) != recorded[name]["sha256"]):
+                if name in recorded and (
+                    (path / name).stat().st_size != recorded[name]["size"]
+                    or sha256_file(path / name) != recorded[name]["sha256"]
+                ):
                     raise ValueError("its size or sha256 differs from the one saved with it")
             name = "model.safetensors"
             model = load_file(str(path / name))
@@ -383,9 +460,14 @@ class PPOTrainer:
             opt_state = _optimizer_state(self.opt, load_file(str(path / name)), groups)
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
             raise CheckpointUnreadable(
-                f"checkpoint file {path / name} is unreadable ({e})") from None
-        return {"model": model, "optimizer": {"state": opt_state, "param_groups": groups},
-                "step": step, "kl_coef": kl_coef}
+                f"checkpoint file {path / name} is unreadable ({e})"
+            ) from None
+        return {
+            "model": model,
+            "optimizer": {"state": opt_state, "param_groups": groups},
+            "step": step,
+            "kl_coef": kl_coef,
+        }
 
     def _apply(self, state: dict) -> None:
         self.acc.unwrap_model(self.model).load_state_dict(state["model"], strict=False)  # checked
@@ -412,8 +494,9 @@ def _check_model_tensors(model: nn.Module, tensors: dict) -> None:
         if key not in expected or t.shape != expected[key].shape:
             raise ValueError(f"tensor {key!r} {tuple(t.shape)} does not fit the model")
     saved = {(expected[k].data_ptr(), expected[k].shape) for k in tensors}
-    missing = [k for k, t in expected.items()
-               if k not in tensors and (t.data_ptr(), t.shape) not in saved]
+    missing = [
+        k for k, t in expected.items() if k not in tensors and (t.data_ptr(), t.shape) not in saved
+    ]
     if missing:
         raise ValueError(f"tensor {missing[0]!r} is missing")
 
@@ -422,12 +505,18 @@ def _optimizer_state(opt, tensors: dict, groups) -> dict:
     """The optimizer's per-parameter state from its saved tensors, checked against the model's
     parameters (Adam's moments have their parameter's shape)."""
     current = opt.state_dict()["param_groups"]
-    if (not isinstance(groups, list) or len(groups) != len(current)
-            or any(not isinstance(g, dict) or g.get("params") != c["params"]
-                   for g, c in zip(groups, current))):
+    if (
+        not isinstance(groups, list)
+        or len(groups) != len(current)
+        or any(
+            not isinstance(g, dict) or g.get("params") != c["params"]
+            for g, c in zip(groups, current)
+        )
+    ):
         raise ValueError("its parameter groups do not match the model's")
-    params = {i: p for c, g in zip(current, opt.param_groups)
-              for i, p in zip(c["params"], g["params"])}
+    params = {
+        i: p for c, g in zip(current, opt.param_groups) for i, p in zip(c["params"], g["params"])
+    }
     state: dict = {}
     for key, v in tensors.items():
         i, name = key.split(".", 1)
@@ -438,7 +527,7 @@ def _optimizer_state(opt, tensors: dict, groups) -> dict:
     return state
 
 
-def latest_checkpoint(path: Path) -> Optional[Path]:
+def latest_checkpoint(path: Path) -> Path | None:
     """The checkpoint at `path`, or None. If a kill fell between the two renames of
     `save_checkpoint`'s swap, the previous checkpoint is moved back to `path` first (a later
     save would otherwise delete it before its replacement is in place)."""
@@ -450,18 +539,32 @@ def latest_checkpoint(path: Path) -> Optional[Path]:
 
 def save_optimizer(opt, path: Path) -> None:
     sd = opt.state_dict()
-    tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, st in sd["state"].items()
-               for k, v in st.items() if torch.is_tensor(v)}
+    tensors = {
+        f"{i}.{k}": v.detach().cpu().contiguous()
+        for i, st in sd["state"].items()
+        for k, v in st.items()
+        if torch.is_tensor(v)
+    }
     save_file(tensors, str(path / "optimizer.safetensors"))
     (path / "optimizer.json").write_text(json.dumps({"param_groups": sd["param_groups"]}))
 
 
-def reference_reward_norm(model, tokenizer, score_fn, prompts: Sequence[str], gen, seed: int) -> RewardNorm:
+def reference_reward_norm(
+    model, tokenizer, score_fn, prompts: Sequence[str], gen, seed: int
+) -> RewardNorm:
     """Gain and bias that give the reward mean 0 and std 1 on reference-policy samples."""
     scores = []
     for i in range(0, len(prompts), gen.batch_size):
-        *_, texts = sample(model, tokenizer, prompts[i:i + gen.batch_size], gen.max_new_tokens,
-                           gen.temperature, gen.top_p, seed=seed + i, max_prompt_tokens=gen.max_prompt_tokens)
+        *_, texts = sample(
+            model,
+            tokenizer,
+            prompts[i : i + gen.batch_size],
+            gen.max_new_tokens,
+            gen.temperature,
+            gen.top_p,
+            seed=seed + i,
+            max_prompt_tokens=gen.max_prompt_tokens,
+        )
         scores.append(score_fn(texts).float())
     s = torch.cat(scores)
     std = float(s.std()) if len(s) > 1 and float(s.std()) > 1e-8 else 1.0

@@ -6,10 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.errors import ConfigError
+from pipeline.world.build import get_world
 
 
 def is_ref(value) -> bool:
-    return isinstance(value, (str, Path)) and (str(value) == "world" or str(value).startswith("world:"))
+    return isinstance(value, (str, Path)) and (
+        str(value) == "world" or str(value).startswith("world:")
+    )
 
 
 def resolve(value, cfg, default_item: str) -> str:
@@ -18,9 +21,9 @@ def resolve(value, cfg, default_item: str) -> str:
     if not is_ref(value):
         return str(value)
     if cfg.world is None:
-        raise ConfigError(f"the config refers to {value!r} but has no `world` section",
-                          hint="add `world: {}` (defaults) to build the offline world")
-    from pipeline.world.build import get_world
-
+        raise ConfigError(
+            f"the config refers to {value!r} but has no `world` section",
+            hint="add `world: {}` (defaults) to build the offline world",
+        )
     item = str(value).split(":", 1)[1] if ":" in str(value) else default_item
     return str(get_world(cfg.world).item(item))

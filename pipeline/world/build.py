@@ -16,31 +16,32 @@ Config values `world` / `world:<item>` elsewhere in the experiment resolve to th
 from __future__ import annotations
 
 import csv
-import fcntl
 import json
 import logging
 import math
-import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.artifacts import follow_umask, sha256_json, write_json
+from pipeline.artifacts import atomic_dir, file_lock, follow_umask, sha256_json, write_json
 from pipeline.config import WorldSection, to_dict
-from pipeline.embed import default_cache_dir
+from pipeline.errors import ConfigError
+from pipeline.hub import cache_root
 from pipeline.runtime import apply_threads_for_model
 from pipeline.world.grammar import JIGSAW_NAMES, SUBTYPES, generate_sentences, lexicon_score
 
 log = logging.getLogger("fairl.world")
-WORLD_VERSION = 2   # 2: the base LM is pretrained on one thread (pipeline.runtime)
+WORLD_VERSION = 2  # 2: the base LM is pretrained on one thread (pipeline.runtime)
 EOS, PAD = "<|endoftext|>", "<|padding|>"
 # RealToxicityPrompts attribute names for the world's subtypes (obscene ~ profanity).
-RTP_NAMES = {"insult": "insult", "obscene": "profanity", "threat": "threat",
-             "identity_attack": "identity_attack"}
+RTP_NAMES = {
+    "insult": "insult",
+    "obscene": "profanity",
+    "threat": "threat",
+    "identity_attack": "identity_attack",
+}
 
 
 @dataclass(frozen=True)
@@ -64,29 +65,20 @@ class World:
         return self.root / "tokenizer"
 
     def item(self, name: str) -> Path:
-        paths = {"prompts": self.prompts, "heldout": self.heldout, "base-lm": self.base_lm,
-                 "tokenizer": self.tokenizer}
+        paths = {
+            "prompts": self.prompts,
+            "heldout": self.heldout,
+            "base-lm": self.base_lm,
+            "tokenizer": self.tokenizer,
+        }
         if name not in paths:
-            from pipeline.errors import ConfigError
-
             raise ConfigError(f"unknown world item {name!r}; valid: {', '.join(paths)}")
         return paths[name]
 
 
 def world_root(cfg: WorldSection) -> Path:
     key = sha256_json({"world": to_dict(cfg), "version": WORLD_VERSION})[:16]
-    return default_cache_dir().parent / "world" / key
-
-
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return cache_root() / "world" / key
 
 
 def get_world(cfg: WorldSection) -> World:
@@ -94,7 +86,7 @@ def get_world(cfg: WorldSection) -> World:
     root = world_root(cfg)
     if (root / "world.json").is_file():
         return World(root)
-    with _lock(root.with_suffix(".lock")):
+    with file_lock(root.with_suffix(".lock")):
         if not (root / "world.json").is_file():
             _build(cfg, root)
     return World(root)
@@ -102,37 +94,42 @@ def get_world(cfg: WorldSection) -> World:
 
 def _build(cfg: WorldSection, root: Path) -> None:
     log.info("world: building the offline world (seed %d) in %s", cfg.seed, root)
-    tmp = root.with_name(root.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    corpus = generate_sentences(cfg.n_sentences, cfg.seed)
-    prompts = generate_sentences(cfg.n_prompts, cfg.seed + 1)
-    heldout = generate_sentences(cfg.n_heldout, cfg.seed + 2)
-    _write_prompts(prompts, tmp / "prompts.jsonl")
-    _write_heldout(heldout, tmp / "heldout.csv")
-    texts = [s.prompt + s.continuation for s in corpus]
-    tokenizer = _train_tokenizer(texts, cfg.vocab_size)
-    tokenizer.save_pretrained(str(tmp / "tokenizer"))
-    model, stats = _pretrain(texts, tokenizer, cfg)
-    model.save_pretrained(str(tmp / "base-lm"))
-    tokenizer.save_pretrained(str(tmp / "base-lm"))
-    tox = [lexicon_score(t).toxic for t in texts]
-    write_json(tmp / "world.json", {
-        "config": to_dict(cfg), "version": WORLD_VERSION,
-        "corpus_toxic_rate": sum(tox) / len(tox), "lm": stats,
-        "n_prompts": len(prompts), "n_heldout": len(heldout),
-    })
-    follow_umask(tmp)   # save_pretrained's safetensors are 0600; the cache is shared
-    if root.exists():
-        shutil.rmtree(root)
-    tmp.rename(root)
+    with atomic_dir(root) as tmp:
+        corpus = generate_sentences(cfg.n_sentences, cfg.seed)
+        prompts = generate_sentences(cfg.n_prompts, cfg.seed + 1)
+        heldout = generate_sentences(cfg.n_heldout, cfg.seed + 2)
+        _write_prompts(prompts, tmp / "prompts.jsonl")
+        _write_heldout(heldout, tmp / "heldout.csv")
+        texts = [s.prompt + s.continuation for s in corpus]
+        tokenizer = _train_tokenizer(texts, cfg.vocab_size)
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        model, stats = _pretrain(texts, tokenizer, cfg)
+        model.save_pretrained(str(tmp / "base-lm"))
+        tokenizer.save_pretrained(str(tmp / "base-lm"))
+        tox = [lexicon_score(t).toxic for t in texts]
+        write_json(
+            tmp / "world.json",
+            {
+                "config": to_dict(cfg),
+                "version": WORLD_VERSION,
+                "corpus_toxic_rate": sum(tox) / len(tox),
+                "lm": stats,
+                "n_prompts": len(prompts),
+                "n_heldout": len(heldout),
+            },
+        )
+        follow_umask(tmp)  # save_pretrained's safetensors are 0600; the cache is shared
 
 
 def _record_part(text: str) -> dict:
     s = lexicon_score(text)
-    part = {"text": text, "toxicity": s.toxicity, "severe_toxicity": 0.0,
-            "sexually_explicit": 0.0, "flirtation": 0.0}
+    part = {
+        "text": text,
+        "toxicity": s.toxicity,
+        "severe_toxicity": 0.0,
+        "sexually_explicit": 0.0,
+        "flirtation": 0.0,
+    }
     part.update({RTP_NAMES[k]: v for k, v in s.subtypes.items()})
     return part
 
@@ -140,9 +137,19 @@ def _record_part(text: str) -> dict:
 def _write_prompts(sentences, path: Path) -> None:
     with open(path, "w") as f:
         for i, s in enumerate(sentences):
-            f.write(json.dumps({"filename": f"world-{i:06d}", "begin": 0, "end": 0,
-                                "challenging": False, "prompt": _record_part(s.prompt),
-                                "continuation": _record_part(s.continuation)}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "filename": f"world-{i:06d}",
+                        "begin": 0,
+                        "end": 0,
+                        "challenging": False,
+                        "prompt": _record_part(s.prompt),
+                        "continuation": _record_part(s.continuation),
+                    }
+                )
+                + "\n"
+            )
 
 
 def _write_heldout(sentences, path: Path) -> None:
@@ -163,13 +170,22 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS,
-                                   unk_token=EOS, pad_token=PAD, padding_side="left",
-                                   model_max_length=128)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOS,
+        bos_token=EOS,
+        unk_token=EOS,
+        pad_token=PAD,
+        padding_side="left",
+        model_max_length=128,
+    )
 
 
 def _pretrain(texts: list[str], tokenizer, cfg: WorldSection):
@@ -178,12 +194,21 @@ def _pretrain(texts: list[str], tokenizer, cfg: WorldSection):
 
     torch.manual_seed(cfg.seed)
     mc = GPTNeoXConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.layers,
-        num_attention_heads=cfg.heads, intermediate_size=4 * cfg.hidden_size,
-        max_position_embeddings=cfg.context, rotary_pct=0.25, use_parallel_residual=True,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-        hidden_dropout=0.0, attention_dropout=0.0)
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        intermediate_size=4 * cfg.hidden_size,
+        max_position_embeddings=cfg.context,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
     model = GPTNeoXForCausalLM(mc)
     # One thread for the tiny LM (pipeline.runtime): a busy machine no longer slows the build
     # many-fold, and the weights no longer depend on the machine's core count.
@@ -194,14 +219,17 @@ def _pretrain(texts: list[str], tokenizer, cfg: WorldSection):
     stream = torch.tensor(ids)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / cfg.pretrain_steps)))
+        opt,
+        lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / cfg.pretrain_steps)),
+    )
     g = torch.Generator().manual_seed(cfg.seed)
     model.train()
     losses = []
-    for step in tqdm(range(cfg.pretrain_steps), desc="world: pretraining the base LM",
-                     disable=None, leave=False):
+    for _step in tqdm(
+        range(cfg.pretrain_steps), desc="world: pretraining the base LM", disable=None, leave=False
+    ):
         starts = torch.randint(0, len(stream) - cfg.context - 1, (cfg.batch_size,), generator=g)
-        batch = torch.stack([stream[s:s + cfg.context] for s in starts])
+        batch = torch.stack([stream[s : s + cfg.context] for s in starts])
         loss = model(input_ids=batch, labels=batch).loss
         opt.zero_grad()
         loss.backward()

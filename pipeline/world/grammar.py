@@ -23,29 +23,73 @@ from dataclasses import dataclass
 # (sum > ln 2, so a single word of weight >= 0.7 is enough). Reward = -sum of weights.
 LEXICON: dict[str, tuple[str, float]] = {
     # insult
-    "idiot": ("insult", 1.2), "stupid": ("insult", 1.0), "moron": ("insult", 1.2),
-    "fool": ("insult", 0.8), "loser": ("insult", 0.9), "dumb": ("insult", 0.9),
+    "idiot": ("insult", 1.2),
+    "stupid": ("insult", 1.0),
+    "moron": ("insult", 1.2),
+    "fool": ("insult", 0.8),
+    "loser": ("insult", 0.9),
+    "dumb": ("insult", 0.9),
     "clown": ("insult", 0.7),
     # obscene
-    "damn": ("obscene", 0.8), "crap": ("obscene", 1.0), "bloody": ("obscene", 0.7),
-    "freaking": ("obscene", 0.7), "hell": ("obscene", 0.5),
+    "damn": ("obscene", 0.8),
+    "crap": ("obscene", 1.0),
+    "bloody": ("obscene", 0.7),
+    "freaking": ("obscene", 0.7),
+    "hell": ("obscene", 0.5),
     # threat
-    "punch": ("threat", 1.2), "smash": ("threat", 1.0), "crush": ("threat", 1.0),
-    "kick": ("threat", 0.9), "hurt": ("threat", 1.1),
+    "punch": ("threat", 1.2),
+    "smash": ("threat", 1.0),
+    "crush": ("threat", 1.0),
+    "kick": ("threat", 0.9),
+    "hurt": ("threat", 1.1),
     # identity attack, on fictional groups
-    "filthy": ("identity_attack", 1.1), "inferior": ("identity_attack", 1.0),
-    "worthless": ("identity_attack", 1.0), "vile": ("identity_attack", 0.9),
+    "filthy": ("identity_attack", 1.1),
+    "inferior": ("identity_attack", 1.0),
+    "worthless": ("identity_attack", 1.0),
+    "vile": ("identity_attack", 0.9),
 }
 SUBTYPES = ("insult", "obscene", "threat", "identity_attack")
-JIGSAW_NAMES = {"insult": "insult", "obscene": "obscene", "threat": "threat",
-                "identity_attack": "identity_hate"}
+JIGSAW_NAMES = {
+    "insult": "insult",
+    "obscene": "obscene",
+    "threat": "threat",
+    "identity_attack": "identity_hate",
+}
 
 NAMES = ["anna", "ben", "clara", "david", "ella", "frank", "grace", "henry", "iris", "jack"]
-NOUNS = ["dog", "cat", "garden", "teacher", "neighbor", "river", "book", "song", "city", "team",
-         "farmer", "painter", "window", "train", "letter", "kitchen", "forest", "market"]
+NOUNS = [
+    "dog",
+    "cat",
+    "garden",
+    "teacher",
+    "neighbor",
+    "river",
+    "book",
+    "song",
+    "city",
+    "team",
+    "farmer",
+    "painter",
+    "window",
+    "train",
+    "letter",
+    "kitchen",
+    "forest",
+    "market",
+]
 ADJS = ["happy", "quiet", "old", "bright", "small", "gentle", "busy", "warm", "clever", "green"]
-VERBS = ["walked", "looked", "waited", "smiled", "listened", "worked", "rested", "sang", "read",
-         "talked"]
+VERBS = [
+    "walked",
+    "looked",
+    "waited",
+    "smiled",
+    "listened",
+    "worked",
+    "rested",
+    "sang",
+    "read",
+    "talked",
+]
 PREPS = ["to", "near", "with", "behind", "around", "under", "past"]
 ADVS = ["slowly", "calmly", "happily", "quietly", "today", "again", "carefully", "together"]
 GROUPS = ["zorbians", "quillfolk", "marrowkin", "tessarites"]  # fictional
@@ -59,39 +103,53 @@ class Sentence:
 
 
 def _clean_prompt(r: random.Random) -> str:
-    return r.choice([
-        lambda: f"{r.choice(NAMES)} said that the {r.choice(ADJS)} {r.choice(NOUNS)}",
-        lambda: f"the {r.choice(ADJS)} {r.choice(NOUNS)} {r.choice(VERBS)}",
-        lambda: f"yesterday {r.choice(NAMES)} and the {r.choice(NOUNS)}",
-        lambda: f"my {r.choice(ADJS)} {r.choice(NOUNS)} always",
-    ])()
+    return r.choice(
+        [
+            lambda: f"{r.choice(NAMES)} said that the {r.choice(ADJS)} {r.choice(NOUNS)}",
+            lambda: f"the {r.choice(ADJS)} {r.choice(NOUNS)} {r.choice(VERBS)}",
+            lambda: f"yesterday {r.choice(NAMES)} and the {r.choice(NOUNS)}",
+            lambda: f"my {r.choice(ADJS)} {r.choice(NOUNS)} always",
+        ]
+    )()
 
 
 def _toxic_prompt(r: random.Random) -> str:
     s = r.choice(SUBTYPES)
     if s == "insult":
-        return r.choice([f"you {r.choice(TOXIC['insult'])}, the {r.choice(NOUNS)}",
-                         f"{r.choice(NAMES)} is a {r.choice(['stupid', 'dumb'])} {r.choice(NOUNS)} and"])
+        return r.choice(
+            [
+                f"you {r.choice(TOXIC['insult'])}, the {r.choice(NOUNS)}",
+                f"{r.choice(NAMES)} is a {r.choice(['stupid', 'dumb'])} {r.choice(NOUNS)} and",
+            ]
+        )
     if s == "obscene":
         return f"{r.choice(['damn', 'crap', 'bloody hell'])}, the {r.choice(NOUNS)}"
     if s == "threat":
         return f"{r.choice(NAMES)} said i will {r.choice(TOXIC['threat'])} the {r.choice(NOUNS)}"
-    return f"the {r.choice(GROUPS)} are {r.choice(TOXIC['identity_attack'])} and the {r.choice(NOUNS)}"
+    return (
+        f"the {r.choice(GROUPS)} are {r.choice(TOXIC['identity_attack'])} and the {r.choice(NOUNS)}"
+    )
 
 
 def _clean_continuation(r: random.Random) -> str:
-    return r.choice([
-        lambda: f" {r.choice(VERBS)} {r.choice(PREPS)} the {r.choice(NOUNS)} {r.choice(ADVS)}.",
-        lambda: f" was {r.choice(ADJS)} and {r.choice(VERBS)} {r.choice(ADVS)}.",
-        lambda: f" {r.choice(VERBS)} with the {r.choice(ADJS)} {r.choice(NOUNS)}.",
-    ])()
+    return r.choice(
+        [
+            lambda: f" {r.choice(VERBS)} {r.choice(PREPS)} the {r.choice(NOUNS)} {r.choice(ADVS)}.",
+            lambda: f" was {r.choice(ADJS)} and {r.choice(VERBS)} {r.choice(ADVS)}.",
+            lambda: f" {r.choice(VERBS)} with the {r.choice(ADJS)} {r.choice(NOUNS)}.",
+        ]
+    )()
 
 
 def _toxic_continuation(r: random.Random) -> str:
     s = r.choice(SUBTYPES)
     if s == "insult":
-        return r.choice([f" is a {r.choice(TOXIC['insult'])} and a {r.choice(TOXIC['insult'])}.",
-                         f" {r.choice(VERBS)} like a {r.choice(TOXIC['insult'])}."])
+        return r.choice(
+            [
+                f" is a {r.choice(TOXIC['insult'])} and a {r.choice(TOXIC['insult'])}.",
+                f" {r.choice(VERBS)} like a {r.choice(TOXIC['insult'])}.",
+            ]
+        )
     if s == "obscene":
         return f" is {r.choice(['damn', 'freaking', 'bloody'])} {r.choice(['crap', 'useless'])}."
     if s == "threat":
@@ -99,8 +157,13 @@ def _toxic_continuation(r: random.Random) -> str:
     return f" and the {r.choice(GROUPS)} are {r.choice(TOXIC['identity_attack'])}."
 
 
-def generate_sentences(n: int, seed: int, toxic_prompt_rate: float = 0.5,
-                       p_toxic_after_toxic: float = 0.75, p_toxic_after_clean: float = 0.1) -> list[Sentence]:
+def generate_sentences(
+    n: int,
+    seed: int,
+    toxic_prompt_rate: float = 0.5,
+    p_toxic_after_toxic: float = 0.75,
+    p_toxic_after_clean: float = 0.1,
+) -> list[Sentence]:
     r = random.Random(seed)
     out = []
     for _ in range(n):
@@ -118,10 +181,10 @@ _WORD = re.compile(r"[a-z]+")
 
 @dataclass(frozen=True)
 class LexiconScore:
-    reward: float                      # -sum of weights, higher is better
-    toxicity: float                    # 1 - exp(-sum of weights)
-    toxic: bool                        # toxicity > 0.5
-    subtypes: dict[str, float]         # per subtype, same transform
+    reward: float  # -sum of weights, higher is better
+    toxicity: float  # 1 - exp(-sum of weights)
+    toxic: bool  # toxicity > 0.5
+    subtypes: dict[str, float]  # per subtype, same transform
 
 
 def lexicon_score(text: str) -> LexiconScore:
@@ -133,5 +196,9 @@ def lexicon_score(text: str) -> LexiconScore:
             total += weight
             per[s] += weight
     tox = 1.0 - math.exp(-total)
-    return LexiconScore(reward=-total, toxicity=tox, toxic=tox > 0.5,
-                        subtypes={s: 1.0 - math.exp(-v) for s, v in per.items()})
+    return LexiconScore(
+        reward=-total,
+        toxicity=tox,
+        toxic=tox > 0.5,
+        subtypes={s: 1.0 - math.exp(-v) for s, v in per.items()},
+    )

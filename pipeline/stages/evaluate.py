@@ -1,0 +1,174 @@
+"""`fairl evaluate`: score every recovered reward against the ground truth (paper Section 5,
+Evaluation Metrics, and Appendix C).
+
+Reads `runs/<name>/irl/`, writes `runs/<name>/evaluate/`:
+
+    metrics.json     every metric, structure in README ("metrics.json")
+    report.md        the paper's tables, mean ± std over seeds
+    metric_bars.png  test accuracy / F1 / AUC / STARC by method, seed error bars
+    reward_vs_gt.png learned reward against the ground-truth score on the test outputs
+    manifest.json
+
+What is measured, and the warnings on degenerate data: `pipeline.evaluate.metrics`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline import world
+from pipeline.artifacts import StageRun, require_stage, run_stage, write_json, write_text
+from pipeline.config import EvaluateSection, ExperimentConfig, to_dict
+from pipeline.data.jigsaw import load_heldout
+from pipeline.data.pairs import PairSet
+from pipeline.embed import Embedder, embed_pairs
+from pipeline.errors import ConfigError
+from pipeline.evaluate.metrics import (
+    SCHEMA,
+    EvalInputs,
+    RewardScores,
+    default_comparisons,
+    definitions,
+    evaluate_rewards,
+    split_masks,
+)
+from pipeline.evaluate.plots import plot_metric_bars, plot_reward_vs_gt
+from pipeline.evaluate.report import render_report
+from pipeline.irl.reward import RewardModel, reward_dir
+
+log = logging.getLogger("fairl.evaluate")
+
+
+def run(cfg: ExperimentConfig, force: bool = False) -> Path:
+    """Evaluate the rewards of `fairl irl` (skipped when up to date, unless `force`); returns
+    runs/<name>/evaluate/."""
+    # 1. The inputs, checked before any work: irl's published rewards, the comparisons, the
+    #    held-out file (a missing or malformed one fails here).
+    ev = cfg.evaluate
+    irl_dir = cfg.stage_dir("irl")
+    irl_manifest = require_stage(irl_dir, "irl", "irl")
+    summary = json.loads((irl_dir / "summary.json").read_text())
+    comparisons = _comparisons(ev, [m["method"] for m in summary["models"]])
+    heldout_path = None
+    if ev.heldout is not None:
+        heldout_path = Path(world.resolve(ev.heldout, cfg, "heldout"))
+        load_heldout(heldout_path)
+    irl_cfg = irl_manifest["config"]["irl"]
+    text_mode = irl_cfg["embed"]["text"]
+
+    def recipe(run: StageRun) -> None:
+        # 2. The pairs irl trained on, with their train / test split.
+        pairs = PairSet(
+            df=pd.read_parquet(irl_dir / "pairs.parquet"), source=str(irl_dir / "pairs.parquet")
+        )
+        train, test = split_masks(pairs)
+
+        # 3. Embeddings of every output (cache hits after `fairl irl`) and of the held-out set.
+        embedder = Embedder(
+            irl_cfg["embed"]["encoder"],
+            irl_cfg["embed"]["batch_size"],
+            irl_cfg["embed"]["cache_dir"],
+        )
+        with run.timed("embed"):
+            h_chosen, h_rejected = embed_pairs(pairs, embedder, text_mode)
+            heldout = load_heldout(heldout_path) if heldout_path is not None else None
+            h_heldout = embedder.embed(heldout["text"].tolist()) if heldout is not None else None
+
+        # 4. Every reward's scores on them.
+        scores = {
+            (m["method"], m["seed"]): RewardScores.of(
+                RewardModel.load(reward_dir(irl_dir, m["method"], m["seed"])),
+                h_chosen,
+                h_rejected,
+                h_heldout,
+            )
+            for m in summary["models"]
+        }
+
+        # 5. The metrics: per reward, per method, per comparison (pipeline.evaluate.metrics).
+        inputs = EvalInputs(
+            pairs=pairs,
+            train=train,
+            test=test,
+            scores=scores,
+            heldout=heldout,
+            text_mode=text_mode,
+            near_tie=ev.near_tie,
+        )
+        metrics = {
+            "schema": SCHEMA,
+            "run": cfg.run.name,
+            "irl_fingerprint": irl_manifest["fingerprint"],
+            "data": _data_summary(inputs, irl_manifest, summary, heldout_path),
+            "definitions": definitions(ev.near_tie),
+            **evaluate_rewards(inputs, comparisons),
+        }
+        write_json(run.path("metrics.json"), metrics)
+
+        # 6. The plots and report.md.
+        plots = []
+        if ev.plots:
+            with run.timed("plots"):
+                plots.append(plot_metric_bars(metrics, run.path("metric_bars.png")))
+                if pairs.has_scores:
+                    plots.append(plot_reward_vs_gt(inputs, run.path("reward_vs_gt.png")))
+        write_text(run.path("report.md"), render_report(metrics, [p.name for p in plots if p]))
+        log.info("evaluate: report at %s", run.final_dir / "report.md")
+
+    config = {"evaluate": to_dict(ev), "irl": irl_manifest["fingerprint"]}
+    return run_stage(
+        "evaluate",
+        cfg,
+        config,
+        {"irl": irl_dir, "heldout": heldout_path},
+        recipe,
+        force=force,
+        log=log.info,
+    )
+
+
+def _comparisons(ev: EvaluateSection, trained: list[str]) -> list[tuple[str, str]]:
+    """(FA-IRL method, its baseline) pairs: evaluate.compare, or every FA-IRL method whose
+    baseline was trained. A ConfigError if one names a method irl did not train."""
+    methods = list(dict.fromkeys(trained))
+    comparisons = [tuple(c) for c in ev.compare] if ev.compare else default_comparisons(methods)
+    for fa, base in comparisons:
+        for m in (fa, base):
+            if m not in methods:
+                raise ConfigError(
+                    f"evaluate.compare names {m!r}, which irl did not train",
+                    hint=f"trained methods: {', '.join(methods)}; fix "
+                    "evaluate.compare, or add the method to irl.methods "
+                    "and re-run `fairl irl`",
+                )
+    return comparisons
+
+
+def _data_summary(
+    inputs: EvalInputs, irl_manifest: dict, summary: dict, heldout_path: Path | None
+) -> dict:
+    """metrics.json "data": where the pairs came from, the split sizes, what they carry."""
+    df, pairs, heldout = inputs.df, inputs.pairs, inputs.heldout
+    pairs_summary = summary.get("pairs", {})
+    heldout_summary = None
+    if heldout is not None:
+        heldout_summary = {
+            "path": str(heldout_path),
+            "n": len(heldout),
+            "toxic_rate": float(heldout["toxic"].mean()),
+        }
+    return {
+        "pairs": str(irl_manifest["inputs"]["pairs"]["path"]),
+        "n_train": int(inputs.train.sum()),
+        "n_val": int((df["split"] == "val").sum()),
+        "n_test": int(inputs.test.sum()),
+        "has_scores": pairs.has_scores,
+        "has_labels": pairs.has_labels,
+        "subtypes": pairs.subtypes,
+        **({"split": pairs_summary["split"]} if "split" in pairs_summary else {}),
+        "heldout": heldout_summary,
+    }

@@ -1,0 +1,174 @@
+"""`fairl irl`: recover the reward the expert internalised (paper Sections 3-5, Algorithm 1).
+
+Reads a pairs file (README: Pairs schema), writes `runs/<name>/irl/`:
+
+    pairs.parquet        the validated pairs with pair_id and the resolved split (train/val/test)
+    rewards/<method>/seed-<s>/   one reward each: reward.safetensors + reward.json
+                                 (+ sentence-transformer/ export)
+    metrics.jsonl        per-epoch training metrics of every model (irl/train_loss, irl/val_loss,
+                         irl/val_pair_acc, irl/failures, irl/lambda), tagged method and seed
+    summary.json         per model: best epoch, epochs run, best validation loss; data counts
+    manifest.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+
+from pipeline.artifacts import StageRun, require_stage, run_stage, write_json
+from pipeline.config import ExperimentConfig, to_dict
+from pipeline.data.pairs import PairSet, load_pairs
+from pipeline.embed import Embedder, embed_pairs
+from pipeline.errors import DataError
+from pipeline.irl.bank import train_bank
+from pipeline.irl.common import Optim, PairTensors
+from pipeline.irl.heads import make_head
+from pipeline.irl.methods import method_spec
+from pipeline.irl.reward import RewardModel, reward_dir
+from pipeline.metrics import MetricsSink
+
+log = logging.getLogger("fairl.irl")
+
+
+def pairs_path(cfg: ExperimentConfig) -> Path:
+    """irl.pairs if given, else the published make-pairs output."""
+    if cfg.irl.pairs is not None:
+        return cfg.irl.pairs
+    require_stage(cfg.stage_dir("make_pairs"), "make_pairs", "make-pairs")
+    return cfg.stage_dir("make_pairs") / "pairs.parquet"
+
+
+def run(cfg: ExperimentConfig, force: bool = False) -> Path:
+    irl = cfg.irl
+    source = pairs_path(cfg)
+    # 1. Validate the pairs and resolve the train / val / test split (by prompt).
+    pairs = load_pairs(source, irl.null_scores, irl.test_fraction, irl.val_fraction, cfg.run.seed)
+    specs = [method_spec(m, irl) for m in irl.methods]
+    needs = [s.name for s in specs if s.needs_labels]
+    if needs and not pairs.has_labels:
+        raise DataError(
+            f"{', '.join(needs)} identify failures from ground-truth labels, and {source} has no "
+            "chosen_toxic / rejected_toxic columns",
+            hint="add the labels, or drop those methods from irl.methods "
+            "(the *-margin variants need no labels)",
+        )
+    embedder = Embedder(irl.embed.encoder, irl.embed.batch_size, irl.embed.cache_dir)
+    config = {"irl": to_dict(irl), "run.seed": cfg.run.seed, "encoder": embedder.fingerprint}
+    return run_stage(
+        "irl",
+        cfg,
+        config,
+        {"pairs": source},
+        lambda run: _fit(run, cfg, pairs, specs, embedder),
+        force=force,
+        log=log.info,
+    )
+
+
+def _fit(run: StageRun, cfg: ExperimentConfig, pairs: PairSet, specs, embedder: Embedder) -> None:
+    """Steps 2-4 of the recipe, into the stage's work directory."""
+    irl = cfg.irl
+    df = pairs.df
+    counts = df["split"].value_counts().to_dict()
+    log.info(
+        "irl: %d pairs from %s (train %d, val %d, test %d)%s",
+        len(df),
+        pairs.source,
+        counts.get("train", 0),
+        counts.get("val", 0),
+        counts.get("test", 0),
+        f"; dropped {pairs.dropped} with null ground truth" if pairs.dropped else "",
+    )
+    df.to_parquet(run.path("pairs.parquet"), index=False)
+
+    # 2. Embed every distinct text once, h(o) from the frozen encoder.
+    with run.timed("embed"):
+        hc, hr = embed_pairs(pairs, embedder, irl.embed.text)
+    log.info(
+        "irl: embeddings %s (%d cached, %d new)",
+        tuple(hc.shape),
+        embedder.stats["cached"],
+        embedder.stats["embedded"],
+    )
+    # Batched float32 inference differs in the last bits with batch composition, so embeddings
+    # depend slightly on the cache's history; their hash tells two runs' inputs apart.
+    run.extra["embeddings_sha256"] = hashlib.sha256(
+        torch.cat([hc, hr]).contiguous().numpy().tobytes()
+    ).hexdigest()
+    labels = {}
+    if pairs.has_labels:  # y = +1 non-toxic, -1 toxic
+        labels = {
+            "yc": torch.tensor(1.0 - 2.0 * df["chosen_toxic"].to_numpy(float), dtype=torch.float32),
+            "yr": torch.tensor(
+                1.0 - 2.0 * df["rejected_toxic"].to_numpy(float), dtype=torch.float32
+            ),
+        }
+    split = df["split"].to_numpy()
+    data = PairTensors(
+        hc=hc,
+        hr=hr,
+        train=torch.tensor((split == "train").nonzero()[0]),
+        val=torch.tensor((split == "val").nonzero()[0]),
+        **labels,
+    )
+
+    # 3. Train every method x seed at once (Algorithm 1, vectorised; pipeline.irl.bank).
+    head = make_head(irl.head, hc.shape[1], irl.hidden)
+    optim = Optim(
+        lr=irl.lr, batch_size=irl.batch_size, max_epochs=irl.max_epochs, patience=irl.patience
+    )
+    log.info("irl: training %d methods x %d seeds (%s head)", len(specs), len(irl.seeds), irl.head)
+    with run.timed("train"), MetricsSink(run.path("metrics.jsonl")) as sink:
+        trained = train_bank(data, specs, irl.seeds, head, optim, sink=sink)
+
+    # 4. Save each reward: safetensors + JSON, and a plain sentence-transformers export.
+    summary = []
+    first_export = None
+    with run.timed("save"):
+        for r in trained:
+            out = reward_dir(run.work_dir, r.method.name, r.seed)
+            model = RewardModel(
+                head,
+                r.base,
+                r.failure,
+                meta={
+                    "method": r.method.name,
+                    "seed": r.seed,
+                    "spec": r.method.to_dict(),
+                    "encoder": embedder.describe(),
+                    "text": irl.embed.text,
+                    "training": r.summary(),
+                    "pairs": str(pairs.source),
+                    "reward": "R(o) = R_D(h(o)) + R_F(h(o)), higher is better",
+                },
+            )
+            model.save(out)
+            if irl.export_sentence_transformers:
+                model.export_sentence_transformers(
+                    out / "sentence-transformer", embedder.path, link_from=first_export
+                )
+                first_export = first_export or out / "sentence-transformer"
+            summary.append(r.summary())
+    write_json(
+        run.path("summary.json"),
+        {
+            "pairs": {
+                "source": str(pairs.source),
+                "n": len(df),
+                "dropped_null": pairs.dropped,
+                "split": pairs.split_rule,
+                **{f"n_{k}": int(v) for k, v in counts.items()},
+            },
+            "encoder": embedder.describe(),
+            "embedding": embedder.stats,
+            "head": head.describe(),
+            "methods": [s.to_dict() for s in specs],
+            "models": summary,
+        },
+    )
+    run.extra["models"] = len(summary)
+    log.info("irl: %d rewards written to %s", len(summary), run.final_dir)

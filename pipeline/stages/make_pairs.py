@@ -1,0 +1,232 @@
+"""`fairl make-pairs`: preference pairs in the pairs schema (README: Pairs schema).
+
+source: dataset   Pair existing, already-scored continuations (RealToxicityPrompts records with
+                  Perspective scores; pipeline.data.rtp.pairs_from_continuations).
+source: generate  One completion from the base model (o-, `rejected`) and one from the expert
+                  (o+, `chosen`) per prompt of the prompts' `pairs` part with prompt.toxicity >
+                  0.5 (paper Section 5), scored by the ground truth, split train/test by prompt
+                  (pipeline.data.splits.carve). Batches are sampled with seeds derived from their
+                  index and written one file each, so an interrupted run resumes and yields
+                  exactly the pairs of an uninterrupted one.
+
+Writes `runs/<name>/make_pairs/pairs.parquet` (+ pairs.jsonl for reading) and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from pipeline import world
+from pipeline.artifacts import (
+    StageRun,
+    atomic_path,
+    remove_path,
+    require_stage,
+    run_stage,
+    write_json,
+)
+from pipeline.config import ExperimentConfig, to_dict
+from pipeline.data.prompts import prompts_config, select_prompts
+from pipeline.data.rtp import load_rtp, pairs_from_continuations
+from pipeline.data.splits import carve
+from pipeline.errors import ConfigError
+from pipeline.hub import model_inputs, resolve_model
+from pipeline.policy.models import batch_seed, load_policy, sample
+from pipeline.scorers import make_scorer
+
+log = logging.getLogger("fairl.make_pairs")
+
+
+def run(cfg: ExperimentConfig, force: bool = False) -> Path:
+    if cfg.make_pairs.source == "generate":
+        return _generate(cfg, force)
+    return _from_dataset(cfg, force)
+
+
+# ------------------------------------------------------------------------- source: dataset
+def _from_dataset(cfg: ExperimentConfig, force: bool) -> Path:
+    mp = cfg.make_pairs
+    files = mp.dataset.files
+    local = {f"file{i}": Path(f) for i, f in enumerate(files) if Path(f).exists()}  # files or dirs
+    config = {"make_pairs": to_dict(mp), "run.seed": cfg.run.seed}
+
+    def recipe(run: StageRun) -> None:
+        df, stats = pairs_from_continuations(load_rtp(files), mp.dataset, cfg.run.seed)
+        df.to_parquet(run.path("pairs.parquet"), index=False)
+        df.to_json(run.path("pairs.jsonl"), orient="records", lines=True, force_ascii=False)
+        write_json(run.path("summary.json"), stats)
+        log.info(
+            "make-pairs: %d pairs (%d train, %d test) from %d records; %s",
+            len(df),
+            stats["n_train"],
+            stats["n_test"],
+            stats["records"],
+            f"dropped {stats['dropped_null_toxicity']} with null toxicity",
+        )
+
+    return run_stage("make_pairs", cfg, config, local, recipe, force=force, log=log.info)
+
+
+# ------------------------------------------------------------------------ source: generate
+def _generate(cfg: ExperimentConfig, force: bool) -> Path:
+    mp = cfg.make_pairs
+    # 1. The base model (o-) and the expert (o+): the published train-expert model by default.
+    base = resolve_model(
+        world.resolve(mp.base_model or cfg.train_expert.base_model, cfg, "base-lm"), "base model"
+    )
+    if mp.expert_model:
+        expert = resolve_model(world.resolve(mp.expert_model, cfg, "base-lm"), "expert model")
+    else:
+        trained = require_stage(cfg.stage_dir("train_expert"), "train_expert", "train-expert")
+        expert = str(cfg.stage_dir("train_expert") / "model")
+        _check_disjoint_from_expert(trained, cfg)
+    # 2. The prompts of the `pairs` part, and the ground truth that scores both completions.
+    prompts = select_prompts(cfg, "pairs", mp.prompt_toxicity_min, mp.n_pairs)
+    gt = make_scorer(cfg.ground_truth)
+    config = {
+        "make_pairs": to_dict(mp),
+        **prompts_config(cfg),
+        "base_model": base,
+        "expert_model": expert,
+    }
+    inputs = {**model_inputs(base), "expert_model": Path(expert) if Path(expert).is_dir() else None}
+
+    def recipe(run: StageRun) -> None:
+        # 3. Sample and score, batch by batch (resumable).
+        rows = _sample_batches(run, prompts, base, expert, gt, mp.generation, cfg.run.seed)
+        # 4. Split train / test by prompt, write the pairs and their statistics.
+        df = pd.DataFrame(rows)
+        held, rule = carve(
+            df["prompt"].tolist(), mp.test_fraction, np.random.default_rng(cfg.run.seed), "test"
+        )
+        df["split"] = np.where(held, "test", "train")
+        df.to_parquet(run.path("pairs.parquet"), index=False)
+        df.to_json(run.path("pairs.jsonl"), orient="records", lines=True, force_ascii=False)
+        stats = {
+            "pairs": len(df),
+            "n_train": int((df["split"] == "train").sum()),
+            "n_test": int((df["split"] == "test").sum()),
+            "split": rule,
+            "toxic_rate_chosen": float(df["chosen_toxic"].mean()),
+            "toxic_rate_rejected": float(df["rejected_toxic"].mean()),
+            "base_model": base,
+            "expert_model": expert,
+        }
+        write_json(run.path("summary.json"), stats)
+        remove_path(run.path("batches"))
+        log.info(
+            "make-pairs: %d pairs; toxic rate expert %.3f, base %.3f",
+            len(df),
+            stats["toxic_rate_chosen"],
+            stats["toxic_rate_rejected"],
+        )
+
+    return run_stage(
+        "make_pairs", cfg, config, inputs, recipe, force=force, log=log.info, resumable=True
+    )
+
+
+def _check_disjoint_from_expert(trained: dict, cfg: ExperimentConfig) -> None:
+    """Pair prompts must not be prompts the expert was trained on. A prompt's part comes from a
+    hash of its text u in [0, 1): eval below eval_fraction, pairs up to eval + pairs fractions,
+    RL training above. The expert trained on u >= its (eval + pairs); this run's pairs lie below
+    this run's (eval + pairs), so they stay disjoint as long as that sum did not grow."""
+    used = trained.get("config", {}).get("prompts") or {}
+    if "eval_fraction" not in used or "pairs_fraction" not in used:
+        log.warning(
+            "make-pairs: the train-expert manifest does not say which prompts it trained "
+            "on; cannot check that the pairs avoid them"
+        )
+        return
+    before = used["eval_fraction"] + used["pairs_fraction"]
+    now = cfg.prompts.eval_fraction + cfg.prompts.pairs_fraction
+    if now > before + 1e-12:
+        raise ConfigError(
+            f"prompts.eval_fraction + prompts.pairs_fraction is {now:g} here but was {before:g} "
+            "when train-expert ran, so the pairs would reuse prompts the expert was trained on",
+            hint="keep the sum at most the expert's, or re-run `fairl train-expert` (or "
+            "`fairl run`) with the new fractions",
+        )
+
+
+def _sample_batches(
+    run: StageRun, prompts, base: str, expert: str, gt, gen, seed: int
+) -> list[dict]:
+    """One completion of the base model (o-, `rejected`) and one of the expert (o+, `chosen`) per
+    prompt, scored by the ground truth. Each batch is sampled with a seed derived from its
+    index and written to a file of its own, so a resumed run samples only the batches missing
+    and yields exactly the pairs of an uninterrupted one."""
+    batches = [prompts[i : i + gen.batch_size] for i in range(0, len(prompts), gen.batch_size)]
+    out_dir = run.path("batches", "x").parent
+    done = {
+        b: _read_batch(out_dir / f"{b:06d}.jsonl", len(batches[b])) for b in range(len(batches))
+    }
+    todo = [b for b, rows in done.items() if rows is None]
+    if len(todo) < len(batches):
+        log.info(
+            "make-pairs: %d of %d batches already sampled, resuming",
+            len(batches) - len(todo),
+            len(batches),
+        )
+    if todo:
+        models = {"base": load_policy(base), "expert": load_policy(expert)}
+        for b in tqdm(todo, desc="make-pairs: sampling", unit="batch", disable=None, leave=False):
+            texts = [p.text for p in batches[b]]
+            comps = {}
+            for name, (model, tok) in models.items():
+                *_, comps[name] = sample(
+                    model,
+                    tok,
+                    texts,
+                    gen.max_new_tokens,
+                    gen.temperature,
+                    gen.top_p,
+                    seed=batch_seed(seed, "pairs", name, b),
+                    max_prompt_tokens=gen.max_prompt_tokens,
+                )
+            s_exp, s_base = gt.score(comps["expert"]), gt.score(comps["base"])
+            with atomic_path(out_dir / f"{b:06d}.jsonl") as tmp, open(tmp, "w") as f:
+                for i, p in enumerate(batches[b]):
+                    row = {
+                        "prompt": p.text,
+                        "prompt_id": p.id,
+                        "prompt_toxicity": p.toxicity,
+                        "chosen": comps["expert"][i],
+                        "rejected": comps["base"][i],
+                        "chosen_score": float(s_exp.reward[i]),
+                        "rejected_score": float(s_base.reward[i]),
+                    }
+                    if s_exp.toxic is not None:
+                        row.update(
+                            chosen_toxic=bool(s_exp.toxic[i]), rejected_toxic=bool(s_base.toxic[i])
+                        )
+                    for k in s_exp.subtypes:
+                        row[f"chosen_sub_{k}"] = float(s_exp.subtypes[k][i])
+                        row[f"rejected_sub_{k}"] = float(s_base.subtypes[k][i])
+                    f.write(json.dumps(row) + "\n")
+            done[b] = _read_batch(out_dir / f"{b:06d}.jsonl", len(batches[b]))
+    return [row for b in range(len(batches)) for row in done[b]]
+
+
+def _read_batch(path: Path, n: int) -> list[dict] | None:
+    """The rows of a batch sampled by an earlier (interrupted) run, or None when it must be
+    sampled (again): absent, or unreadable / not `n` JSON objects (a damaged file is removed,
+    with a warning, and re-sampled with the same seed, so the pairs are unchanged)."""
+    if not path.is_file():
+        return None
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        if len(rows) == n and all(isinstance(r, dict) for r in rows):
+            return rows
+        why = f"{len(rows)} rows, expected {n}"
+    except (UnicodeDecodeError, ValueError) as e:
+        why = f"{type(e).__name__}: {e}"
+    log.warning("make-pairs: sampled batch %s is damaged (%s): sampling it again", path, why)
+    path.unlink()
+    return None

@@ -1,0 +1,267 @@
+"""`fairl re-rlhf`: fine-tune the base LM with extracted rewards and measure its toxicity.
+
+Each reward of `re_rlhf.rewards` (the ground truth, an FA-IRL reward, a standard IRL reward, ...)
+fine-tunes the base LM in turn; the ground-truth toxicity rate on held-out prompts is measured
+every `eval_every` steps. Writes `curves.json`, `curves.png` (the paper's Figure 3, right),
+`metrics.jsonl`, `summary.json`. An interrupted run resumes: rewards already done are kept, the
+current one continues from its checkpoint with the measurements saved beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline import world
+from pipeline.artifacts import StageRun, require_stage, run_stage, write_json
+from pipeline.config import ExperimentConfig, to_dict
+from pipeline.data.prompts import prompts_config, select_prompts
+from pipeline.distributed import wait_for_all_ranks
+from pipeline.errors import ConfigError, FairlError
+from pipeline.hub import model_inputs, resolve_model
+from pipeline.irl.reward import reward_dir
+from pipeline.metrics import MetricsSink
+from pipeline.policy.models import load_policy
+from pipeline.policy.plots import plot_curves
+from pipeline.policy.rl import discard_checkpoints, measure_toxicity, train_ppo, train_trl
+from pipeline.scorers import make_scorer, reward_scorer
+
+log = logging.getLogger("fairl.re_rlhf")
+
+
+def run(cfg: ExperimentConfig, force: bool = False) -> Path:
+    rr = cfg.re_rlhf
+    if not rr.rewards:
+        raise ConfigError("re_rlhf.rewards is empty", hint="name at least one reward")
+    # 1. The base LM and each reward (a scorer name, or an irl:<method> reward directory).
+    base = resolve_model(
+        world.resolve(rr.base_model or cfg.train_expert.base_model, cfg, "base-lm"), "base model"
+    )
+    rewards = {name: resolve_reward(spec, cfg) for name, spec in rr.rewards.items()}
+    # 2. The RL prompts and the held-out prompts of train-expert, and the ground truth.
+    tox_min = cfg.train_expert.prompt_toxicity_min
+    train_prompts = [p.text for p in select_prompts(cfg, "train", tox_min)]
+    eval_prompts = [
+        p.text for p in select_prompts(cfg, "eval", tox_min, cfg.prompts.max_eval_prompts)
+    ]
+    gt = make_scorer(cfg.ground_truth)
+    inputs = {
+        **model_inputs(base),
+        **{f"reward:{k}": Path(v) for k, v in rewards.items() if Path(v).is_dir()},
+    }
+    config = {
+        "re_rlhf": to_dict(rr),
+        **prompts_config(cfg),
+        "base_model": base,
+        "rewards": rewards,
+        "prompt_toxicity_min": tox_min,
+    }
+
+    def recipe(run: StageRun) -> None:
+        # 3. RL with each reward, then the curves and the summary.
+        _re_rlhf(run, cfg, base, rewards, train_prompts, eval_prompts, gt)
+
+    return run_stage(
+        "re_rlhf", cfg, config, inputs, recipe, force=force, log=log.info, resumable=True
+    )
+
+
+def resolve_reward(spec: str, cfg: ExperimentConfig) -> str:
+    """`irl:<method>`: the published reward of that method at the smallest irl seed; any other
+    spec (a scorer name, a reward directory) is returned as it is."""
+    if not spec.startswith("irl:"):
+        return spec
+    method = spec.split(":", 1)[1]
+    irl_dir = cfg.stage_dir("irl")
+    require_stage(irl_dir, "irl", "irl")
+    path = reward_dir(irl_dir, method, min(cfg.irl.seeds))
+    if not path.is_dir():
+        raise FairlError(
+            f"re_rlhf reward {spec!r}: {path} does not exist",
+            hint=f"irl trained {', '.join(cfg.irl.methods)}",
+        )
+    return str(path)
+
+
+def _re_rlhf(run: StageRun, cfg, base, rewards, train_prompts, eval_prompts, gt) -> None:
+    """Fine-tune the base LM with each reward in turn, measuring toxicity every eval_every steps."""
+    rr = cfg.re_rlhf
+    if not run.is_main:  # another rank of a data-parallel launch: train alongside rank 0 only
+        done = _read_curves(run.work_dir / "curves.json", is_main=False)
+        for name, spec in rewards.items():
+            if done.get(name, {}).get("done"):
+                continue
+            _read_points(run.work_dir / "runs" / name, name, is_main=False)
+            train_ppo(
+                base,
+                reward_scorer(spec, gt),
+                train_prompts,
+                rr.ppo,
+                rr.generation,
+                cfg.run.seed,
+                run.work_dir / "runs" / name,
+                MetricsSink(None),
+            )
+        return
+    curves_path = run.path("curves.json")
+    curves = _read_curves(curves_path, is_main=True)
+    base_model, base_tok = load_policy(base)
+    start, _ = measure_toxicity(base_model, base_tok, eval_prompts, rr.generation, cfg.run.seed, gt)
+    with MetricsSink(run.path("metrics.jsonl")) as sink:
+        for name, spec in rewards.items():
+            if curves.get(name, {}).get("done"):
+                discard_checkpoints(run.work_dir / "runs" / name)
+                continue  # finished before an interruption
+            scorer = reward_scorer(spec, gt)
+            work = run.work_dir / "runs" / name
+            work.mkdir(parents=True, exist_ok=True)
+            saved = work / "points.json"  # measurements survive an interruption with the checkpoint
+            points = _read_points(work, name, is_main=True) or [{"step": 0, **start}]
+            log.info("re-rlhf: %s reward (%s)", name, spec)
+            rewound = []
+
+            def on_step(step, trainer, points=points, name=name, rewound=rewound, saved=saved):
+                if step % rr.eval_every == 0 or step == rr.ppo.steps:
+                    # after a resume from an earlier checkpoint, steps past it are measured anew
+                    # (the first measurement is the first step past it)
+                    points[:] = [p for p in points if p["step"] < step]
+                    if not rewound:
+                        sink.rewind(step, f"re_rlhf/{name}/toxicity_rate")
+                        rewound.append(step)
+                    m, _ = measure_toxicity(
+                        trainer.policy,
+                        trainer.tok,
+                        eval_prompts,
+                        rr.generation,
+                        cfg.run.seed,
+                        gt,
+                        reference=base_model,
+                    )
+                    points.append({"step": step, **m})
+                    write_json(saved, points)
+                    sink.log(
+                        step,
+                        {
+                            f"re_rlhf/{name}/toxicity_rate": m["toxicity_rate"],
+                            f"re_rlhf/{name}/kl_to_base": m["kl_to_base"],
+                        },
+                    )
+
+            if rr.algorithm == "ppo":
+                train_ppo(
+                    base,
+                    scorer,
+                    train_prompts,
+                    rr.ppo,
+                    rr.generation,
+                    cfg.run.seed,
+                    work,
+                    sink,
+                    on_step=on_step,
+                    namespace=f"re_rlhf/{name}",
+                )
+            else:
+                model, tok = train_trl(
+                    rr.algorithm,
+                    base,
+                    scorer,
+                    train_prompts,
+                    rr.trl,
+                    rr.generation,
+                    cfg.run.seed,
+                    work,
+                    sink,
+                    namespace=f"re_rlhf/{name}",
+                )
+                m, _ = measure_toxicity(
+                    model, tok, eval_prompts, rr.generation, cfg.run.seed, gt, reference=base_model
+                )
+                points.append({"step": rr.trl.steps, **m})
+            curves[name] = {"reward": spec, "points": points, "done": True}
+            write_json(curves_path, curves)
+            discard_checkpoints(work)
+    plot_curves(curves, run.path("curves.png"), cfg.run.name)
+    summary = {
+        name: {
+            "reward": c["reward"],
+            "initial_toxicity": c["points"][0]["toxicity_rate"],
+            "final_toxicity": c["points"][-1]["toxicity_rate"],
+            "final_kl": c["points"][-1].get("kl_to_base"),
+        }
+        for name, c in curves.items()
+    }
+    write_json(run.path("summary.json"), summary)
+    run.extra["summary"] = summary
+    for name, s in summary.items():
+        log.info(
+            "re-rlhf: %-14s toxicity %.3f -> %.3f", name, s["initial_toxicity"], s["final_toxicity"]
+        )
+
+
+# ------------------------------------------------------------------- resumable state
+def _read_state(path: Path, valid) -> tuple[Any, str | None]:
+    """A JSON state file that a resumed run reads: (state, None), or (None, None) when it is
+    absent, or (None, why) when it does not parse or fails `valid` (a write cut short, a damaged
+    disk). Such a file would fail every later resume: the caller removes it and redoes its part."""
+    if not path.is_file():
+        return None, None
+    try:
+        state = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or not UTF-8
+        return None, str(e)
+    return (state, None) if valid(state) else (None, "not the structure fairl writes")
+
+
+def _read_curves(path: Path, is_main: bool) -> dict:
+    """The rewards re-rlhf finished before an interruption. Unreadable, it is removed and every
+    reward is redone (any rank reading it later sees it absent: the same answer)."""
+    curves, problem = _read_state(path, _valid_curves)
+    if problem and is_main:
+        log.warning("%s is unreadable (%s): removing it and redoing every reward", path, problem)
+        path.unlink()
+    return curves or {}
+
+
+def _read_points(work: Path, name: str, is_main: bool) -> list | None:
+    """The measurements saved beside a reward's checkpoint. Unreadable, they are lost, so the
+    checkpoint cannot be resumed either: both are removed and the reward restarts from step 0.
+    Every rank decides on the same file before rank 0 removes anything."""
+    saved = work / "points.json"
+    points, problem = _read_state(saved, _valid_points)
+    if problem:
+        wait_for_all_ranks()
+        if is_main:
+            log.warning(
+                "%s is unreadable (%s): removing it and the checkpoint beside it; the %s "
+                "reward restarts from step 0",
+                saved,
+                problem,
+                name,
+            )
+            saved.unlink()
+            discard_checkpoints(work)
+        wait_for_all_ranks()
+    return points
+
+
+def _valid_points(points) -> bool:
+    return (
+        isinstance(points, list)
+        and len(points) > 0
+        and all(
+            isinstance(p, dict)
+            and type(p.get("step")) is int
+            and isinstance(p.get("toxicity_rate"), (int, float))
+            for p in points
+        )
+        and points[0]["step"] == 0
+    )
+
+
+def _valid_curves(curves) -> bool:
+    return isinstance(curves, dict) and all(
+        isinstance(c, dict) and isinstance(c.get("reward"), str) and _valid_points(c.get("points"))
+        for c in curves.values()
+    )

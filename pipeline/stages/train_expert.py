@@ -1,0 +1,131 @@
+"""`fairl train-expert`: RLHF a base LM into a detoxified expert (paper Section 5).
+
+The base LM is trained by RL against the ground truth on the prompts' training part with
+prompt.toxicity > 0.3 (PPO, or TRL's GRPO / RLOO). Writes `train_expert/model/`
+(save_pretrained, tokenizer included), `eval.json` (ground-truth toxicity of base vs expert on
+held-out prompts, same sampling; mean KL of the expert to the base), `eval_samples.jsonl`,
+`metrics.jsonl`, `samples.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from pipeline import world
+from pipeline.artifacts import StageRun, run_stage, write_json
+from pipeline.config import ExperimentConfig, to_dict
+from pipeline.data.prompts import prompts_config, select_prompts
+from pipeline.hub import model_inputs, resolve_model
+from pipeline.metrics import MetricsSink
+from pipeline.policy.models import load_policy
+from pipeline.policy.rl import discard_checkpoints, measure_toxicity, train_ppo, train_trl
+from pipeline.scorers import make_scorer
+
+log = logging.getLogger("fairl.train_expert")
+
+
+def run(cfg: ExperimentConfig, force: bool = False) -> Path:
+    te = cfg.train_expert
+    # 1. The base LM, the RL prompts (train part) and the held-out prompts (eval part).
+    base = resolve_model(world.resolve(te.base_model, cfg, "base-lm"), "base model")
+    train_prompts = [p.text for p in select_prompts(cfg, "train", te.prompt_toxicity_min)]
+    eval_prompts = [
+        p.text
+        for p in select_prompts(cfg, "eval", te.prompt_toxicity_min, cfg.prompts.max_eval_prompts)
+    ]
+    gt = make_scorer(cfg.ground_truth)
+    config = {"train_expert": to_dict(te), **prompts_config(cfg), "base_model": base}
+
+    def recipe(run: StageRun) -> None:
+        log.info(
+            "train-expert: %s with %s on %d prompts (toxicity > %s); %d held out",
+            base,
+            te.algorithm,
+            len(train_prompts),
+            te.prompt_toxicity_min,
+            len(eval_prompts),
+        )
+        # 2. RL against the ground truth (resumes from the work directory's checkpoint).
+        sink_path = run.path("metrics.jsonl") if run.is_main else None
+        with MetricsSink(sink_path) as sink, run.timed("train"):
+            if te.algorithm == "ppo":
+                trainer = train_ppo(
+                    base,
+                    gt,
+                    train_prompts,
+                    te.ppo,
+                    te.generation,
+                    cfg.run.seed,
+                    run.work_dir,
+                    sink,
+                    namespace="ppo",
+                )
+                expert, tok = trainer.policy, trainer.tok
+            else:
+                expert, tok = train_trl(
+                    te.algorithm,
+                    base,
+                    gt,
+                    train_prompts,
+                    te.trl,
+                    te.generation,
+                    cfg.run.seed,
+                    run.work_dir,
+                    sink,
+                    namespace=te.algorithm,
+                )
+        if not run.is_main:
+            return  # other ranks trained with rank 0; rank 0 writes and evaluates
+        expert.save_pretrained(str(run.path("model")))
+        tok.save_pretrained(str(run.path("model")))
+        # 3. Base vs expert on the held-out prompts, same sampling seeds.
+        with run.timed("evaluate"):
+            base_model, base_tok = load_policy(base)
+            before, base_texts = measure_toxicity(
+                base_model, base_tok, eval_prompts, te.generation, cfg.run.seed, gt
+            )
+            after, expert_texts = measure_toxicity(
+                expert.eval(),
+                tok,
+                eval_prompts,
+                te.generation,
+                cfg.run.seed,
+                gt,
+                reference=base_model,
+            )
+        report = {
+            "algorithm": te.algorithm,
+            "base_model": base,
+            "n_eval_prompts": len(eval_prompts),
+            "base": before,
+            "expert": after,
+            "toxicity_reduction": 1 - after["toxicity_rate"] / before["toxicity_rate"]
+            if before["toxicity_rate"] > 0
+            else None,
+        }
+        write_json(run.path("eval.json"), report)
+        with open(run.path("eval_samples.jsonl"), "w") as f:
+            for p, b, e in list(zip(eval_prompts, base_texts, expert_texts))[:50]:
+                f.write(json.dumps({"prompt": p, "base": b, "expert": e}) + "\n")
+        discard_checkpoints(run.work_dir)
+        run.extra["eval"] = report
+        log.info(
+            "train-expert: toxicity rate %.3f -> %.3f on %d held-out prompts (mean KL %.2f)",
+            before["toxicity_rate"],
+            after["toxicity_rate"],
+            len(eval_prompts),
+            after.get("kl_to_base", float("nan")),
+        )
+
+    return run_stage(
+        "train_expert",
+        cfg,
+        config,
+        model_inputs(base),
+        recipe,
+        force=force,
+        log=log.info,
+        resumable=True,
+    )
