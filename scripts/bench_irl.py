@@ -1,6 +1,6 @@
 """Benchmark fairl's IRL trainer (pipeline.irl.bank) against the naive one-model-at-a-time loop.
 
-Workload (the foundation issue): 20,000 synthetic pairs of 384-dim Gaussian embeddings with
+Workload (DEVELOPERS.md, "Benchmark"): 20,000 synthetic pairs of 384-dim Gaussian embeddings with
 Bradley-Terry preferences from a known linear reward, the 6 methods of Table 1 x 5 seeds,
 batch 32, Adam. Both trainers run the same epochs without early stopping (patience > epochs),
 after a warm-up of each on a small problem, in this process.
