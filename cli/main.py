@@ -181,7 +181,7 @@ COMMANDS = {
 }
 
 
-def run_stage(stage: str, cfg, force: bool = False) -> Path | None:
+def _dispatch(stage: str, cfg, force: bool = False) -> Path | None:
     """`pipeline.stages.<stage>.run`, imported here (not at the top) so that `--help` does not
     load torch. Under a data-parallel launch, stages that are not data-parallel run on rank 0
     only."""
@@ -199,7 +199,7 @@ def _stage_command(command: str, stage: str, section_cls, help_text: str) -> Non
         quiet: QuietOpt = False,
     ) -> None:
         _setup_logging(quiet)
-        _invoke(lambda: run_stage(stage, _load(config, config_opt, set_), force))
+        _invoke(lambda: _dispatch(stage, _load(config, config_opt, set_), force))
 
     cmd.__doc__ = help_text
     app.command(command, epilog=_epilog(section_cls, stage), help=help_text)(cmd)

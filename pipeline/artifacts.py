@@ -16,6 +16,7 @@ refused before any work is done.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -113,8 +114,9 @@ def atomic_dir(final_dir: Path, fsync: bool = False) -> Iterator[Path]:
 def file_lock(path: Path, busy: FairlError | None = None) -> Iterator[None]:
     """Hold an exclusive lock on the file `path` (created if needed) for the block: wait for it,
     or, given `busy`, raise that error at once when another process holds it. The `filelock`
-    package's flock-based lock: released by the kernel when its holder dies, so a killed run
-    never leaves a stale lock behind."""
+    package's flock-based lock: on a local filesystem the kernel releases it when its holder
+    dies, so a killed run leaves no stale lock behind (where flock is unavailable, filelock
+    falls back to a marker file with stale-owner detection)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = filelock.UnixFileLock(str(path))
@@ -370,8 +372,6 @@ def os_error(e: OSError) -> FairlError:
     """An operating-system error (disk full, read-only or missing directory, a file where a
     directory should be) as a `FairlError` naming the path, with a hint by errno. These are
     problems of the machine, not bugs, so the CLI reports them without a traceback."""
-    import errno
-
     paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
     what = e.strerror or str(e) or type(e).__name__
     hints = {

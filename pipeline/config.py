@@ -377,7 +377,11 @@ class MakePairsSection(Section):
     )
     n_pairs: int = _f(20000, "generate: at most this many pairs (paper: 20,000).", gt=0)
     test_fraction: float = _f(
-        0.2, "generate: test share of the pairs, split by prompt.", gt=0, lt=1
+        0.2,
+        "generate: test share of the pairs, split by prompt (by pair when there are fewer "
+        "than 1/test_fraction distinct prompts).",
+        gt=0,
+        lt=1,
     )
     generation: GenerationSection = _f(GenerationSection(), "generate: sampling.")
     dataset: DatasetPairsSection = _f(DatasetPairsSection(), "Settings for source=dataset.")

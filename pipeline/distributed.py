@@ -36,7 +36,7 @@ def wait_for_all_ranks() -> None:
     fails, so no rank waits here for a rank 0 that is gone."""
     if not is_distributed():
         return
-    import torch.distributed as dist
+    import torch.distributed as dist  # torch only once a launch is distributed (docstring)
 
     dist.barrier(group=rank_barrier_group())
 
@@ -58,7 +58,7 @@ def rank_barrier_group():
     first (`cli.main._invoke`), while the ranks are in step."""
     global _RANK_BARRIER_GROUP
     if _RANK_BARRIER_GROUP is None:
-        import torch
+        import torch  # torch only once a launch is distributed (module docstring)
         import torch.distributed as dist
 
         if not dist.is_initialized():

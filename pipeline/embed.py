@@ -92,6 +92,7 @@ class Embedder:
     @property
     def model(self):
         if self._model is None:
+            # sentence-transformers takes seconds to import: only when a text is not cached
             from sentence_transformers import SentenceTransformer
 
             self._model = SentenceTransformer(str(self.path), device="cpu")

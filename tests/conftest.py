@@ -21,7 +21,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import torch  # noqa: E402
 
-torch.set_flush_denormal(True)  # before any test creates the CPU worker pool (see irl.common)
+torch.set_flush_denormal(True)  # before any test creates the CPU worker pool (pipeline.runtime)
 _SESSION_THREADS = torch.get_num_threads()
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -327,3 +327,11 @@ def test_one_round_schedule_starts_at_its_start_value():
     from pipeline.irl.objectives import linear_anneal
 
     assert linear_anneal(0.2, 0.0, 0, 1) == 0.2 and linear_anneal(0.2, 0.0, 1, 1) == 0.0
+
+
+def test_a_method_spec_is_hashable_by_value():
+    """Specs key dicts and sets like any frozen dataclass, though they hold a FailureSection."""
+    a, b = method_spec("fa-mm-gt", IRLSection()), method_spec("fa-mm-gt", IRLSection())
+    other = method_spec("fa-mm-gt", IRLSection(fa={"lambda_0": 3.0}))
+    assert a == b and hash(a) == hash(b)
+    assert len({a, b, other, method_spec("mm", IRLSection())}) == 3

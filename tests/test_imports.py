@@ -15,7 +15,12 @@ run one way, down:
   `fairl --help` fast) and pipeline/__init__.py's `__getattr__`. Top-level `if TYPE_CHECKING:`
   blocks are top level.
 
-and `import pipeline.config` does not import torch (run in a fresh interpreter).
+- no module under pipeline/ imports dynamically (`importlib.import_module`, `__import__`):
+  such an edge is invisible to this test (cli/main.py may, for its lazy stage imports);
+
+and neither `import pipeline.config` nor `import cli.main` imports torch (run in a fresh
+interpreter), and the tables that name the stages agree (config.STAGES, cli.main.COMMANDS,
+stages/run.STAGE_RUNNERS, distributed.DATA_PARALLEL_STAGES).
 
 Every module under pipeline/ must belong to a layer: a new one is added to LIBRARIES or CORE
 below, which is where the layout is written down for this test. Relative imports are resolved;
@@ -32,6 +37,8 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FAIRL_PACKAGES = ("pipeline", "cli")
@@ -217,6 +224,27 @@ def unplaced_modules(root: Path) -> list[str]:
     ]
 
 
+def dynamic_import_violations(root: Path) -> list[str]:
+    """'file:line: ...' for every `importlib.import_module(...)` / `__import__(...)` call in a
+    module of pipeline/ (whatever its argument: a computed name hides the edge just as well)."""
+    out = []
+    for rel in python_files(root):
+        if rel.as_posix() == LAZY_CLI:
+            continue
+        tree = ast.parse((root / rel).read_text(encoding="utf-8"), filename=str(rel))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+            if name in ("import_module", "__import__"):
+                out.append(
+                    f"{rel.as_posix()}:{node.lineno}: a dynamic import ({name}) hides an edge "
+                    f"between modules; import at the top of the file (only {LAZY_CLI} may)"
+                )
+    return out
+
+
 def _report(problems: list[str]) -> str:
     return f"{len(problems)} import rule violation(s):\n  " + "\n  ".join(problems)
 
@@ -237,10 +265,16 @@ def test_every_module_belongs_to_a_layer():
     assert not problems, _report(problems)
 
 
-def test_importing_the_config_does_not_import_torch():
+def test_no_module_imports_dynamically():
+    problems = dynamic_import_violations(ROOT)
+    assert not problems, _report(problems)
+
+
+@pytest.mark.parametrize("module", ["pipeline.config", "cli.main"])
+def test_the_config_and_the_cli_do_not_import_torch(module):
     """`fairl --help` and config validation must not pay for torch (seconds to import)."""
     probe = (
-        "import sys, pipeline.config\n"
+        f"import sys, {module}\n"
         "fairl = sorted(m for m in sys.modules if m.split('.')[0] in ('pipeline', 'cli'))\n"
         "assert 'torch' not in sys.modules, 'torch imported; fairl modules loaded: ' + str(fairl)"
     )
@@ -248,6 +282,21 @@ def test_importing_the_config_does_not_import_torch():
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_the_tables_of_stages_agree():
+    """A stage is named in four places, each for its own reader: the config (order, sections),
+    the CLI (commands), the chain (runners), the launch (data-parallel stages)."""
+    from cli.main import COMMANDS
+    from pipeline.config import STAGES
+    from pipeline.distributed import DATA_PARALLEL_STAGES
+    from pipeline.stages.run import STAGE_RUNNERS
+
+    assert sorted(stage for stage, _, _ in COMMANDS.values()) == sorted(STAGES)
+    assert list(STAGE_RUNNERS) == list(STAGES)
+    assert set(DATA_PARALLEL_STAGES) <= set(STAGES)
+    for stage in STAGES:
+        assert (ROOT / "pipeline" / "stages" / f"{stage}.py").is_file(), stage
 
 
 def test_the_rules_catch_each_violation(tmp_path):
@@ -291,6 +340,12 @@ def test_the_rules_catch_each_violation(tmp_path):
                 from pipeline import errors                     # import inside a class body
             """,
         "pipeline/irl/reward.py": "import torch\nfrom .. import config\n",
+        "pipeline/irl/heads.py": """
+            import importlib
+            def load(name):
+                return importlib.import_module(name)            # dynamic import
+            mod = __import__("pipeline.stages.irl")             # dynamic import
+            """,
         "pipeline/mystery.py": "",  # in no layer
         "cli/__init__.py": "",
         "cli/main.py": """
@@ -321,6 +376,8 @@ def test_the_rules_catch_each_violation(tmp_path):
     local = [p.split(": ")[0] for p in local_import_violations(imports)]
     assert local == ["pipeline/irl/bank.py:4", "pipeline/irl/bank.py:6"], local
     assert [p.split(":")[0] for p in unplaced_modules(tmp_path)] == ["pipeline/mystery.py"]
+    dynamic = sorted(p.split(": ")[0] for p in dynamic_import_violations(tmp_path))
+    assert dynamic == ["pipeline/irl/heads.py:4", "pipeline/irl/heads.py:5"], dynamic
     # Relative imports resolve like absolute ones; `from pkg import mod` names the module.
     targets = {(i.file, i.target) for i in imports}
     assert ("pipeline/config.py", "pipeline.errors") in targets

@@ -199,7 +199,7 @@ def test_nan_loss_stops_training_with_a_clear_error():
             progress=False,
         )
     bad = synthetic_pairs(200, 16, seed=6)
-    bad.hc[3, 0] = float("nan")
+    bad.h_pos[3, 0] = float("nan")
     with pytest.raises(TrainingDiverged):
         train_bank(
             bad,

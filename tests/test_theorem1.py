@@ -36,14 +36,16 @@ def small_problem(seed=0, n=40, d=3):
     keep = ((a - b) @ theta).abs() > 0.6
     a, b = a[keep], b[keep]
     prefer_a = (a @ theta) > (b @ theta)
-    hc, hr = torch.where(prefer_a[:, None], a, b), torch.where(prefer_a[:, None], b, a)
-    n = len(hc)
-    return PairTensors(hc=hc, hr=hr, train=torch.arange(n - 6), val=torch.arange(n - 6, n))
+    h_pos, h_neg = torch.where(prefer_a[:, None], a, b), torch.where(prefer_a[:, None], b, a)
+    n = len(h_pos)
+    return PairTensors(
+        h_pos=h_pos, h_neg=h_neg, train=torch.arange(n - 6), val=torch.arange(n - 6, n)
+    )
 
 
 def identified_failures(data: PairTensors, frac: float = 0.2) -> np.ndarray:
     """Failures as FA-IRL finds them: the lowest-margin pairs under a Max-Margin reward."""
-    head = make_head("linear", data.hc.shape[1])
+    head = make_head("linear", data.h_pos.shape[1])
     r = train_bank(
         data,
         [method_spec("mm", IRLSection())],
@@ -52,13 +54,13 @@ def identified_failures(data: PairTensors, frac: float = 0.2) -> np.ndarray:
         Optim(max_epochs=30, patience=30),
         progress=False,
     )[0]
-    delta = (data.hc - data.hr) @ r.base["w"]
+    delta = (data.h_pos - data.h_neg) @ r.base["w"]
     return obj.bottom_k_failures(delta[data.train], frac).numpy()
 
 
 def constraints(data: PairTensors, failures: np.ndarray | None):
     """A_ub theta <= b_ub form of Delta_i >= margin_i."""
-    x = (data.hc - data.hr)[data.train].double().numpy()
+    x = (data.h_pos - data.h_neg)[data.train].double().numpy()
     margins = np.full(len(x), M)
     if failures is not None:
         margins[failures] = M_FAIL
@@ -113,7 +115,7 @@ def test_without_failures_the_feasible_set_is_unchanged():
 def test_max_entropy_up_weighting_nests_every_sublevel_set():
     data = small_problem(seed=2)
     failures = torch.tensor(identified_failures(data))
-    x = (data.hc - data.hr)[data.train]
+    x = (data.h_pos - data.h_neg)[data.train]
     thetas = torch.randn(5000, 3) * 3
     delta = thetas @ x.T  # [thetas, pairs]
     base = obj.max_entropy_loss(delta, 1.0).sum(1)

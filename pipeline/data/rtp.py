@@ -38,7 +38,7 @@ SCORES = (
 
 
 def features():
-    from datasets import Features, Value
+    from datasets import Features, Value  # heavy, needed here only: imported on first use
 
     part = {"text": Value("string"), **{k: Value("float64") for k in SCORES}}
     return Features(
@@ -55,7 +55,7 @@ def features():
 
 def load_rtp(sources: Sequence[str] | str):
     """A `datasets.Dataset` of RealToxicityPrompts records."""
-    import datasets
+    import datasets  # heavy, needed here only: imported on first use
 
     sources = [sources] if isinstance(sources, str) else list(sources)
     if not sources:

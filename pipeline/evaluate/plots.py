@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.evaluate.metrics import EvalInputs
-from pipeline.figures import plt, save_figure
+from pipeline.figures import pyplot, save_figure
 
 BAR_PANELS = (
     ("test/accuracy", "Accuracy ↑"),
@@ -30,7 +30,7 @@ def plot_metric_bars(metrics: dict, path: Path) -> Path | None:
     if not panels:
         return None
     methods = list(metrics["methods"])
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
     colors = ["#4C72B0" if not m.startswith("fa-") else "#DD8452" for m in methods]
     for ax, (k, label) in zip(axes[0], panels):
         mean = [metrics["methods"][m]["mean"].get(k) or 0.0 for m in methods]
@@ -55,7 +55,7 @@ def plot_reward_vs_gt(inp: EvalInputs, path: Path) -> Path:
     toxic = inp.column("toxic", test) if "chosen_toxic" in inp.df else None
     cols = min(3, len(methods))
     rows = -(-len(methods) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False)
     for ax, m in zip(axes.flat, methods):
         seed = inp.seeds_of(m)[0]
         r = inp.scores[m, seed].outputs(test)

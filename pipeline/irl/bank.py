@@ -97,8 +97,8 @@ class _Bank:
         self.fa_idx = torch.tensor(fa, dtype=torch.long)
         self.Mf = len(fa)
         # o+ rows then o- rows of one table, so a minibatch is a single index_select
-        self.H = torch.cat([data.hc, data.hr])
-        self.N = len(data.hc)
+        self.H = torch.cat([data.h_pos, data.h_neg])
+        self.N = len(data.h_pos)
 
         # Paths: R_D of every method, then R_F of the FA-IRL ones; same streams as the reference.
         paths = [
@@ -165,7 +165,7 @@ class _Bank:
     def _total_reward(
         self, rows: torch.Tensor, side: torch.Tensor, fa_only: bool = False, chunk: int = 1024
     ):
-        """R = R_D + R_F for the given rows of hc or hr: [G, n, M], or [G, n, Mf] for the
+        """R = R_D + R_F for the given rows of h_pos or h_neg: [G, n, M], or [G, n, Mf] for the
         FA-IRL models alone (round-start statistics need no others)."""
         if fa_only:
             fa_paths = torch.cat([self.fa_idx, torch.arange(self.M, self.M + self.Mf)])
@@ -304,7 +304,7 @@ class _Bank:
             if F_bottom_k is not None:
                 F_bottom_k = torch.gather(F_bottom_k, 2, perm[:, None].expand(-1, Mf, -1))
             if threshold is not None:
-                y_pos, y_neg = data.yc[rows][:, None], data.yr[rows][:, None]
+                y_pos, y_neg = data.y_pos[rows][:, None], data.y_neg[rows][:, None]
             lambda_F = lambda_t[None].expand(G, -1)  # [G, Mf]
             lambda_uniform = float(lambda_t[0]) if bool((lambda_t == lambda_t[0]).all()) else None
         return _Round(
@@ -335,8 +335,8 @@ class _Bank:
         if self.last_r is None:
             self.last_r = torch.stack(
                 [
-                    self._total_reward(data.train, data.hc, fa_only=True).transpose(1, 2),
-                    self._total_reward(data.train, data.hr, fa_only=True).transpose(1, 2),
+                    self._total_reward(data.train, data.h_pos, fa_only=True).transpose(1, 2),
+                    self._total_reward(data.train, data.h_neg, fa_only=True).transpose(1, 2),
                 ],
                 2,
             )
@@ -349,7 +349,7 @@ class _Bank:
                     delta = R_pos[:, j] - R_neg[:, j]
                     F_bottom_k[:, j] = obj.bottom_k_failures(delta, s.bottom_k_t(t))
         if self.any_supervised:
-            y = torch.cat([data.yc[data.train], data.yr[data.train]]) > 0
+            y = torch.cat([data.y_pos[data.train], data.y_neg[data.train]]) > 0
             threshold = obj.best_threshold(torch.cat([R_pos, R_neg], -1), y)[..., None]
         return F_bottom_k, threshold
 
@@ -452,8 +452,8 @@ class _Bank:
 
     @torch.no_grad()
     def _validate(self):
-        delta = self._total_reward(self.data.val, self.data.hc) - self._total_reward(
-            self.data.val, self.data.hr
+        delta = self._total_reward(self.data.val, self.data.h_pos) - self._total_reward(
+            self.data.val, self.data.h_neg
         )
         # Reduce each model's losses as one contiguous row, the way a lone model would, so the
         # early-stopping comparisons are computed as the reference computes them.

@@ -30,19 +30,19 @@ def stream(seed: int, purpose: str) -> torch.Generator:
 
 @dataclass
 class PairTensors:
-    """Embedded pairs. Row i of hc/hr is pair i's o+ / o-; `train` and `val` index rows."""
+    """Embedded pairs. Row i of h_pos/h_neg is pair i's o+ / o-; `train` and `val` index rows."""
 
-    hc: torch.Tensor  # [N, d] h(o+)
-    hr: torch.Tensor  # [N, d] h(o-)
+    h_pos: torch.Tensor  # [N, d] h(o+)
+    h_neg: torch.Tensor  # [N, d] h(o-)
     train: torch.Tensor  # [n_train] long
     val: torch.Tensor  # [n_val] long
-    yc: torch.Tensor | None = None  # [N] +1 non-toxic / -1 toxic, for o+
-    yr: torch.Tensor | None = None  # [N] same for o-
+    y_pos: torch.Tensor | None = None  # [N] +1 non-toxic / -1 toxic, for o+
+    y_neg: torch.Tensor | None = None  # [N] same for o-
 
     def __post_init__(self):
-        if self.hc.shape != self.hr.shape or self.hc.ndim != 2:
+        if self.h_pos.shape != self.h_neg.shape or self.h_pos.ndim != 2:
             raise ValueError(
-                f"hc {tuple(self.hc.shape)} and hr {tuple(self.hr.shape)} must be "
+                f"h_pos {tuple(self.h_pos.shape)} and h_neg {tuple(self.h_neg.shape)} must be "
                 "equal [N, d] tensors"
             )
         if len(self.train) == 0 or len(self.val) == 0:
@@ -50,7 +50,7 @@ class PairTensors:
 
     @property
     def has_labels(self) -> bool:
-        return self.yc is not None
+        return self.y_pos is not None
 
 
 @dataclass(frozen=True)

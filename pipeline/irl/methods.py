@@ -9,6 +9,7 @@ labels) or the lowest-margin pairs (fa-*-margin, "IRL Margin Failures", self-sup
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +35,11 @@ class MethodSpec:
                 f"{self.name}: fa (the FA-IRL settings) is given for the fa-* "
                 "methods and only for them"
             )
+
+    def __hash__(self) -> int:
+        """Hashable like any frozen dataclass, though the FailureSection it holds is not: by
+        value, through the flat dict written into reward.json."""
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
 
     @property
     def row(self) -> Method:

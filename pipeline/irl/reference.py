@@ -87,14 +87,16 @@ def _train(data, spec, seed, head, optim, stop) -> TrainedReward:
         if track:
             if last_r is None:
                 with torch.no_grad():
-                    last_r = torch.stack([reward(data.hc[train]), reward(data.hr[train])])  # [2, n]
+                    last_r = torch.stack(
+                        [reward(data.h_pos[train]), reward(data.h_neg[train])]
+                    )  # [2, n]
             if spec.uses_bottom_k:
                 delta = last_r[0] - last_r[1]
                 F_bottom_k = obj.bottom_k_failures(delta, spec.bottom_k_t(t))
             if spec.needs_labels:
                 threshold = obj.best_threshold(
                     torch.cat([last_r[0], last_r[1]]),
-                    torch.cat([data.yc[train], data.yr[train]]) > 0,
+                    torch.cat([data.y_pos[train], data.y_neg[train]]) > 0,
                 )
         perm = torch.randperm(n, generator=order_gen)
         # One uniform draw u_i per training pair: a failure enters S_t if u_i < p_t (line 10).
@@ -107,14 +109,14 @@ def _train(data, spec, seed, head, optim, stop) -> TrainedReward:
             pos = perm[s0 : s0 + B]
             rows = train[pos]
             # --- 2: minibatch rewards and margins Delta_i = R(o_i+) - R(o_i-), per path
-            rD_pos, rD_neg = R_D.forward_pair(data.hc[rows], data.hr[rows])
+            rD_pos, rD_neg = R_D.forward_pair(data.h_pos[rows], data.h_neg[rows])
             delta_D = rD_pos - rD_neg
             is_mm = spec.objective == "mm"
             if R_F is None:
                 # --- 11-12 without failures: L_t = L_base
                 L_t = obj.pair_loss(delta_D, is_mm, spec.margin, spec.tau).mean()
             else:
-                rF_pos, rF_neg = R_F.forward_pair(data.hc[rows], data.hr[rows])
+                rF_pos, rF_neg = R_F.forward_pair(data.h_pos[rows], data.h_neg[rows])
                 delta_F = rF_pos - rF_neg
                 # --- 11: L_base (Eq. 1 or 2) on Delta = Delta_D + Delta_F
                 delta_base = delta_D + (
@@ -134,7 +136,7 @@ def _train(data, spec, seed, head, optim, stop) -> TrainedReward:
                     if spec.needs_labels:
                         # --- 5-9: F_t^sup, outputs the reward misclassifies (objectives: why c)
                         F_t |= obj.supervised_failures(
-                            R_pos, R_neg, data.yc[rows], data.yr[rows], threshold
+                            R_pos, R_neg, data.y_pos[rows], data.y_neg[rows], threshold
                         )
                     last_r[0, pos], last_r[1, pos] = R_pos, R_neg
                 S_t = F_t & (u[s0 : s0 + len(pos)] < p_t)
@@ -169,7 +171,7 @@ def _train(data, spec, seed, head, optim, stop) -> TrainedReward:
 
         # --- validation and early stopping on the base objective
         with torch.no_grad():
-            delta = reward(data.hc[data.val]) - reward(data.hr[data.val])
+            delta = reward(data.h_pos[data.val]) - reward(data.h_neg[data.val])
             val = obj.pair_loss(delta, spec.objective == "mm", spec.margin, spec.tau).mean().item()
         history.append(
             {

@@ -18,6 +18,7 @@ On disk, one directory per reward:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -75,8 +76,6 @@ class RewardModel:
             enc = self.meta["encoder"]
             self._embedder = Embedder(enc["name"], batch_size=batch_size)
             if self._embedder.fingerprint != enc.get("fingerprint"):
-                import logging
-
                 logging.getLogger(__name__).warning(
                     "encoder %s resolves to files (%s) other than the ones this reward was "
                     "trained on (%s): scores may differ",
@@ -143,7 +142,10 @@ class RewardModel:
         instead of copied (30 rewards then cost one encoder on disk, not 30). A hard-linked file
         is shared: never save a model into an export in place (write a new directory).
         """
-        from sentence_transformers import SentenceTransformer, models
+        from sentence_transformers import (
+            SentenceTransformer,
+            models,
+        )  # heavy, needed here only: imported on first use
 
         dense = []
         for W, b, act in self.head.dense_layers(self._folded):

@@ -26,16 +26,16 @@ def synthetic_pairs(n: int, d: int, seed: int = 0, val_fraction: float = 0.1) ->
     theta = torch.randn(d, generator=g) / d**0.5 * 3
     a, b = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
     a_wins = torch.rand(n, generator=g) < torch.sigmoid(a @ theta - b @ theta)
-    hc = torch.where(a_wins[:, None], a, b)
-    hr = torch.where(a_wins[:, None], b, a)
+    h_pos = torch.where(a_wins[:, None], a, b)
+    h_neg = torch.where(a_wins[:, None], b, a)
     n_val = int(n * val_fraction)
     return PairTensors(
-        hc=hc,
-        hr=hr,
+        h_pos=h_pos,
+        h_neg=h_neg,
         train=torch.arange(n - n_val),
         val=torch.arange(n - n_val, n),
-        yc=torch.where(hc @ theta > 0, 1.0, -1.0),
-        yr=torch.where(hr @ theta > 0, 1.0, -1.0),
+        y_pos=torch.where(h_pos @ theta > 0, 1.0, -1.0),
+        y_neg=torch.where(h_neg @ theta > 0, 1.0, -1.0),
     )
 
 

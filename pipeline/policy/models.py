@@ -32,7 +32,7 @@ def disable_dropout(model: torch.nn.Module) -> None:
 
 
 def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy, needed here only: imported on first use
 
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     tok.padding_side = "left"
@@ -44,7 +44,7 @@ def load_tokenizer(path: str):
 
 def load_policy(name_or_path: str, what: str = "policy"):
     """(model, tokenizer) ready for sampling and RL: PAD != EOS, left padding, dropout off."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # heavy, needed here only: imported on first use
 
     path = resolve_model(name_or_path, what)
     tok = load_tokenizer(path)

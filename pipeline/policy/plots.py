@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.figures import plt, save_figure
+from pipeline.figures import pyplot, save_figure
 
 
 def plot_curves(curves: dict, path: Path, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for name, c in curves.items():
         pts = c["points"]
         ax.plot(

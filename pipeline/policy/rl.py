@@ -33,7 +33,7 @@ log = logging.getLogger("fairl.rl")
 
 
 def accelerator():
-    from accelerate import Accelerator
+    from accelerate import Accelerator  # heavy, needed here only: imported on first use
 
     return Accelerator(cpu=not torch.cuda.is_available())
 
@@ -139,7 +139,7 @@ def train_trl(
     namespace: str = "trl",
 ):
     """GRPO or RLOO through TRL, with the same reward interface. Returns (model, tokenizer)."""
-    from datasets import Dataset
+    from datasets import Dataset  # TRL's path only: imported on first use
 
     model, tok = load_policy(base_model)
     score_fn = score_fn_for(scorer)
@@ -164,7 +164,7 @@ def train_trl(
         generation_kwargs={"suppress_tokens": [tok.pad_token_id]},
     )  # PAD is never a response token
     if algorithm == "grpo":
-        from trl import GRPOConfig as Config
+        from trl import GRPOConfig as Config  # TRL (seconds to import): GRPO / RLOO only
         from trl import GRPOTrainer as Trainer
     else:
         from trl import RLOOConfig as Config
@@ -180,7 +180,7 @@ def train_trl(
         train_dataset=Dataset.from_dict({"prompt": list(prompts)}),
         processing_class=tok,
     )
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback  # TRL path only
 
     for cb in (PrinterCallback, ProgressCallback):  # their dict dumps duplicate our metrics sink
         trainer.remove_callback(cb)

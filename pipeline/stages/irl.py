@@ -87,37 +87,39 @@ def _fit(run: StageRun, cfg: ExperimentConfig, pairs: PairSet, specs, embedder: 
 
     # 2. Embed every distinct text once, h(o) from the frozen encoder.
     with run.timed("embed"):
-        hc, hr = embed_pairs(pairs, embedder, irl.embed.text)
+        h_pos, h_neg = embed_pairs(pairs, embedder, irl.embed.text)
     log.info(
         "irl: embeddings %s (%d cached, %d new)",
-        tuple(hc.shape),
+        tuple(h_pos.shape),
         embedder.stats["cached"],
         embedder.stats["embedded"],
     )
     # Batched float32 inference differs in the last bits with batch composition, so embeddings
     # depend slightly on the cache's history; their hash tells two runs' inputs apart.
     run.extra["embeddings_sha256"] = hashlib.sha256(
-        torch.cat([hc, hr]).contiguous().numpy().tobytes()
+        torch.cat([h_pos, h_neg]).contiguous().numpy().tobytes()
     ).hexdigest()
     labels = {}
     if pairs.has_labels:  # y = +1 non-toxic, -1 toxic
         labels = {
-            "yc": torch.tensor(1.0 - 2.0 * df["chosen_toxic"].to_numpy(float), dtype=torch.float32),
-            "yr": torch.tensor(
+            "y_pos": torch.tensor(
+                1.0 - 2.0 * df["chosen_toxic"].to_numpy(float), dtype=torch.float32
+            ),
+            "y_neg": torch.tensor(
                 1.0 - 2.0 * df["rejected_toxic"].to_numpy(float), dtype=torch.float32
             ),
         }
     split = df["split"].to_numpy()
     data = PairTensors(
-        hc=hc,
-        hr=hr,
+        h_pos=h_pos,
+        h_neg=h_neg,
         train=torch.tensor((split == "train").nonzero()[0]),
         val=torch.tensor((split == "val").nonzero()[0]),
         **labels,
     )
 
     # 3. Train every method x seed at once (Algorithm 1, vectorised; pipeline.irl.bank).
-    head = make_head(irl.head, hc.shape[1], irl.hidden)
+    head = make_head(irl.head, h_pos.shape[1], irl.hidden)
     optim = Optim(
         lr=irl.lr, batch_size=irl.batch_size, max_epochs=irl.max_epochs, patience=irl.patience
     )

@@ -5,9 +5,9 @@ source: dataset   Pair existing, already-scored continuations (RealToxicityPromp
 source: generate  One completion from the base model (o-, `rejected`) and one from the expert
                   (o+, `chosen`) per prompt of the prompts' `pairs` part with prompt.toxicity >
                   0.5 (paper Section 5), scored by the ground truth, split train/test by prompt
-                  (pipeline.data.splits.carve). Batches are sampled with seeds derived from their
-                  index and written one file each, so an interrupted run resumes and yields
-                  exactly the pairs of an uninterrupted one.
+                  (by pair when too few prompts: pipeline.data.splits.carve). Batches are sampled
+                  with seeds derived from their index and written one file each, so an
+                  interrupted run resumes and yields exactly the pairs of an uninterrupted one.
 
 Writes `runs/<name>/make_pairs/pairs.parquet` (+ pairs.jsonl for reading) and summary.json.
 """

@@ -164,6 +164,7 @@ def _write_heldout(sentences, path: Path) -> None:
 
 def _train_tokenizer(texts: list[str], vocab_size: int):
     """A byte-level BPE trained on the corpus, wrapped as a transformers fast tokenizer."""
+    # tokenizers / transformers: heavy, and a world is built once per cache
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -190,7 +191,7 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
 
 def _pretrain(texts: list[str], tokenizer, cfg: WorldSection):
     """Next-token training of a tiny GPT-NeoX on the corpus, sentences separated by EOS."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM  # heavy; built once per cache
 
     torch.manual_seed(cfg.seed)
     mc = GPTNeoXConfig(
