@@ -146,6 +146,19 @@ def small_config(tmp_path: Path, pairs: Path, **irl) -> Path:
 
 
 # A small offline world: builds in seconds, still continues toxic prompts toxically.
+# What every PPO step must log (docs/ppo.md, detail 7), written out here rather than read from
+# pipeline.policy.ppo, so that a statistic the trainer stops logging fails the tests.
+PPO_STATS = (
+    "ppo/score",
+    "ppo/kl",
+    "ppo/kl_coef",
+    "ppo/approx_kl",
+    "ppo/clipfrac",
+    "ppo/vf_loss",
+    "ppo/entropy",
+    "ppo/response_length",
+)
+
 MICRO_WORLD = {
     "n_sentences": 4000,
     "n_prompts": 800,

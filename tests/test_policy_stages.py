@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-from conftest import micro_config
+from conftest import PPO_STATS, micro_config
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -35,16 +35,7 @@ def test_every_command_end_to_end_on_the_micro_world(tmp_path, micro_world):
     assert (run / "train_expert" / "model" / "config.json").is_file()
     assert (run / "train_expert" / "samples.jsonl").is_file()
     log = pd.read_json(run / "train_expert" / "metrics.jsonl", lines=True)
-    for key in (
-        "ppo/score",
-        "ppo/kl",
-        "ppo/kl_coef",
-        "ppo/approx_kl",
-        "ppo/clipfrac",
-        "ppo/vf_loss",
-        "ppo/entropy",
-        "ppo/response_length",
-    ):
+    for key in PPO_STATS:
         assert key in log and log[key].notna().all()
 
     pairs = pd.read_parquet(run / "make_pairs" / "pairs.parquet")

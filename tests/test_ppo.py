@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import PPO_STATS
 
 from pipeline.config import GenerationSection, PPOSection
 from pipeline.policy import ppo
@@ -156,16 +157,7 @@ def test_one_step_changes_the_policy_and_not_the_reference(micro_world):
     changed = [k for k, v in trainer.policy.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) > 0.8 * len(before)
     assert all(torch.equal(v, ref_before[k]) for k, v in trainer.ref.state_dict().items())
-    for key in (
-        "ppo/score",
-        "ppo/kl",
-        "ppo/kl_coef",
-        "ppo/approx_kl",
-        "ppo/clipfrac",
-        "ppo/vf_loss",
-        "ppo/entropy",
-        "ppo/response_length",
-    ):
+    for key in PPO_STATS:
         assert key in stats and stats[key] == stats[key]  # present and not NaN
 
 
