@@ -282,7 +282,13 @@ class Embedder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        model = self.model
+        # sentence-transformers 6 renamed the method (the old name warns); 5.x has only the old
+        get = (
+            getattr(model, "get_embedding_dimension", None)
+            or model.get_sentence_embedding_dimension
+        )
+        return int(get())
 
 
 def embed_pairs(pairs: PairSet, embedder: Embedder, text: str) -> tuple[torch.Tensor, torch.Tensor]:
