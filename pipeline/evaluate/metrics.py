@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from pipeline.config import METHOD_TABLE
 from pipeline.data.pairs import PairSet
@@ -71,10 +72,18 @@ class RewardScores:
     chosen: np.ndarray
     rejected: np.ndarray
     heldout: np.ndarray | None
+    # FA-IRL only: R_D and R_F apart on the chosen then the rejected outputs, [2, N] each
+    base_path: np.ndarray | None = None
+    failure_path: np.ndarray | None = None
 
     @classmethod
     def of(cls, model: RewardModel, h_chosen, h_rejected, h_heldout) -> RewardScores:
         """Score the embeddings h(o+), h(o-) and, if given, those of the held-out texts."""
+        base_path = failure_path = None
+        if model.failure:
+            paths = [model.path_scores(h) for h in (h_chosen, h_rejected)]
+            base_path = np.stack([p[0].double().numpy() for p in paths])
+            failure_path = np.stack([p[1].double().numpy() for p in paths])
         return cls(
             chosen=model.score_embeddings(h_chosen).double().numpy(),
             rejected=model.score_embeddings(h_rejected).double().numpy(),
@@ -83,7 +92,18 @@ class RewardScores:
                 if h_heldout is not None
                 else None
             ),
+            base_path=base_path,
+            failure_path=failure_path,
         )
+
+    def rf_share(self, mask: np.ndarray) -> float | None:
+        """std R_F / std R_D over the `mask` pairs' outputs: the failure path's share of the
+        reward (None for plain IRL; inf when R_D is constant there)."""
+        if self.failure_path is None:
+            return None
+        r_d, r_f = self.base_path[:, mask].ravel(), self.failure_path[:, mask].ravel()
+        sd = float(r_d.std())
+        return float(r_f.std()) / sd if sd > 0 else float("inf")
 
     def outputs(self, mask: np.ndarray) -> np.ndarray:
         """Rewards of the chosen then the rejected outputs of the `mask` pairs."""
@@ -120,6 +140,8 @@ class EvalInputs:
     heldout: pd.DataFrame | None
     text_mode: str
     near_tie: float
+    # (method, seed) -> irl's training summary of that model: best_epoch, epochs_run
+    training: dict[tuple[str, int], dict] = field(default_factory=dict)
     groups: np.ndarray | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -178,10 +200,11 @@ def evaluate_rewards(inp: EvalInputs, comparisons: list[tuple[str, str]]) -> dic
     per_model, thresholds, undefined = model_metrics(inp, gt_constant)
     warnings += constant_reward_warnings(undefined, n_test_outputs=int(2 * inp.test.sum()))
     by_method = {m: method_summary(inp, m, per_model) for m in inp.methods}
-    slices, disagreement = {}, {}
+    slices, disagreement, paired = {}, {}, {}
     for fa, base in comparisons:
         common = sorted(set(inp.seeds_of(fa)) & set(inp.seeds_of(base)))
         key = f"{fa} vs {base}"
+        paired[key] = paired_differences(per_model, fa, base, common)
         slices[key] = failure_slice(inp, fa, base, common, thresholds)
         warnings += slice_warnings(key, slices[key])
         if inp.pairs.has_labels:
@@ -189,10 +212,11 @@ def evaluate_rewards(inp: EvalInputs, comparisons: list[tuple[str, str]]) -> dic
     return {
         "models": per_model,
         "methods": by_method,
+        "paired": paired,
         "failure_slice": slices,
         "disagreement": disagreement,
         "warnings": warnings,
-        "notes": sorted(set(data_notes(inp))),
+        "notes": sorted(set(data_notes(inp) + collapse_notes(per_model))),
     }
 
 
@@ -249,6 +273,14 @@ def model_metrics(
                 name, _, why = note.partition(": ")
                 undefined.setdefault((why, name), []).append(f"{method}/seed-{seed}")
             flat.update(_prefixed("test", d))
+        fit = inp.training.get((method, seed), {})
+        flat.update(
+            {
+                "fit/best_epoch": fit.get("best_epoch"),
+                "fit/epochs_run": fit.get("epochs_run"),
+                "fit/rf_share": sc.rf_share(test),
+            }
+        )
         per_model[f"{method}/seed-{seed}"] = {
             "method": method,
             "seed": seed,
@@ -269,6 +301,57 @@ def classification(inp: EvalInputs, sc: RewardScores, threshold: float) -> dict:
         m = classify.classification_metrics(sc.heldout, inp.heldout["toxic"], threshold)
         out.update(_prefixed("heldout", m))
     return out
+
+
+# ------------------------------------------------------------------- FA vs baseline
+PAIRED_KEYS = ("test/f1", "test/auc", "test/starc")
+LOWER_IS_BETTER = ("starc",)
+RF_COLLAPSED = 1e-3  # fit/rf_share below this: R_F carries nothing of the reward
+
+
+def paired_differences(
+    per_model: dict[str, dict], fa: str, base: str, seeds: list[int], keys=PAIRED_KEYS
+) -> dict:
+    """Per metric, the per-seed differences FA - baseline over `seeds` (methods of one seed share
+    R_D's initialisation and the minibatch order, so the seeds pair them): the differences, their
+    mean, a 95% confidence interval for it (Student t, n - 1 degrees of freedom; None below 2
+    seeds) and the seeds FA wins (higher F1/AUC, lower STARC). Seeds where either value is null
+    are left out; `n` says how many remain."""
+    out = {}
+    for key in keys:
+        d = [
+            per_model[f"{fa}/seed-{s}"][key] - per_model[f"{base}/seed-{s}"][key]
+            for s in seeds
+            if per_model[f"{fa}/seed-{s}"].get(key) is not None
+            and per_model[f"{base}/seed-{s}"].get(key) is not None
+        ]
+        sign = -1.0 if key.split("/")[-1] in LOWER_IS_BETTER else 1.0
+        mean = float(np.mean(d)) if d else None
+        ci = None
+        if len(d) >= 2:
+            half = float(stats.t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / np.sqrt(len(d)))
+            ci = [mean - half, mean + half]
+        out[key] = {
+            "n": len(d),
+            "mean": mean,
+            "ci95": ci,
+            "wins": int(sum(sign * x > 0 for x in d)),
+            "diffs": [float(x) for x in d],
+        }
+    return out
+
+
+def collapse_notes(per_model: dict[str, dict]) -> list[str]:
+    """A note when R_F has collapsed (fit/rf_share < RF_COLLAPSED) in FA-IRL models: FA-IRL is
+    then one reward trained with up-weighted failures, not a dual-path one."""
+    shares = {k: m["fit/rf_share"] for k, m in per_model.items() if m["fit/rf_share"] is not None}
+    collapsed = sorted(k for k, v in shares.items() if v < RF_COLLAPSED)
+    if not collapsed:
+        return []
+    return [
+        f"R_F has collapsed (std R_F / std R_D < {RF_COLLAPSED:g} on the test outputs) in "
+        f"{len(collapsed)} of {len(shares)} FA-IRL models: {', '.join(collapsed)}"
+    ]
 
 
 # ----------------------------------------------------------------------- per method

@@ -62,6 +62,42 @@ def _metric_table(metrics: dict, split: str, keys: list[tuple[str, str]]) -> str
     return _table(["Method"] + [label for _, label in keys], rows) if rows else None
 
 
+def _paired_table(paired: dict) -> str:
+    rows = []
+    for comparison, by_key in paired.items():
+        cells = []
+        for d in by_key.values():
+            if d["mean"] is None:
+                cells.append("n/a")
+                continue
+            ci = f" [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d["ci95"] else ""
+            cells.append(f"{d['mean']:+.3f}{ci}, wins {d['wins']}/{d['n']}")
+        rows.append([comparison, *cells])
+    keys = next(iter(paired.values()))
+    labels = {"test/f1": "F1 ↑", "test/auc": "AUC ↑", "test/starc": "STARC ↓"}
+    return _table(["Comparison", *(labels.get(k, k) for k in keys)], rows)
+
+
+def _fit_table(metrics: dict) -> str | None:
+    """Epoch selected, epochs run (mean ± std over seeds) and R_F's share (FA-IRL), per method."""
+    rows = []
+    for m, agg in metrics["methods"].items():
+        mean, std = agg["mean"], agg["std"]
+        if mean.get("fit/best_epoch") is None:
+            continue
+        share = mean.get("fit/rf_share")
+        rows.append(
+            [
+                method_label(m),
+                _pm(mean["fit/best_epoch"], std["fit/best_epoch"], 1),
+                _pm(mean["fit/epochs_run"], std["fit/epochs_run"], 1),
+                "n/a" if share is None else f"{share:.3g} ± {std['fit/rf_share']:.2g}",
+            ]
+        )
+    header = ["Method", "Epoch selected", "Epochs run", "R_F share (std R_F / std R_D)"]
+    return _table(header, rows) if rows else None
+
+
 def render_report(metrics: dict, plots: list[str]) -> str:
     data = metrics["data"]
     n_seeds = max(len(a["seeds"]) for a in metrics["methods"].values())
@@ -127,6 +163,29 @@ def render_report(metrics: dict, plots: list[str]) -> str:
                 metrics, "heldout", [("accuracy", "Accuracy ↑"), ("f1", "F1 ↑"), ("auc", "AUC ↑")]
             )
             or "_No held-out metrics._",
+            "",
+        ]
+
+    if metrics.get("paired"):
+        out += [
+            "## FA-IRL vs its baseline, paired by seed",
+            "",
+            "Methods of one seed share R_D's initialisation and the minibatch order, so each seed "
+            "pairs an FA-IRL model with its baseline: mean of the per-seed differences FA - "
+            "baseline [95% CI, Student t], and the seeds FA wins (higher F1 / AUC, lower STARC).",
+            "",
+            _paired_table(metrics["paired"]),
+            "",
+        ]
+    fit = _fit_table(metrics)
+    if fit:
+        out += [
+            "## Training: epochs and the failure path",
+            "",
+            "The epoch each model was selected at and how long it trained, from irl's summary; "
+            "R_F's share of the reward on the test outputs at the selected epoch (FA-IRL only).",
+            "",
+            fit,
             "",
         ]
 

@@ -61,6 +61,14 @@ class RewardModel:
         """h [n, d] -> R [n], through the folded single head (what the export computes)."""
         return self.head.forward_one(self._folded, h.float())
 
+    @torch.no_grad()
+    def path_scores(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(R_D(h), R_F(h)), [n] each, the two paths of Eq. 3 apart (R_F None for plain IRL):
+        how much of the reward the failure path carries (evaluate's `fit/rf_share`)."""
+        h = h.float()
+        r_f = self.head.forward_one(self.failure, h) if self.failure else None
+        return self.head.forward_one(self.base, h), r_f
+
     def score(
         self, texts: Sequence[str], prompts: Sequence[str] | None = None, batch_size: int = 64
     ) -> torch.Tensor:

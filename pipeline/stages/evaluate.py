@@ -98,6 +98,7 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
             heldout=heldout,
             text_mode=text_mode,
             near_tie=ev.near_tie,
+            training={(m["method"], m["seed"]): m for m in summary["models"]},
         )
         metrics = {
             "schema": SCHEMA,
