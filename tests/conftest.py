@@ -145,7 +145,6 @@ def small_config(tmp_path: Path, pairs: Path, **irl) -> Path:
     return path
 
 
-# A small offline world: builds in seconds, still continues toxic prompts toxically.
 # What every PPO step must log (docs/ppo.md, detail 7), written out here rather than read from
 # pipeline.policy.ppo, so that a statistic the trainer stops logging fails the tests.
 PPO_STATS = (
@@ -159,6 +158,7 @@ PPO_STATS = (
     "ppo/response_length",
 )
 
+# A small offline world: builds in seconds, still continues toxic prompts toxically.
 MICRO_WORLD = {
     "n_sentences": 4000,
     "n_prompts": 800,
