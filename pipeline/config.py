@@ -402,6 +402,12 @@ class FailureSection(Section):
         1.0, "w_fail: extra weight on the failure loss (App. B up-weighting); 1 = none.", ge=1.0
     )
     lambda_0: float = _f(10.0, "Initial failure weight lambda_0 (paper: 10).", ge=0)
+    penalty_scale: float = _f(
+        1.0,
+        "Scale of Eq. 3's (lambda_t / 2) ||w_F||^2 penalty on R_F, apart from lambda_t's weight "
+        "on L_fail: 1 = Eq. 3 as printed (one lambda_t for both); 0 = no penalty on R_F.",
+        ge=0,
+    )
     lambda_decay: float = _f(
         0.95,
         "Exponential decay per round: lambda_t = lambda_0 * lambda_decay**t "

@@ -118,6 +118,7 @@ def test_method_spec_holds_irl_fa_and_writes_the_flat_spec_of_reward_json():
         "tau_fail",
         "fail_weight",
         "lambda_0",
+        "penalty_scale",
         "lambda_decay",
         "rounds",
         "margin_schedule",

@@ -98,6 +98,28 @@ def test_bank_equality_with_mixed_routing_flags_and_threshold_schedule():
         assert_trained_alike(r, train_reference(data, r.method, r.seed, head, optim), optim)
 
 
+def test_penalty_scale_is_trained_alike_and_keeps_the_failure_path_alive():
+    """irl.fa.penalty_scale weighs (1/2) ||w_F||^2 apart from lambda_t's weight on L_fail: the
+    bank matches the reference with scales that differ between models (the masked path), and
+    without the penalty R_F keeps more of the reward than under Eq. 3 as printed."""
+    data = synthetic_pairs(500, 32, seed=2)
+    specs = [
+        method_spec("fa-me-gt", IRLSection(fa={"rounds": 4, "penalty_scale": scale}))
+        for scale in (1.0, 0.0, 0.25)
+    ]
+    head = make_head("mlp", 32, 32)
+    optim = Optim(max_epochs=8, patience=3)
+    trained = train_bank(data, specs, [3], head, optim, progress=False)
+    for r in trained:
+        assert_trained_alike(r, train_reference(data, r.method, r.seed, head, optim), optim)
+    h = data.h_pos
+    share = []
+    for r in trained:
+        r_d, r_f = head.forward_one(r.base, h), head.forward_one(r.failure, h)
+        share.append(float(r_f.std() / r_d.std()))
+    assert share[1] > share[0], share  # no penalty: R_F keeps more than with Eq. 3's
+
+
 def test_same_seed_gives_identical_weights():
     """Exact: the same code path runs the same kernels twice, on any CPU."""
     data = synthetic_pairs(400, 32, seed=0)

@@ -83,8 +83,9 @@ class _Round:
     threshold: torch.Tensor | None  # [G, Mf, 1] c of F_t^sup (objectives.best_threshold)
     y_pos: torch.Tensor | None  # [G, 1, n]  labels y(o+), y(o-) in minibatch order
     y_neg: torch.Tensor | None
-    lambda_F: torch.Tensor | None  # [G, Mf]   lambda_t per failure path
-    lambda_uniform: float | None  # lambda_t when all FA-IRL models share it
+    penalty_t: torch.Tensor  # [Mf]      weight of (1/2) ||w_F||^2 (lambda_t x penalty_scale)
+    penalty_F: torch.Tensor | None  # [G, Mf]   penalty_t per failure path
+    penalty_uniform: float | None  # penalty_t when all FA-IRL models share it
 
 
 class _Bank:
@@ -275,7 +276,7 @@ class _Bank:
             train_loss += L_t.detach() * b
         if Mf:  # log the penalty term too (at end-of-epoch weights; the reference uses each step's)
             w_sq = self.head.sq_weight_norm({k: v.detach() for k, v in self.p.items()})[:, M:]
-            train_loss.index_add_(1, self.fa_idx, rnd.lambda_t / 2 * w_sq * n_used(n, B))
+            train_loss.index_add_(1, self.fa_idx, rnd.penalty_t / 2 * w_sq * n_used(n, B))
         return train_loss / n_used(n, B), n_fail
 
     def _start_round(self, t: int, n: int) -> _Round:
@@ -284,6 +285,7 @@ class _Bank:
         data, G, Mf, f = self.data, self.G, self.Mf, self.fa_specs
         # --- line 13: schedules at round t (anneal gamma_t, decay lambda_t, adjust p_t)
         lambda_t = torch.tensor([s.lambda_t(t) for s in f])
+        penalty_t = torch.tensor([s.penalty_t(t) for s in f])
         gamma_t = _column(torch.tensor([s.gamma_t(t) for s in f]))
         p_t = _column(torch.tensor([s.sample_rate_t(t) for s in f]))
         F_bottom_k, threshold = self._round_failures(t, n)
@@ -291,7 +293,7 @@ class _Bank:
         perm = torch.stack([torch.randperm(n, generator=g) for g in self.order_gens])  # [G, n]
         rows = data.train[perm]
         idx = torch.cat([rows, rows + self.N], 1)  # [G, 2n]
-        sampled = y_pos = y_neg = lambda_F = lambda_uniform = None
+        sampled = y_pos = y_neg = penalty_F = penalty_uniform = None
         if Mf:
             # --- line 10: one uniform draw u_i per training pair; a failure enters S_t if u_i < p_t
             u = torch.stack(
@@ -305,11 +307,13 @@ class _Bank:
                 F_bottom_k = torch.gather(F_bottom_k, 2, perm[:, None].expand(-1, Mf, -1))
             if threshold is not None:
                 y_pos, y_neg = data.y_pos[rows][:, None], data.y_neg[rows][:, None]
-            lambda_F = lambda_t[None].expand(G, -1)  # [G, Mf]
-            lambda_uniform = float(lambda_t[0]) if bool((lambda_t == lambda_t[0]).all()) else None
+            penalty_F = penalty_t[None].expand(G, -1)  # [G, Mf]
+            uniform = bool((penalty_t == penalty_t[0]).all())
+            penalty_uniform = float(penalty_t[0]) if uniform else None
         return _Round(
             t=t,
             lambda_t=lambda_t,
+            penalty_t=penalty_t,
             gamma_t=gamma_t,
             p_t=p_t,
             perm=perm,
@@ -319,8 +323,8 @@ class _Bank:
             threshold=threshold,
             y_pos=y_pos,
             y_neg=y_neg,
-            lambda_F=lambda_F,
-            lambda_uniform=lambda_uniform,
+            penalty_F=penalty_F,
+            penalty_uniform=penalty_uniform,
         )
 
     def _round_failures(self, t: int, n: int):
@@ -426,21 +430,22 @@ class _Bank:
         return F_t
 
     def _update(self, L_t: torch.Tensor, rnd: _Round) -> None:
-        """Line 12: one Adam step on sum over models of L_t + (lambda_t / 2) ||w_F||^2."""
+        """Line 12: one Adam step on sum over models of L_t + (penalty_t / 2) ||w_F||^2
+        (penalty_t = lambda_t in Eq. 3 as printed; irl.fa.penalty_scale scales it apart)."""
         G, M, Mf = self.G, self.M, self.Mf
         self.opt.zero_grad(set_to_none=True)
         L_t.sum().backward()
         if Mf:
-            # (lambda_t / 2) ||w_F||^2 of Eq. 3, added as its gradient lambda_t * w_F after
+            # (penalty_t / 2) ||w_F||^2 of Eq. 3, added as its gradient penalty_t * w_F after
             # backward() (autograd would sum it into each weight's gradient in another order)
             for k in self.head.weight_names:
                 grad_F = self.head.path_view(k, self.p[k].grad)[:, :, M:]
                 w_F = self.head.path_view(k, self.p[k].detach())[:, :, M:]
-                if rnd.lambda_uniform is not None:
+                if rnd.penalty_uniform is not None:
                     # one pass; the reference makes the same call
-                    grad_F.add_(w_F, alpha=rnd.lambda_uniform)
+                    grad_F.add_(w_F, alpha=rnd.penalty_uniform)
                 else:
-                    grad_F.add_(w_F * rnd.lambda_F.reshape(G, 1, Mf, *[1] * (w_F.dim() - 3)))
+                    grad_F.add_(w_F * rnd.penalty_F.reshape(G, 1, Mf, *[1] * (w_F.dim() - 3)))
         self.opt.step()
 
     @staticmethod

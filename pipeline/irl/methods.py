@@ -121,6 +121,13 @@ class MethodSpec:
             return 0.0
         return obj.exponential_decay(self.fa.lambda_0, self.fa.lambda_decay, t)
 
+    def penalty_t(self, t: int) -> float:
+        """The weight of (1/2) ||w_F||^2 at round t: lambda_t scaled by irl.fa.penalty_scale
+        (Eq. 3 as printed: scale 1, the penalty weighed like L_fail)."""
+        if self.fa is None:
+            return 0.0
+        return self.fa.penalty_scale * self.lambda_t(t)
+
     def gamma_t(self, t: int) -> float:
         if self.fa is None:
             return 0.0

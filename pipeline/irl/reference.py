@@ -80,6 +80,7 @@ def _train(data, spec, seed, head, optim, stop) -> TrainedReward:
     for t in range(optim.max_epochs):  # --- 1: one round t per epoch
         # --- 13: schedules at round t (anneal gamma_t, decay lambda_t, adjust p_t)
         lambda_t, gamma_t, p_t = spec.lambda_t(t), spec.gamma_t(t), spec.sample_rate_t(t)
+        penalty_t = spec.penalty_t(t)  # weight of (1/2) ||w_F||^2: lambda_t in Eq. 3 as printed
         # Round-level failure statistics, from the latest R(o+), R(o-) of every training pair:
         # recorded by the minibatches of the previous round (a full pass before round 0).
         F_bottom_k: torch.Tensor | None = None  # F_t^margin of the bottom-k schedule
@@ -158,13 +159,13 @@ def _train(data, spec, seed, head, optim, stop) -> TrainedReward:
             opt.zero_grad()
             L_t.backward()
             if R_F:
-                # The penalty's gradient lambda_t * w_F, added after backward() as the bank does,
-                # so the three contributions to a weight's gradient are summed in the same order.
+                # The penalty's gradient penalty_t * w_F, added after backward() as the bank
+                # does, so the three contributions to a weight's gradient sum in the same order.
                 with torch.no_grad():
                     w_sq = sum((R_F.p[k] ** 2).sum() for k in head.weight_names)
                     for k in head.weight_names:
-                        R_F.p[k].grad.add_(R_F.p[k], alpha=float(torch.tensor(lambda_t)))
-                L_t = L_t + lambda_t / 2 * w_sq
+                        R_F.p[k].grad.add_(R_F.p[k], alpha=float(torch.tensor(penalty_t)))
+                L_t = L_t + penalty_t / 2 * w_sq
             opt.step()
             train_loss += L_t.item() * len(pos)
         train_loss /= n_used(n, B)
