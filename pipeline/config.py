@@ -53,6 +53,9 @@ class Method:
     identified_by: Literal["none", "ground-truth", "margin"]  # failures; none = plain IRL
     label: str  # the row's name in Table 1 (report.md)
     help: str  # one line for `--help`
+    # A baseline whose model selection starts where FA-IRL's does (epoch irl.fa.rounds), so
+    # that FA-IRL and it are compared at the same training length (not a row of Table 1).
+    matched: bool = False
 
     @property
     def failure_aware(self) -> bool:
@@ -60,8 +63,13 @@ class Method:
 
     @property
     def baseline(self) -> str | None:
-        """The plain method an FA-IRL method is compared against: the one with its objective."""
+        """The plain method an FA-IRL method is compared against: the one with its objective
+        (`matched_baseline` when that was trained: evaluate prefers it)."""
         return self.objective if self.failure_aware else None
+
+    @property
+    def matched_baseline(self) -> str | None:
+        return f"{self.objective}-matched" if self.failure_aware else None
 
 
 METHOD_TABLE: dict[str, Method] = {
@@ -99,14 +107,33 @@ METHOD_TABLE: dict[str, Method] = {
             "ME Failure-Aware IRL (IRL Margin Failures)",
             "FA-IRL on Eq. 2 with the failures of fa-mm-margin, at tau_fail",
         ),
+        Method(
+            "mm-matched",
+            "mm",
+            "none",
+            "Max-Margin IRL, matched selection",
+            "mm whose model selection starts at epoch irl.fa.rounds, as FA-IRL's does: the "
+            "baseline of fa-mm-* at the same training length",
+            matched=True,
+        ),
+        Method(
+            "me-matched",
+            "me",
+            "none",
+            "Max-Entropy IRL, matched selection",
+            "me with fa-me-*'s model selection (from epoch irl.fa.rounds)",
+            matched=True,
+        ),
     )
 }
-"""The six methods of the paper's Table 1, the one place they are listed: the method names a
-config accepts, their help text, the config's checks and the report's labels derive from it."""
+"""Every method, the one place they are listed: the six of the paper's Table 1 and the two
+matched baselines. The method names a config accepts, their help text, the config's checks and
+the report's labels derive from it."""
 
-METHODS = tuple(METHOD_TABLE)
+METHODS = tuple(name for name, m in METHOD_TABLE.items() if not m.matched)
+"""The six methods of Table 1: irl.methods by default."""
 # Literal["mm", "me", ...]: pydantic then names the valid methods when a config has another.
-MethodName = Literal[METHODS]  # type: ignore[valid-type]
+MethodName = Literal[tuple(METHOD_TABLE)]  # type: ignore[valid-type]
 
 
 def method_label(name: str) -> str:
@@ -467,7 +494,8 @@ class IRLSection(Section):
     )
     methods: list[MethodName] = _f(
         list(METHODS),
-        "Methods to train (Table 1 presets): "
+        "Methods to train (default: the six of Table 1; add mm-matched / me-matched for "
+        "baselines with FA-IRL's model selection): "
         + "; ".join(f"{m.name} = {m.help}" for m in METHOD_TABLE.values())
         + ".",
         min_length=1,

@@ -74,11 +74,9 @@ def test_failure_losses_must_be_stricter():
 
 
 def test_the_method_table_gives_names_help_labels_and_checks():
-    assert (
-        METHODS
-        == tuple(METHOD_TABLE)
-        == ("mm", "me", "fa-mm-gt", "fa-me-gt", "fa-mm-margin", "fa-me-margin")
-    )
+    assert METHODS == ("mm", "me", "fa-mm-gt", "fa-me-gt", "fa-mm-margin", "fa-me-margin")
+    assert tuple(METHOD_TABLE) == (*METHODS, "mm-matched", "me-matched")
+    assert list(IRLSection().methods) == list(METHODS)  # the matched baselines are opt-in
     assert [(m.objective, m.identified_by, m.baseline) for m in METHOD_TABLE.values()] == [
         ("mm", "none", None),
         ("me", "none", None),
@@ -86,6 +84,8 @@ def test_the_method_table_gives_names_help_labels_and_checks():
         ("me", "ground-truth", "me"),
         ("mm", "margin", "mm"),
         ("me", "margin", "me"),
+        ("mm", "none", None),
+        ("me", "none", None),
     ]
     help_text = IRLSection.model_fields["methods"].description
     assert all(f"{m.name} = {m.help}" in help_text for m in METHOD_TABLE.values())
@@ -336,3 +336,14 @@ def test_a_method_spec_is_hashable_by_value():
     other = method_spec("fa-mm-gt", IRLSection(fa={"lambda_0": 3.0}))
     assert a == b and hash(a) == hash(b)
     assert len({a, b, other, method_spec("mm", IRLSection())}) == 3
+
+
+def test_a_matched_baseline_selects_from_where_fa_irl_does():
+    irl = IRLSection(fa={"rounds": 7}, methods=["mm", "mm-matched", "fa-mm-gt"])
+    plain, matched, fa = (method_spec(m, irl) for m in irl.methods)
+    assert (plain.first_stoppable_epoch, matched.first_stoppable_epoch) == (0, 7)
+    assert matched.first_stoppable_epoch == fa.first_stoppable_epoch
+    assert not matched.failure_aware and matched.lambda_t(0) == 0.0
+    assert matched.to_dict() == {**plain.to_dict(), "name": "mm-matched", "min_epoch": 7}
+    free = IRLSection(fa={"rounds": 7, "early_stop_after_rounds": False})
+    assert method_spec("mm-matched", free).first_stoppable_epoch == 0

@@ -9,12 +9,24 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_pairs_records, small_config, write_jsonl
+from test_irl_training import assert_trained_alike
 from typer.testing import CliRunner
 
 from cli.main import app
-from pipeline.evaluate.metrics import RewardScores, collapse_notes, paired_differences
+from pipeline.config import IRLSection
+from pipeline.evaluate.metrics import (
+    RewardScores,
+    collapse_notes,
+    default_comparisons,
+    paired_differences,
+)
+from pipeline.irl.bank import train_bank
+from pipeline.irl.common import Optim
 from pipeline.irl.heads import make_head
+from pipeline.irl.methods import method_spec
+from pipeline.irl.reference import train_reference
 from pipeline.irl.reward import RewardModel
+from pipeline.irl.synthetic import synthetic_pairs
 from pipeline.seeds import derive_seed
 
 
@@ -114,3 +126,26 @@ def test_evaluate_reports_epochs_shares_and_paired_differences(tmp_path):
     report = (ev / "report.md").read_text()
     assert "## FA-IRL vs its baseline, paired by seed" in report
     assert "## Training: epochs and the failure path" in report
+
+
+def test_fa_irl_is_compared_with_its_matched_baseline_when_trained():
+    assert default_comparisons(["mm", "fa-mm-gt", "me", "fa-me-margin", "me-matched"]) == [
+        ("fa-mm-gt", "mm"),
+        ("fa-me-margin", "me-matched"),
+    ]
+
+
+def test_matched_baselines_train_alike_and_select_after_the_schedule():
+
+    data = synthetic_pairs(400, 16, seed=5)
+    irl = IRLSection(fa={"rounds": 6})
+    specs = [method_spec(m, irl) for m in ("me", "me-matched", "fa-me-gt")]
+    head = make_head("linear", 16)
+    optim = Optim(max_epochs=20, patience=2)
+    trained = train_bank(data, specs, [0], head, optim, progress=False)
+    for r in trained:
+        assert_trained_alike(r, train_reference(data, r.method, r.seed, head, optim), optim)
+    by_name = {r.method.name: r for r in trained}
+    assert by_name["me-matched"].best_epoch >= 6 and by_name["fa-me-gt"].best_epoch >= 6
+    # same initialisation and minibatches as `me`: identical until the selection differs
+    assert by_name["me"].history[0] == by_name["me-matched"].history[0]

@@ -57,10 +57,19 @@ DISAGREEMENT = ("both", "only_fa", "only_base", "neither")
 
 
 def default_comparisons(methods: list[str]) -> list[tuple[str, str]]:
-    """Each FA-IRL method against the plain IRL method with its objective (the method
-    table's `baseline`), when both were trained."""
-    baselines = {m: METHOD_TABLE[m].baseline for m in methods if m in METHOD_TABLE}
-    return [(m, base) for m, base in baselines.items() if base is not None and base in methods]
+    """Each FA-IRL method against the plain IRL method with its objective, when both were
+    trained: its matched baseline (same model selection, `mm-matched` / `me-matched`) when
+    that was trained, else the plain one (the method table's `baseline`)."""
+    out = []
+    for m in methods:
+        row = METHOD_TABLE.get(m)
+        if row is None or not row.failure_aware:
+            continue
+        for base in (row.matched_baseline, row.baseline):
+            if base in methods:
+                out.append((m, base))
+                break
+    return out
 
 
 # ------------------------------------------------------------------------------- inputs

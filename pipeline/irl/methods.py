@@ -28,6 +28,8 @@ class MethodSpec:
     margin: float  # M (Eq. 1)
     tau: float  # tau (Eq. 2)
     fa: FailureSection | None = None
+    # A matched baseline (mm-matched, me-matched): the first epoch its selection may pick
+    min_epoch: int = 0
 
     def __post_init__(self) -> None:
         if (self.fa is not None) != self.row.failure_aware:
@@ -113,7 +115,7 @@ class MethodSpec:
         """Epochs before this one are never chosen as best, nor counted towards patience."""
         if self.fa is not None and self.fa.early_stop_after_rounds:
             return self.fa.rounds
-        return 0
+        return self.min_epoch
 
     # Schedules at round t (Algorithm 1 line 13).
     def lambda_t(self, t: int) -> float:
@@ -156,7 +158,7 @@ class MethodSpec:
             "tau": self.tau,
         }
         if self.fa is None:
-            return d
+            return {**d, "min_epoch": self.min_epoch} if self.min_epoch else d
         rest = self.fa.model_dump(exclude={"margin_fail", "tau_fail", "gt_failures"})
         rest["early_stop_after_rounds"] = rest.pop("early_stop_after_rounds")  # last, as ever
         return {**d, "margin_fail": self.margin_fail, "tau_fail": self.tau_fail, **rest}
@@ -169,5 +171,8 @@ def method_spec(name: str, irl: IRLSection) -> MethodSpec:
         raise ConfigError(
             f"unknown method {name!r}", hint="the methods are " + ", ".join(METHOD_TABLE)
         )
-    fa = irl.fa.model_copy() if METHOD_TABLE[name].failure_aware else None
-    return MethodSpec(name=name, margin=irl.margin, tau=irl.tau, fa=fa)
+    row = METHOD_TABLE[name]
+    fa = irl.fa.model_copy() if row.failure_aware else None
+    # a matched baseline starts selecting where FA-IRL does (MethodSpec.first_stoppable_epoch)
+    min_epoch = irl.fa.rounds if row.matched and irl.fa.early_stop_after_rounds else 0
+    return MethodSpec(name=name, margin=irl.margin, tau=irl.tau, fa=fa, min_epoch=min_epoch)
