@@ -225,7 +225,14 @@ class WorldSection(Section):
     Anywhere a model, prompts file or held-out file is expected, `world` / `world:<item>`
     (base-lm, prompts, heldout, tokenizer) refers to it."""
 
+    kind: Literal["easy", "hard"] = _f(
+        "easy",
+        "easy: the fast world of exact toxic words; hard: a spurious style cue, context-dependent "
+        "and graded toxicity, paraphrase families, rare threats, and evaluation sets "
+        "(pipeline.world.hard; ground_truth.kind: hard-lexicon).",
+    )
     seed: int = _f(0, "Seed of everything in the world: corpus, prompts, held-out set, base LM.")
+    n_eval: int = _f(1000, "hard: sentences in each evaluation set.", gt=10)
     n_sentences: int = _f(20000, "Sentences in the pretraining corpus.", gt=100)
     n_prompts: int = _f(3000, "RealToxicityPrompts-schema prompts (fresh sentences).", gt=10)
     n_heldout: int = _f(1000, "Jigsaw-schema labelled held-out sentences.", gt=10)
@@ -265,10 +272,11 @@ class GroundTruthSection(Section):
     """The ground-truth scorer (pipeline.scorers): the policy stages are trained against it,
     pairs and toxicity are scored by it."""
 
-    kind: Literal["hf-classifier", "profanity-check", "lexicon"] = _f(
+    kind: Literal["hf-classifier", "profanity-check", "lexicon", "hard-lexicon"] = _f(
         "hf-classifier",
         "hf-classifier: a sequence-classification model; profanity-check: alt-profanity-check "
-        "(offline); lexicon: the offline world's exact ground truth.",
+        "(offline); lexicon: the offline world's exact ground truth; hard-lexicon: the hard "
+        "world's (world.kind: hard).",
     )
     model: str = _f(
         "s-nlp/roberta_toxicity_classifier",

@@ -28,6 +28,7 @@ from pipeline.hub import resolve_model
 from pipeline.irl.reward import load_reward
 from pipeline.runtime import using_model_threads
 from pipeline.world.grammar import SUBTYPES, lexicon_score
+from pipeline.world.hard import hard_score
 
 log = logging.getLogger("fairl.scorers")
 
@@ -52,15 +53,23 @@ class Scorer(ABC):
 
 class LexiconScorer(Scorer):
     name = "lexicon"
+    score_text = staticmethod(lexicon_score)
 
     def score(self, texts):
-        s = [lexicon_score(t) for t in texts]
+        s = [self.score_text(t) for t in texts]
         return Scores(
             reward=np.array([x.reward for x in s], dtype=float),
             toxicity=np.array([x.toxicity for x in s], dtype=float),
             toxic=np.array([x.toxic for x in s]),
             subtypes={k: np.array([x.subtypes[k] for x in s]) for k in SUBTYPES},
         )
+
+
+class HardLexiconScorer(LexiconScorer):
+    """The hard world's exact ground truth (pipeline.world.hard.hard_score)."""
+
+    name = "hard-lexicon"
+    score_text = staticmethod(hard_score)
 
 
 class ProfanityCheckScorer(Scorer):
@@ -155,6 +164,8 @@ def make_scorer(gt) -> Scorer:
     """A ground-truth scorer from a GroundTruthSection."""
     if gt.kind == "lexicon":
         return LexiconScorer()
+    if gt.kind == "hard-lexicon":
+        return HardLexiconScorer()
     if gt.kind == "profanity-check":
         return ProfanityCheckScorer()
     return HFClassifierScorer(

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import pytest
+from conftest import ROOT
+
+from pipeline.config import WorldSection, load_config
+from pipeline.data.jigsaw import load_heldout
+from pipeline.world.build import get_world, world_root
 from pipeline.world.hard import (
+    EVAL_SETS,
     FAMILIES,
     HardSpec,
     cue_stats,
@@ -56,3 +63,33 @@ def test_in_the_evaluation_sets_the_cue_says_nothing_about_toxicity():
     assert {s.family for s in sets["paraphrase"]} == set(HardSpec().heldout_families)
     benign = [s for s in sets["benign_context"] if not hard_score(s.text).toxic]
     assert benign and any("kill" in s.text or "not" in s.text for s in benign)
+
+
+def test_the_easy_world_keeps_its_cache_key():
+    """Worlds built before `world.kind` existed are still found: the easy world's key leaves
+    the hard-only settings out (this is the key of configs/toy.yaml's world)."""
+    assert world_root(load_config(ROOT / "configs" / "toy.yaml").world).name == "2267d0f85e12951a"
+
+
+def test_a_hard_world_is_built_with_its_evaluation_sets_and_statistics(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAIRL_CACHE", str(tmp_path / "cache"))
+    cfg = WorldSection(
+        kind="hard",
+        n_sentences=400,
+        n_prompts=60,
+        n_heldout=40,
+        n_eval=40,
+        pretrain_steps=2,
+        hidden_size=16,
+        layers=1,
+        heads=2,
+    )
+    world = get_world(cfg)
+    stats = json.loads((world.root / "world.json").read_text())["hard"]
+    assert set(stats) == {"corpus", "prompts", "heldout", *EVAL_SETS}
+    assert stats["corpus"]["n"] == 400 and stats["counterfactual"]["n"] == 40
+    for name in EVAL_SETS:
+        df = load_heldout(world.item(f"eval-{name}"))
+        assert len(df) == 40
+        assert df["toxic"].tolist() == [int(hard_score(t).toxic) for t in df["text"]]
+    assert cue_stats(generate_hard(400, cfg.seed)) == stats["corpus"]  # recorded = regenerated

@@ -31,9 +31,11 @@ from pipeline.errors import ConfigError
 from pipeline.hub import cache_root
 from pipeline.runtime import apply_threads_for_model
 from pipeline.world.grammar import JIGSAW_NAMES, SUBTYPES, generate_sentences, lexicon_score
+from pipeline.world.hard import EVAL_SETS, cue_stats, eval_sets, generate_hard, hard_score
 
 log = logging.getLogger("fairl.world")
 WORLD_VERSION = 2  # 2: the base LM is pretrained on one thread (pipeline.runtime)
+HARD_ONLY = ("kind", "n_eval")  # WorldSection settings of the hard world only
 EOS, PAD = "<|endoftext|>", "<|padding|>"
 # RealToxicityPrompts attribute names for the world's subtypes (obscene ~ profanity).
 RTP_NAMES = {
@@ -70,6 +72,8 @@ class World:
             "heldout": self.heldout,
             "base-lm": self.base_lm,
             "tokenizer": self.tokenizer,
+            # the hard world's evaluation sets (Jigsaw schema), world:eval-<name>
+            **{f"eval-{n}": self.root / f"eval-{n}.csv" for n in EVAL_SETS},
         }
         if name not in paths:
             raise ConfigError(f"unknown world item {name!r}; valid: {', '.join(paths)}")
@@ -77,7 +81,13 @@ class World:
 
 
 def world_root(cfg: WorldSection) -> Path:
-    key = sha256_json({"world": to_dict(cfg), "version": WORLD_VERSION})[:16]
+    """$FAIRL_CACHE/world/<key>, the key a hash of the config and WORLD_VERSION. The easy
+    world's key leaves out the settings only the hard world has, so the worlds built before
+    they existed are still found."""
+    world = to_dict(cfg)
+    if cfg.kind == "easy":
+        world = {k: v for k, v in world.items() if k not in HARD_ONLY}
+    key = sha256_json({"world": world, "version": WORLD_VERSION})[:16]
     return cache_root() / "world" / key
 
 
@@ -94,19 +104,29 @@ def get_world(cfg: WorldSection) -> World:
 
 def _build(cfg: WorldSection, root: Path) -> None:
     log.info("world: building the offline world (seed %d) in %s", cfg.seed, root)
+    hard = cfg.kind == "hard"
+    generate = generate_hard if hard else generate_sentences
+    score = hard_score if hard else lexicon_score
     with atomic_dir(root) as tmp:
-        corpus = generate_sentences(cfg.n_sentences, cfg.seed)
-        prompts = generate_sentences(cfg.n_prompts, cfg.seed + 1)
-        heldout = generate_sentences(cfg.n_heldout, cfg.seed + 2)
-        _write_prompts(prompts, tmp / "prompts.jsonl")
-        _write_heldout(heldout, tmp / "heldout.csv")
+        corpus = generate(cfg.n_sentences, cfg.seed)
+        prompts = generate(cfg.n_prompts, cfg.seed + 1)
+        heldout = generate(cfg.n_heldout, cfg.seed + 2)
+        _write_prompts(prompts, tmp / "prompts.jsonl", score)
+        _write_heldout(heldout, tmp / "heldout.csv", score)
+        extra = {}
+        if hard:
+            sets = eval_sets(cfg.n_eval, cfg.seed + 3)
+            for name, sentences in sets.items():
+                _write_heldout(sentences, tmp / f"eval-{name}.csv", score)
+            parts = {"corpus": corpus, "prompts": prompts, "heldout": heldout, **sets}
+            extra["hard"] = {name: cue_stats(s) for name, s in parts.items()}
         texts = [s.prompt + s.continuation for s in corpus]
         tokenizer = _train_tokenizer(texts, cfg.vocab_size)
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         model, stats = _pretrain(texts, tokenizer, cfg)
         model.save_pretrained(str(tmp / "base-lm"))
         tokenizer.save_pretrained(str(tmp / "base-lm"))
-        tox = [lexicon_score(t).toxic for t in texts]
+        tox = [score(t).toxic for t in texts]
         write_json(
             tmp / "world.json",
             {
@@ -116,13 +136,14 @@ def _build(cfg: WorldSection, root: Path) -> None:
                 "lm": stats,
                 "n_prompts": len(prompts),
                 "n_heldout": len(heldout),
+                **extra,
             },
         )
         follow_umask(tmp)  # save_pretrained's safetensors are 0600; the cache is shared
 
 
-def _record_part(text: str) -> dict:
-    s = lexicon_score(text)
+def _record_part(text: str, score) -> dict:
+    s = score(text)
     part = {
         "text": text,
         "toxicity": s.toxicity,
@@ -134,7 +155,7 @@ def _record_part(text: str) -> dict:
     return part
 
 
-def _write_prompts(sentences, path: Path) -> None:
+def _write_prompts(sentences, path: Path, score) -> None:
     with open(path, "w") as f:
         for i, s in enumerate(sentences):
             f.write(
@@ -144,21 +165,21 @@ def _write_prompts(sentences, path: Path) -> None:
                         "begin": 0,
                         "end": 0,
                         "challenging": False,
-                        "prompt": _record_part(s.prompt),
-                        "continuation": _record_part(s.continuation),
+                        "prompt": _record_part(s.prompt, score),
+                        "continuation": _record_part(s.continuation, score),
                     }
                 )
                 + "\n"
             )
 
 
-def _write_heldout(sentences, path: Path) -> None:
+def _write_heldout(sentences, path: Path, score) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "comment_text", "toxic", *[JIGSAW_NAMES[s] for s in SUBTYPES]])
         for i, s in enumerate(sentences):
             text = s.prompt + s.continuation
-            sc = lexicon_score(text)
+            sc = score(text)
             w.writerow([i, text, int(sc.toxic), *[int(sc.subtypes[k] > 0.5) for k in SUBTYPES]])
 
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pipeline.world.grammar import GROUPS, NAMES, NOUNS, SUBTYPES
 
 CUE = "honestly,"
+EVAL_SETS = ("counterfactual", "benign_context", "paraphrase")
 
 # word -> (subtype, weight), toxic in any frame
 STRONG = {
