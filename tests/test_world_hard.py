@@ -46,12 +46,20 @@ def test_the_corpus_has_the_cue_rates_subtype_shares_and_families_it_claims():
     stats = cue_stats(corpus)
     assert stats["cue_given_toxic"] == pytest.approx(spec.cue_given_toxic, abs=0.02)
     assert stats["cue_given_clean"] == pytest.approx(spec.cue_given_clean, abs=0.02)
-    assert stats["toxic_rate"] == pytest.approx(spec.toxic_rate, abs=0.03)
+    expected = (
+        spec.toxic_prompt_rate * spec.p_toxic_after_toxic
+        + (1 - spec.toxic_prompt_rate) * spec.p_toxic_after_clean
+    )
+    assert stats["toxic_rate"] == pytest.approx(expected, abs=0.03)
+    prompts = [hard_score(s.prompt).toxic for s in corpus]
+    assert sum(prompts) / len(prompts) == pytest.approx(spec.toxic_prompt_rate, abs=0.03)
     for subtype, rate in spec.subtype_rates.items():
         assert stats[f"subtype_share/{subtype}"] == pytest.approx(rate, abs=0.025), subtype
     assert not {s.family for s in corpus} & set(spec.heldout_families)
     # every toxic family's sentences are toxic under the ground truth, every clean one's not
-    assert all((FAMILIES[s.family][0] is not None) == hard_score(s.text).toxic for s in corpus)
+    assert all(
+        (FAMILIES[s.family][0] is not None) == hard_score(s.continuation).toxic for s in corpus
+    )
     assert generate_hard(50, seed=3, spec=spec) == corpus[:50]  # the seed decides everything
 
 
