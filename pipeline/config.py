@@ -410,6 +410,14 @@ class MakePairsSection(Section):
     prompt_toxicity_min: float = _f(
         0.5, "generate: prompts with toxicity above this (paper 0.5).", ge=0, lt=1
     )
+    preference_noise: float = _f(
+        0.0,
+        "generate: fraction of pairs whose preference is flipped (o+ and o- swapped), drawn "
+        "with the run's seed: annotation noise, as real preference data has. Ground-truth "
+        "columns move with their text.",
+        ge=0,
+        lt=0.5,
+    )
     n_pairs: int = _f(20000, "generate: at most this many pairs (paper: 20,000).", gt=0)
     test_fraction: float = _f(
         0.2,

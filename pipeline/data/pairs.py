@@ -92,6 +92,19 @@ class PairSet:
 
 
 # --------------------------------------------------------------------------------- read
+def swap_sides(df: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
+    """The pairs with chosen and rejected swapped where `mask` holds: every `chosen*` column
+    trades places with its `rejected*` twin (text, prompt, score, toxic, subtypes)."""
+    out = df.copy()
+    for col in df.columns:
+        if col.startswith("chosen"):
+            twin = "rejected" + col[len("chosen") :]
+            if twin in df:
+                out.loc[mask, col] = df.loc[mask, twin].to_numpy()
+                out.loc[mask, twin] = df.loc[mask, col].to_numpy()
+    return out
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """A JSONL / JSON-lines or parquet file as a DataFrame. Its index is the record's 1-based
     file line (JSONL: blank lines count) or row (parquet), and `attrs["record"]` says which,

@@ -32,6 +32,7 @@ from pipeline.artifacts import (
     write_json,
 )
 from pipeline.config import ExperimentConfig, to_dict
+from pipeline.data.pairs import swap_sides
 from pipeline.data.prompts import prompts_config, select_prompts
 from pipeline.data.rtp import load_rtp, pairs_from_continuations
 from pipeline.data.splits import carve
@@ -39,6 +40,7 @@ from pipeline.errors import ConfigError
 from pipeline.hub import model_inputs, resolve_model
 from pipeline.policy.models import batch_seed, load_policy, sample
 from pipeline.scorers import make_scorer
+from pipeline.seeds import derive_seed
 
 log = logging.getLogger("fairl.make_pairs")
 
@@ -102,6 +104,12 @@ def _generate(cfg: ExperimentConfig, force: bool) -> Path:
         rows = _sample_batches(run, prompts, base, expert, gt, mp.generation, cfg.run.seed)
         # 4. Split train / test by prompt, write the pairs and their statistics.
         df = pd.DataFrame(rows)
+        # Preference noise: a seeded fraction of pairs flipped (annotators disagree too).
+        flipped = np.zeros(len(df), dtype=bool)
+        if mp.preference_noise > 0:
+            rng = np.random.default_rng(derive_seed(cfg.run.seed, "preference-noise"))
+            flipped = rng.random(len(df)) < mp.preference_noise
+            df = swap_sides(df, flipped)
         held, rule = carve(
             df["prompt"].tolist(), mp.test_fraction, np.random.default_rng(cfg.run.seed), "test"
         )
@@ -110,6 +118,7 @@ def _generate(cfg: ExperimentConfig, force: bool) -> Path:
         df.to_json(run.path("pairs.jsonl"), orient="records", lines=True, force_ascii=False)
         stats = {
             "pairs": len(df),
+            "flipped": int(flipped.sum()),
             "n_train": int((df["split"] == "train").sum()),
             "n_test": int((df["split"] == "test").sum()),
             "split": rule,
