@@ -590,6 +590,12 @@ class EvaluateSection(Section):
         "Optional labelled held-out set in the Jigsaw schema (comment_text, toxic, optional "
         "severe_toxic/obscene/threat/insult/identity_hate), .csv/.jsonl/.parquet.",
     )
+    heldout_sets: dict[PlainName, str] = _f(
+        {},
+        "More labelled sets, name -> file (as heldout) or world:eval-<set> (the hard world's "
+        "counterfactual, benign_context, paraphrase): each is scored like heldout, with the "
+        "threshold fitted on train, and reported as heldout-<name>/accuracy, f1, auc.",
+    )
     compare: list[tuple[MethodName, MethodName]] | None = _f(
         None,
         "Disagreement tables as [fa_method, baseline] pairs. Default: each fa-X-* against X.",

@@ -6,9 +6,17 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from conftest import make_pairs_records, small_config, write_jsonl
+import yaml
+from conftest import (
+    COMPLETIONS_BAD,
+    COMPLETIONS_GOOD,
+    make_pairs_records,
+    small_config,
+    write_jsonl,
+)
 from test_irl_training import assert_trained_alike
 from typer.testing import CliRunner
 
@@ -149,3 +157,30 @@ def test_matched_baselines_train_alike_and_select_after_the_schedule():
     assert by_name["me-matched"].best_epoch >= 6 and by_name["fa-me-gt"].best_epoch >= 6
     # same initialisation and minibatches as `me`: identical until the selection differs
     assert by_name["me"].history[0] == by_name["me-matched"].history[0]
+
+
+def test_named_heldout_sets_are_each_scored_and_reported(tmp_path):
+    rows = [(t, 0) for t in COMPLETIONS_GOOD] + [(t, 1) for t in COMPLETIONS_BAD]
+    sets = {}
+    for name in ("alpha", "beta"):
+        path = tmp_path / f"{name}.csv"
+        pd.DataFrame(rows, columns=["comment_text", "toxic"]).to_csv(path, index=False)
+        sets[name] = str(path)
+    cfg = small_config(
+        tmp_path, write_jsonl(tmp_path / "p.jsonl", make_pairs_records(60)), methods=["mm"]
+    )
+    doc = yaml.safe_load(cfg.read_text())
+    doc["evaluate"] = {"heldout_sets": sets}
+    cfg.write_text(yaml.safe_dump(doc))
+    runner = CliRunner()
+    for stage in ("irl", "evaluate"):
+        res = runner.invoke(app, [stage, str(cfg)], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "runs/t/evaluate/metrics.json").read_text())
+    assert set(metrics["data"]["heldout_sets"]) == {"alpha", "beta"}
+    for row in metrics["models"].values():
+        for name in ("alpha", "beta"):
+            assert row[f"heldout-{name}/n"] == len(rows)
+        assert row["heldout-alpha/auc"] == row["heldout-beta/auc"]  # the same texts
+    report = (tmp_path / "runs/t/evaluate/report.md").read_text()
+    assert "## Held-out set alpha" in report and "## Held-out set beta" in report

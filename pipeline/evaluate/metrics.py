@@ -81,12 +81,16 @@ class RewardScores:
     chosen: np.ndarray
     rejected: np.ndarray
     heldout: np.ndarray | None
+    # rewards on each named held-out set (evaluate.heldout_sets)
+    sets: dict[str, np.ndarray] = field(default_factory=dict)
     # FA-IRL only: R_D and R_F apart on the chosen then the rejected outputs, [2, N] each
     base_path: np.ndarray | None = None
     failure_path: np.ndarray | None = None
 
     @classmethod
-    def of(cls, model: RewardModel, h_chosen, h_rejected, h_heldout) -> RewardScores:
+    def of(
+        cls, model: RewardModel, h_chosen, h_rejected, h_heldout, h_sets: dict | None = None
+    ) -> RewardScores:
         """Score the embeddings h(o+), h(o-) and, if given, those of the held-out texts."""
         base_path = failure_path = None
         if model.failure:
@@ -101,6 +105,7 @@ class RewardScores:
                 if h_heldout is not None
                 else None
             ),
+            sets={k: model.score_embeddings(h).double().numpy() for k, h in (h_sets or {}).items()},
             base_path=base_path,
             failure_path=failure_path,
         )
@@ -151,6 +156,8 @@ class EvalInputs:
     near_tie: float
     # (method, seed) -> irl's training summary of that model: best_epoch, epochs_run
     training: dict[tuple[str, int], dict] = field(default_factory=dict)
+    # name -> a labelled set like `heldout` (evaluate.heldout_sets)
+    heldout_sets: dict[str, pd.DataFrame] = field(default_factory=dict)
     groups: np.ndarray | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -309,6 +316,9 @@ def classification(inp: EvalInputs, sc: RewardScores, threshold: float) -> dict:
     if inp.heldout is not None:
         m = classify.classification_metrics(sc.heldout, inp.heldout["toxic"], threshold)
         out.update(_prefixed("heldout", m))
+    for name, df in inp.heldout_sets.items():
+        m = classify.classification_metrics(sc.sets[name], df["toxic"], threshold)
+        out.update(_prefixed(f"heldout-{name}", m))
     return out
 
 

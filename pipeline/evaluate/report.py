@@ -166,6 +166,20 @@ def render_report(metrics: dict, plots: list[str]) -> str:
             "",
         ]
 
+    for name, h in data.get("heldout_sets", {}).items():
+        out += [
+            f"## Held-out set {name} (`{h['path']}`, N = {h['n']}, toxic rate "
+            f"{h['toxic_rate']:.2f})",
+            "",
+            _metric_table(
+                metrics,
+                f"heldout-{name}",
+                [("accuracy", "Accuracy ↑"), ("f1", "F1 ↑"), ("auc", "AUC ↑")],
+            )
+            or "_No metrics._",
+            "",
+        ]
+
     if metrics.get("paired"):
         out += [
             "## FA-IRL vs its baseline, paired by seed",

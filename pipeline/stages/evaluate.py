@@ -57,6 +57,9 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
     if ev.heldout is not None:
         heldout_path = Path(world.resolve(ev.heldout, cfg, "heldout"))
         load_heldout(heldout_path)
+    set_paths = {k: Path(world.resolve(v, cfg, "heldout")) for k, v in ev.heldout_sets.items()}
+    for p in set_paths.values():
+        load_heldout(p)
     irl_cfg = irl_manifest["config"]["irl"]
     text_mode = irl_cfg["embed"]["text"]
 
@@ -77,6 +80,8 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
             h_chosen, h_rejected = embed_pairs(pairs, embedder, text_mode)
             heldout = load_heldout(heldout_path) if heldout_path is not None else None
             h_heldout = embedder.embed(heldout["text"].tolist()) if heldout is not None else None
+            sets = {k: load_heldout(p) for k, p in set_paths.items()}
+            h_sets = {k: embedder.embed(df["text"].tolist()) for k, df in sets.items()}
 
         # 4. Every reward's scores on them.
         scores = {
@@ -85,6 +90,7 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
                 h_chosen,
                 h_rejected,
                 h_heldout,
+                h_sets,
             )
             for m in summary["models"]
         }
@@ -99,12 +105,13 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
             text_mode=text_mode,
             near_tie=ev.near_tie,
             training={(m["method"], m["seed"]): m for m in summary["models"]},
+            heldout_sets=sets,
         )
         metrics = {
             "schema": SCHEMA,
             "run": cfg.run.name,
             "irl_fingerprint": irl_manifest["fingerprint"],
-            "data": _data_summary(inputs, irl_manifest, summary, heldout_path),
+            "data": _data_summary(inputs, irl_manifest, summary, heldout_path, set_paths),
             "definitions": definitions(ev.near_tie),
             **evaluate_rewards(inputs, comparisons),
         }
@@ -125,7 +132,11 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
         "evaluate",
         cfg,
         config,
-        {"irl": irl_dir, "heldout": heldout_path},
+        {
+            "irl": irl_dir,
+            "heldout": heldout_path,
+            **{f"heldout:{k}": p for k, p in set_paths.items()},
+        },
         recipe,
         force=force,
         log=log.info,
@@ -150,7 +161,11 @@ def _comparisons(ev: EvaluateSection, trained: list[str]) -> list[tuple[str, str
 
 
 def _data_summary(
-    inputs: EvalInputs, irl_manifest: dict, summary: dict, heldout_path: Path | None
+    inputs: EvalInputs,
+    irl_manifest: dict,
+    summary: dict,
+    heldout_path: Path | None,
+    set_paths: dict[str, Path],
 ) -> dict:
     """metrics.json "data": where the pairs came from, the split sizes, what they carry."""
     df, pairs, heldout = inputs.df, inputs.pairs, inputs.heldout
@@ -172,4 +187,18 @@ def _data_summary(
         "subtypes": pairs.subtypes,
         **({"split": pairs_summary["split"]} if "split" in pairs_summary else {}),
         "heldout": heldout_summary,
+        **(
+            {
+                "heldout_sets": {
+                    k: {
+                        "path": str(set_paths[k]),
+                        "n": len(df),
+                        "toxic_rate": float(df["toxic"].mean()),
+                    }
+                    for k, df in inputs.heldout_sets.items()
+                }
+            }
+            if inputs.heldout_sets
+            else {}
+        ),
     }
