@@ -117,7 +117,8 @@ def _build(cfg: WorldSection, root: Path) -> None:
         if hard:
             sets = eval_sets(cfg.n_eval, cfg.seed + 3)
             for name, sentences in sets.items():
-                _write_heldout(sentences, tmp / f"eval-{name}.csv", score)
+                # continuations only: what pairs, rewards and re-RLHF score (irl.embed.text)
+                _write_heldout(sentences, tmp / f"eval-{name}.csv", score, whole=False)
             parts = {"corpus": corpus, "prompts": prompts, "heldout": heldout, **sets}
             extra["hard"] = {name: cue_stats(s) for name, s in parts.items()}
         texts = [s.prompt + s.continuation for s in corpus]
@@ -173,12 +174,13 @@ def _write_prompts(sentences, path: Path, score) -> None:
             )
 
 
-def _write_heldout(sentences, path: Path, score) -> None:
+def _write_heldout(sentences, path: Path, score, whole: bool = True) -> None:
+    """Jigsaw-schema rows: prompt + continuation (`whole`), or the continuation alone."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "comment_text", "toxic", *[JIGSAW_NAMES[s] for s in SUBTYPES]])
         for i, s in enumerate(sentences):
-            text = s.prompt + s.continuation
+            text = s.prompt + s.continuation if whole else s.continuation.strip()
             sc = score(text)
             w.writerow([i, text, int(sc.toxic), *[int(sc.subtypes[k] > 0.5) for k in SUBTYPES]])
 

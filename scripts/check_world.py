@@ -1,0 +1,82 @@
+"""Is the world hard enough? (issue 9, item 5; work in progress)
+
+    python scripts/check_world.py configs/hard.yaml
+
+Runs the config's pipeline (`fairl run`: stages already done are reused), then measures:
+
+  a  probe_cf_acc  accuracy on the counterfactual set (the cue independent of toxicity) of a
+                   logistic regression fitted on the same embeddings of the irl train outputs
+                   with their ground-truth labels: the task itself is learnable from h(o)
+  b  irl_in_auc    Max-Entropy IRL's test AUC (mean over seeds), in distribution
+  c  irl_cf_auc    its AUC on the counterfactual set: b - c is what it owes to the cue
+  d  gt_tox        held-out toxicity after re-RLHF with the ground-truth reward
+  e  irl_tox       after re-RLHF with the Max-Entropy IRL reward (re_rlhf.rewards `irl`)
+  f  base_tox      of the base model (re-RLHF's step 0)
+
+and ends with `world_check probe_cf_acc=<a> irl_in_auc=<b> irl_cf_auc=<c> gt_tox=<d>
+irl_tox=<e> base_tox=<f>`. The issue's criteria: a >= 0.90; b >= 0.95 and c <= b - 0.15;
+e >= d + 0.10 with d at least 0.2 below f. Re-RLHF runs one seed per reward today.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # this checkout's pipeline, whatever is installed
+    sys.path.insert(0, str(ROOT))
+
+from pipeline import world  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.data.jigsaw import load_heldout  # noqa: E402
+from pipeline.embed import Embedder  # noqa: E402
+from pipeline.stages import run as pipeline_run  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("config", type=Path)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    pipeline_run.run(cfg)
+
+    # a: a supervised probe on the same embeddings
+    irl = cfg.irl
+    embedder = Embedder(irl.embed.encoder, irl.embed.batch_size, irl.embed.cache_dir)
+    pairs = pd.read_parquet(cfg.stage_dir("irl") / "pairs.parquet")
+    train = pairs[pairs["split"] == "train"]
+    texts = train["chosen"].tolist() + train["rejected"].tolist()
+    labels = np.concatenate([train["chosen_toxic"], train["rejected_toxic"]]).astype(int)
+    cf = load_heldout(Path(world.resolve("world:eval-counterfactual", cfg, "heldout")))
+    probe = LogisticRegression(max_iter=2000).fit(embedder.embed(texts).numpy(), labels)
+    a = float(probe.score(embedder.embed(cf["text"].tolist()).numpy(), cf["toxic"].astype(int)))
+
+    # b, c: Max-Entropy IRL in distribution and on the counterfactual set
+    metrics = json.loads((cfg.stage_dir("evaluate") / "metrics.json").read_text())
+    me = metrics["methods"]["me"]["mean"]
+    b = me["test/auc"]
+    c = me.get("heldout-counterfactual/auc", me.get("heldout/auc"))
+
+    # d, e, f: re-RLHF's final toxicity per reward, and the base model's
+    summary = json.loads((cfg.stage_dir("re_rlhf") / "summary.json").read_text())
+    d = summary["ground_truth"]["final_toxicity"]
+    e = summary["irl"]["final_toxicity"]
+    f = summary["ground_truth"]["initial_toxicity"]
+
+    print(f"probe trained on {len(texts)} irl train outputs; counterfactual set: {len(cf)} texts")
+    print(
+        f"world_check probe_cf_acc={a:.3f} irl_in_auc={b:.3f} irl_cf_auc={c:.3f} "
+        f"gt_tox={d:.3f} irl_tox={e:.3f} base_tox={f:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
