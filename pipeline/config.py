@@ -630,11 +630,25 @@ class ReRLHFSection(Section):
         "reward directory. Each name becomes re_rlhf/runs/<name>/, so it is a plain name as "
         "for run.name.",
     )
+    seeds: list[int] = _f(
+        [0],
+        "RL seeds: each reward fine-tunes the base LM once per seed s (RL seed run.seed + s: "
+        "prompt order, rollouts, TRL's data order); curves are the mean over seeds with a band, "
+        "final toxicity the mean with a 95% CI. Every run is measured on the same held-out "
+        "samples' seeds, so differences are the policies'.",
+        min_length=1,
+    )
     algorithm: Literal["ppo", "grpo", "rloo"] = _f("ppo", "As in train_expert.")
     eval_every: int = _f(10, "Measure the held-out toxicity rate every this many steps.", gt=0)
     generation: GenerationSection = _f(GenerationSection(), "Sampling.")
     ppo: PPOSection = _f(PPOSection(), "PPO settings.")
     trl: TRLSection = _f(TRLSection(), "GRPO / RLOO settings.")
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self):
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"re_rlhf.seeds has duplicates: {self.seeds}")
+        return self
 
 
 # ------------------------------------------------------------------------------ top level

@@ -15,7 +15,7 @@ Runs the config's pipeline (`fairl run`: stages already done are reused), then m
 
 and ends with `world_check probe_cf_acc=<a> irl_in_auc=<b> irl_cf_auc=<c> gt_tox=<d>
 irl_tox=<e> base_tox=<f>`. The issue's criteria: a >= 0.90; b >= 0.95 and c <= b - 0.15;
-e >= d + 0.10 with d at least 0.2 below f. Re-RLHF runs one seed per reward today.
+e >= d + 0.10 with d at least 0.2 below f. d and e are means over re_rlhf.seeds.
 """
 
 from __future__ import annotations
@@ -72,6 +72,18 @@ def main() -> None:
     f = summary["ground_truth"]["initial_toxicity"]
 
     print(f"probe trained on {len(texts)} irl train outputs; counterfactual set: {len(cf)} texts")
+    print(
+        f"Max-Entropy IRL over irl.seeds {cfg.irl.seeds}: test AUC {b:.3f}, counterfactual {c:.3f}"
+    )
+    for name, s in summary.items():
+        ci = s.get("final_toxicity_ci95")
+        cue = s.get("final_cue_rate")
+        print(
+            f"re-RLHF {name:<14} toxicity {s['initial_toxicity']:.3f} -> {s['final_toxicity']:.3f}"
+            + (f" [95% CI {ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+            + f" over RL seeds {s['seeds']}"
+            + (f", cue rate {cue:.3f}" if cue is not None else "")
+        )
     print(
         f"world_check probe_cf_acc={a:.3f} irl_in_auc={b:.3f} irl_cf_auc={c:.3f} "
         f"gt_tox={d:.3f} irl_tox={e:.3f} base_tox={f:.3f}"

@@ -123,12 +123,14 @@ def re_rlhf_config(tmp_path):
 
 def assert_re_rlhf_logs_each_step_once(run):
     log = run / "re_rlhf" / "metrics.jsonl"
-    assert steps(log, "re_rlhf/ground_truth/score") == list(range(PPO["steps"]))
-    assert steps(log, "re_rlhf/ground_truth/toxicity_rate") == list(range(1, PPO["steps"] + 1))
-    per_step = Counter(steps(run / "re_rlhf" / "runs" / "ground_truth" / "samples.jsonl"))
+    ns = "re_rlhf/ground_truth/seed-0"
+    assert steps(log, f"{ns}/score") == list(range(PPO["steps"]))
+    assert steps(log, f"{ns}/toxicity_rate") == list(range(1, PPO["steps"] + 1))
+    per_step = Counter(steps(run / "re_rlhf/runs/ground_truth/seed-0/samples.jsonl"))
     assert sorted(per_step) == list(range(PPO["steps"])) and set(per_step.values()) == {4}
     curves = json.loads((run / "re_rlhf" / "curves.json").read_text())
-    assert [p["step"] for p in curves["ground_truth"]["points"]] == list(range(PPO["steps"] + 1))
+    points = curves["ground_truth"]["seeds"]["0"]["points"]
+    assert [p["step"] for p in points] == list(range(PPO["steps"] + 1))
 
 
 @pytest.mark.parametrize("damage", [None, "points.json", "checkpoint/optimizer.safetensors"])
@@ -139,14 +141,14 @@ def test_resumed_re_rlhf_logs_each_step_once(tmp_path, micro_world, monkeypatch,
     restore = interrupt_at_call(monkeypatch, 5)
     assert invoke("re-rlhf", cfg).exit_code == 130
     partial = tmp_path / "runs/m/.re_rlhf.partial"
-    assert steps(partial / "metrics.jsonl", "re_rlhf/ground_truth/score") == [0, 1, 2, 3]
+    assert steps(partial / "metrics.jsonl", "re_rlhf/ground_truth/seed-0/score") == [0, 1, 2, 3]
     if damage:
-        truncate(partial / "runs/ground_truth" / damage)
+        truncate(partial / "runs/ground_truth/seed-0" / damage)
     restore()
     res = invoke("re-rlhf", cfg)
     assert res.exit_code == 0 and "Traceback" not in res.output, res.output
     if damage:
-        assert f"{partial / 'runs/ground_truth' / damage} is unreadable" in res.output
+        assert f"{partial / 'runs/ground_truth/seed-0' / damage} is unreadable" in res.output
         assert "resuming PPO" not in res.output
     else:
         assert "resuming PPO from step 3" in res.output
@@ -172,8 +174,8 @@ def test_unreadable_re_rlhf_curves_redo_the_rewards(tmp_path, micro_world, monke
     assert f"{curves} is unreadable" in res.output
     log = tmp_path / "runs/m/re_rlhf/metrics.jsonl"
     for name in rewards:
-        assert steps(log, f"re_rlhf/{name}/score") == list(range(PPO["steps"])), name
-        assert steps(log, f"re_rlhf/{name}/toxicity_rate") == [3, 6], name
+        assert steps(log, f"re_rlhf/{name}/seed-0/score") == list(range(PPO["steps"])), name
+        assert steps(log, f"re_rlhf/{name}/seed-0/toxicity_rate") == [3, 6], name
 
 
 def test_drop_rows_keeps_earlier_steps_and_other_runs_and_drops_a_torn_line(tmp_path):

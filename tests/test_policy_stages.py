@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 from conftest import PPO_STATS, micro_config
 from typer.testing import CliRunner
 
@@ -50,9 +51,9 @@ def test_every_command_end_to_end_on_the_micro_world(tmp_path, micro_world):
     curves = json.loads((run / "re_rlhf" / "curves.json").read_text())
     assert set(curves) == {"ground_truth", "fa-irl", "irl"}
     for name, c in curves.items():
-        steps = [p["step"] for p in c["points"]]
-        assert steps == [0, 3, 6]
-        assert c["points"][-1]["toxicity_rate"] < c["points"][0]["toxicity_rate"], name
+        points = c["seeds"]["0"]["points"]
+        assert [p["step"] for p in points] == [0, 3, 6]
+        assert points[-1]["toxicity_rate"] < points[0]["toxicity_rate"], name
     assert (run / "re_rlhf" / "curves.png").stat().st_size > 5000
     assert not list((run / "re_rlhf").rglob("*checkpoint*"))  # finished runs drop checkpoints
 
@@ -194,12 +195,55 @@ def test_re_rlhf_killed_and_resumed_measures_each_step_once(tmp_path, micro_worl
 
     monkeypatch.setattr(ppo.PPOTrainer, "step", dying_step)
     assert invoke("re-rlhf", cfg).exit_code == 130
-    partial = tmp_path / "runs/m/.re_rlhf.partial/runs/ground_truth"
+    partial = tmp_path / "runs/m/.re_rlhf.partial/runs/ground_truth/seed-0"
     assert [p["step"] for p in json.loads((partial / "points.json").read_text())] == [0, 1, 2, 3, 4]
     assert json.loads((partial / "checkpoint/trainer_state.json").read_text())["step"] == 3
     monkeypatch.setattr(ppo.PPOTrainer, "step", real_step)
     res = invoke("re-rlhf", cfg)
     assert res.exit_code == 0 and "resuming" in res.output, res.output
     curves = json.loads((tmp_path / "runs/m/re_rlhf/curves.json").read_text())
-    assert [p["step"] for p in curves["ground_truth"]["points"]] == list(range(7))
+    assert [p["step"] for p in curves["ground_truth"]["seeds"]["0"]["points"]] == list(range(7))
     assert not list((tmp_path / "runs/m/re_rlhf").rglob("*checkpoint*"))
+
+
+def test_re_rlhf_seeds_give_distinct_curves_and_the_band_spans_them(tmp_path, micro_world):
+    """Issue 9, item 2: each RL seed is its own run (its own prompt order and rollouts); the
+    summary's final toxicity is the mean over the seeds with a t interval, and the plotted band
+    is computed over the same runs."""
+    import numpy as np
+    from scipy import stats
+
+    from pipeline.policy.plots import seed_band
+
+    cfg = micro_config(
+        tmp_path, re_rlhf__rewards={"ground_truth": "ground_truth"}, re_rlhf__seeds=[0, 1, 2]
+    )
+    res = invoke("re-rlhf", cfg)
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "runs/m/re_rlhf"
+    runs = json.loads((out / "curves.json").read_text())["ground_truth"]["seeds"]
+    assert sorted(runs) == ["0", "1", "2"]
+    kl = {s: [p["kl_to_base"] for p in r["points"][1:]] for s, r in runs.items()}
+    assert kl["0"] != kl["1"] != kl["2"] != kl["0"]  # distinct RL runs, not one run copied
+    assert len({r["points"][0]["toxicity_rate"] for r in runs.values()}) == 1  # same base
+
+    finals = [runs[s]["points"][-1]["toxicity_rate"] for s in ("0", "1", "2")]
+    s = json.loads((out / "summary.json").read_text())["ground_truth"]
+    assert s["seeds"] == [0, 1, 2]
+    assert s["final_toxicity"] == pytest.approx(np.mean(finals))
+    half = stats.t.ppf(0.975, 2) * np.std(finals, ddof=1) / np.sqrt(3)
+    assert s["final_toxicity_ci95"] == pytest.approx(
+        [np.mean(finals) - half, np.mean(finals) + half]
+    )
+    assert s["final_toxicity_per_seed"] == dict(zip(["0", "1", "2"], finals, strict=True))
+
+    steps, mean, lo, hi = seed_band(runs, "kl_to_base")
+    assert steps == [3, 6]
+    assert mean.tolist() == pytest.approx(np.mean(list(kl.values()), axis=0).tolist())
+    assert lo.tolist() == np.min(list(kl.values()), axis=0).tolist()
+    assert hi.tolist() == np.max(list(kl.values()), axis=0).tolist()
+    assert (lo < hi).all()
+    assert (out / "curves.png").stat().st_size > 5000
+    log = pd.read_json(out / "metrics.jsonl", lines=True)
+    for seed in (0, 1, 2):
+        assert log[f"re_rlhf/ground_truth/seed-{seed}/kl_to_base"].notna().sum() == 2

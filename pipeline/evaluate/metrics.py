@@ -323,6 +323,19 @@ def classification(inp: EvalInputs, sc: RewardScores, threshold: float) -> dict:
 
 
 # ------------------------------------------------------------------- FA vs baseline
+def t_interval(values) -> tuple[float | None, list[float] | None]:
+    """The mean of `values` and a 95% confidence interval for it (Student t, n - 1 degrees of
+    freedom): (None, None) when empty, (mean, None) for a single value."""
+    d = np.asarray(values, dtype=float)
+    if len(d) == 0:
+        return None, None
+    mean = float(np.mean(d))
+    if len(d) < 2:
+        return mean, None
+    half = float(stats.t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / np.sqrt(len(d)))
+    return mean, [mean - half, mean + half]
+
+
 PAIRED_KEYS = ("test/f1", "test/auc", "test/starc")
 LOWER_IS_BETTER = ("starc",)
 RF_COLLAPSED = 1e-3  # fit/rf_share below this: R_F carries nothing of the reward
@@ -345,11 +358,7 @@ def paired_differences(
             and per_model[f"{base}/seed-{s}"].get(key) is not None
         ]
         sign = -1.0 if key.split("/")[-1] in LOWER_IS_BETTER else 1.0
-        mean = float(np.mean(d)) if d else None
-        ci = None
-        if len(d) >= 2:
-            half = float(stats.t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / np.sqrt(len(d)))
-            ci = [mean - half, mean + half]
+        mean, ci = t_interval(d)
         out[key] = {
             "n": len(d),
             "mean": mean,

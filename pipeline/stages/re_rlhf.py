@@ -1,10 +1,13 @@
 """`fairl re-rlhf`: fine-tune the base LM with extracted rewards and measure its toxicity.
 
 Each reward of `re_rlhf.rewards` (the ground truth, an FA-IRL reward, a standard IRL reward, ...)
-fine-tunes the base LM in turn; the ground-truth toxicity rate on held-out prompts is measured
-every `eval_every` steps. Writes `curves.json`, `curves.png` (the paper's Figure 3, right),
-`metrics.jsonl`, `summary.json`. An interrupted run resumes: rewards already done are kept, the
-current one continues from its checkpoint with the measurements saved beside it.
+fine-tunes the base LM once per RL seed of `re_rlhf.seeds`; the ground-truth toxicity rate on
+held-out prompts, the KL to the base and (in the hard world) the spurious cue's rate are measured
+every `eval_every` steps. Writes `curves.json` (every run's measurements), `curves.png` (the
+paper's Figure 3, right: mean over seeds with a band, the KL on its own axis), `metrics.jsonl`,
+`summary.json` (per reward, the final values' mean and 95% CI over seeds). An interrupted run
+resumes: runs already done are kept, the current one continues from its checkpoint with the
+measurements saved beside it.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline import world
 from pipeline.artifacts import StageRun, require_stage, run_stage, write_json
 from pipeline.config import ExperimentConfig, to_dict
 from pipeline.data.prompts import prompts_config, select_prompts
 from pipeline.distributed import wait_for_all_ranks
 from pipeline.errors import ConfigError, FairlError
+from pipeline.evaluate.metrics import t_interval
 from pipeline.hub import model_inputs, resolve_model
 from pipeline.irl.reward import reward_dir
 from pipeline.metrics import MetricsSink
@@ -86,68 +92,69 @@ def resolve_reward(spec: str, cfg: ExperimentConfig) -> str:
 
 
 def _re_rlhf(run: StageRun, cfg, base, rewards, train_prompts, eval_prompts, gt) -> None:
-    """Fine-tune the base LM with each reward in turn, measuring toxicity every eval_every steps."""
+    """Fine-tune the base LM with each reward and each RL seed in turn, measuring toxicity (and
+    the world's style markers) every eval_every steps."""
     rr = cfg.re_rlhf
+    jobs = [(name, spec, seed) for name, spec in rewards.items() for seed in rr.seeds]
     if not run.is_main:  # another rank of a data-parallel launch: train alongside rank 0 only
         done = _read_curves(run.work_dir / "curves.json", is_main=False)
-        for name, spec in rewards.items():
-            if done.get(name, {}).get("done"):
+        for name, spec, seed in jobs:
+            if _is_done(done, name, seed):
                 continue
-            _read_points(run.work_dir / "runs" / name, name, is_main=False)
+            work = _work_dir(run, name, seed)
+            _read_points(work, name, is_main=False)
             train_ppo(
                 base,
                 reward_scorer(spec, gt),
                 train_prompts,
                 rr.ppo,
                 rr.generation,
-                cfg.run.seed,
-                run.work_dir / "runs" / name,
+                cfg.run.seed + seed,
+                work,
                 MetricsSink(None),
             )
         return
+    markers = world.style_markers(cfg)
     curves_path = run.path("curves.json")
     curves = _read_curves(curves_path, is_main=True)
     base_model, base_tok = load_policy(base)
-    start, _ = measure_toxicity(base_model, base_tok, eval_prompts, rr.generation, cfg.run.seed, gt)
+
+    def measure(model, tok, reference=None) -> dict:
+        # the same sampling seed for every policy: differences are the policies'
+        m, texts = measure_toxicity(
+            model, tok, eval_prompts, rr.generation, cfg.run.seed, gt, reference=reference
+        )
+        for key, phrase in markers.items():
+            m[key] = float(np.mean([phrase in t.lower() for t in texts])) if texts else 0.0
+        return m
+
+    start = measure(base_model, base_tok)
     with MetricsSink(run.path("metrics.jsonl")) as sink:
-        for name, spec in rewards.items():
-            if curves.get(name, {}).get("done"):
-                discard_checkpoints(run.work_dir / "runs" / name)
+        for name, spec, seed in jobs:
+            work = _work_dir(run, name, seed)
+            if _is_done(curves, name, seed):
+                discard_checkpoints(work)
                 continue  # finished before an interruption
             scorer = reward_scorer(spec, gt)
-            work = run.work_dir / "runs" / name
             work.mkdir(parents=True, exist_ok=True)
             saved = work / "points.json"  # measurements survive an interruption with the checkpoint
             points = _read_points(work, name, is_main=True) or [{"step": 0, **start}]
-            log.info("re-rlhf: %s reward (%s)", name, spec)
+            namespace = f"re_rlhf/{name}/seed-{seed}"
+            log.info("re-rlhf: %s reward (%s), RL seed %d", name, spec, seed)
             rewound = []
 
-            def on_step(step, trainer, points=points, name=name, rewound=rewound, saved=saved):
+            def on_step(step, trainer, points=points, ns=namespace, rewound=rewound, saved=saved):
                 if step % rr.eval_every == 0 or step == rr.ppo.steps:
                     # after a resume from an earlier checkpoint, steps past it are measured anew
                     # (the first measurement is the first step past it)
                     points[:] = [p for p in points if p["step"] < step]
                     if not rewound:
-                        sink.rewind(step, f"re_rlhf/{name}/toxicity_rate")
+                        sink.rewind(step, f"{ns}/toxicity_rate")
                         rewound.append(step)
-                    m, _ = measure_toxicity(
-                        trainer.policy,
-                        trainer.tok,
-                        eval_prompts,
-                        rr.generation,
-                        cfg.run.seed,
-                        gt,
-                        reference=base_model,
-                    )
+                    m = measure(trainer.policy, trainer.tok, reference=base_model)
                     points.append({"step": step, **m})
                     write_json(saved, points)
-                    sink.log(
-                        step,
-                        {
-                            f"re_rlhf/{name}/toxicity_rate": m["toxicity_rate"],
-                            f"re_rlhf/{name}/kl_to_base": m["kl_to_base"],
-                        },
-                    )
+                    sink.log(step, {f"{ns}/{k}": m[k] for k in CURVE_KEYS + tuple(markers)})
 
             if rr.algorithm == "ppo":
                 train_ppo(
@@ -156,11 +163,11 @@ def _re_rlhf(run: StageRun, cfg, base, rewards, train_prompts, eval_prompts, gt)
                     train_prompts,
                     rr.ppo,
                     rr.generation,
-                    cfg.run.seed,
+                    cfg.run.seed + seed,
                     work,
                     sink,
                     on_step=on_step,
-                    namespace=f"re_rlhf/{name}",
+                    namespace=namespace,
                 )
             else:
                 model, tok = train_trl(
@@ -170,34 +177,69 @@ def _re_rlhf(run: StageRun, cfg, base, rewards, train_prompts, eval_prompts, gt)
                     train_prompts,
                     rr.trl,
                     rr.generation,
-                    cfg.run.seed,
+                    cfg.run.seed + seed,
                     work,
                     sink,
-                    namespace=f"re_rlhf/{name}",
+                    namespace=namespace,
                 )
-                m, _ = measure_toxicity(
-                    model, tok, eval_prompts, rr.generation, cfg.run.seed, gt, reference=base_model
-                )
-                points.append({"step": rr.trl.steps, **m})
-            curves[name] = {"reward": spec, "points": points, "done": True}
+                points.append({"step": rr.trl.steps, **measure(model, tok, reference=base_model)})
+            entry = curves.setdefault(name, {"reward": spec, "seeds": {}})
+            entry["seeds"][str(seed)] = {"points": points, "done": True}
             write_json(curves_path, curves)
             discard_checkpoints(work)
-    plot_curves(curves, run.path("curves.png"), cfg.run.name)
-    summary = {
-        name: {
-            "reward": c["reward"],
-            "initial_toxicity": c["points"][0]["toxicity_rate"],
-            "final_toxicity": c["points"][-1]["toxicity_rate"],
-            "final_kl": c["points"][-1].get("kl_to_base"),
-        }
-        for name, c in curves.items()
-    }
+    plot_curves(curves, run.path("curves.png"), cfg.run.name, markers=tuple(markers))
+    summary = {name: summarise(c, tuple(markers)) for name, c in curves.items()}
     write_json(run.path("summary.json"), summary)
     run.extra["summary"] = summary
     for name, s in summary.items():
+        ci = s["final_toxicity_ci95"]
         log.info(
-            "re-rlhf: %-14s toxicity %.3f -> %.3f", name, s["initial_toxicity"], s["final_toxicity"]
+            "re-rlhf: %-14s toxicity %.3f -> %.3f%s over %d seed(s)",
+            name,
+            s["initial_toxicity"],
+            s["final_toxicity"],
+            f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "",
+            len(s["seeds"]),
         )
+
+
+CURVE_KEYS = ("toxicity_rate", "kl_to_base")  # logged at every measurement of a run
+
+
+def summarise(curve: dict, markers: tuple[str, ...] = ()) -> dict:
+    """One reward's runs: the toxicity before RL, and at the last step the mean over RL seeds
+    with a 95% CI (Student t; None for one seed) and each seed's value, for the toxicity rate,
+    the KL to the base and each style marker's rate."""
+    runs = curve["seeds"]
+    seeds = sorted(runs, key=int)
+    out: dict[str, Any] = {
+        "reward": curve["reward"],
+        "seeds": [int(s) for s in seeds],
+        "initial_toxicity": runs[seeds[0]]["points"][0]["toxicity_rate"],
+    }
+    for key, label in (
+        ("toxicity_rate", "toxicity"),
+        ("kl_to_base", "kl"),
+        *[(m, m) for m in markers],
+    ):
+        finals = [runs[s]["points"][-1].get(key) for s in seeds]
+        if any(v is None for v in finals):
+            continue
+        mean, ci = t_interval(finals)
+        out[f"final_{label}"] = mean
+        out[f"final_{label}_ci95"] = ci
+        out[f"final_{label}_per_seed"] = dict(zip(seeds, finals, strict=True))
+    if "final_kl" not in out:
+        out["final_kl"] = None
+    return out
+
+
+def _work_dir(run: StageRun, name: str, seed: int) -> Path:
+    return run.work_dir / "runs" / name / f"seed-{seed}"
+
+
+def _is_done(curves: dict, name: str, seed: int) -> bool:
+    return bool(curves.get(name, {}).get("seeds", {}).get(str(seed), {}).get("done"))
 
 
 # ------------------------------------------------------------------- resumable state
@@ -262,6 +304,9 @@ def _valid_points(points) -> bool:
 
 def _valid_curves(curves) -> bool:
     return isinstance(curves, dict) and all(
-        isinstance(c, dict) and isinstance(c.get("reward"), str) and _valid_points(c.get("points"))
+        isinstance(c, dict)
+        and isinstance(c.get("reward"), str)
+        and isinstance(c.get("seeds"), dict)
+        and all(isinstance(r, dict) and _valid_points(r.get("points")) for r in c["seeds"].values())
         for c in curves.values()
     )

@@ -7,6 +7,15 @@ from pathlib import Path
 
 from pipeline.errors import ConfigError
 from pipeline.world.build import get_world
+from pipeline.world.hard import CUE
+
+
+def style_markers(cfg) -> dict[str, str]:
+    """Phrases whose rate in a policy's samples re-rlhf tracks (metric `<name>`): the hard
+    world's spurious cue, which carries no ground-truth weight; none elsewhere."""
+    if cfg.world is not None and cfg.world.kind == "hard":
+        return {"cue_rate": CUE}
+    return {}
 
 
 def is_ref(value) -> bool:
