@@ -184,3 +184,31 @@ def test_named_heldout_sets_are_each_scored_and_reported(tmp_path):
         assert row["heldout-alpha/auc"] == row["heldout-beta/auc"]  # the same texts
     report = (tmp_path / "runs/t/evaluate/report.md").read_text()
     assert "## Held-out set alpha" in report and "## Held-out set beta" in report
+
+
+def test_fa_irl_is_paired_with_its_matched_and_its_plain_baseline(tmp_path):
+    """The tables compare FA-IRL with its matched baseline; the paired differences show the plain
+    baseline beside it, so the training-length confound stays visible."""
+    cfg = small_config(
+        tmp_path,
+        write_jsonl(tmp_path / "p.jsonl", make_pairs_records(80)),
+        methods=["me", "me-matched", "fa-me-gt"],
+        seeds=[0, 1],
+        fa={"rounds": 3},
+    )
+    runner = CliRunner()
+    for stage in ("irl", "evaluate"):
+        res = runner.invoke(app, [stage, str(cfg)], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "runs/t/evaluate/metrics.json").read_text())
+    assert list(metrics["failure_slice"]) == ["fa-me-gt vs me-matched"]
+    assert list(metrics["paired"]) == ["fa-me-gt vs me-matched", "fa-me-gt vs me"]
+    for key, base in (("fa-me-gt vs me-matched", "me-matched"), ("fa-me-gt vs me", "me")):
+        starc = [
+            metrics["models"][f"fa-me-gt/seed-{s}"]["test/starc"]
+            - metrics["models"][f"{base}/seed-{s}"]["test/starc"]
+            for s in (0, 1)
+        ]
+        assert metrics["paired"][key]["test/starc"]["diffs"] == pytest.approx(starc)
+    report = (tmp_path / "runs/t/evaluate/report.md").read_text()
+    assert "| fa-me-gt vs me-matched |" in report and "| fa-me-gt vs me |" in report

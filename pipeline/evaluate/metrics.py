@@ -225,6 +225,11 @@ def evaluate_rewards(inp: EvalInputs, comparisons: list[tuple[str, str]]) -> dic
         warnings += slice_warnings(key, slices[key])
         if inp.pairs.has_labels:
             disagreement[key] = disagreement_tables(inp, fa, base, common, thresholds)
+    for fa, base in comparisons:  # beside a matched baseline, the plain one too (paired only)
+        plain = METHOD_TABLE[fa].baseline if fa in METHOD_TABLE else None
+        if plain not in (None, base) and plain in inp.methods and f"{fa} vs {plain}" not in paired:
+            common = sorted(set(inp.seeds_of(fa)) & set(inp.seeds_of(plain)))
+            paired[f"{fa} vs {plain}"] = paired_differences(per_model, fa, plain, common)
     return {
         "models": per_model,
         "methods": by_method,

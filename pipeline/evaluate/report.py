@@ -186,7 +186,10 @@ def render_report(metrics: dict, plots: list[str]) -> str:
             "",
             "Methods of one seed share R_D's initialisation and the minibatch order, so each seed "
             "pairs an FA-IRL model with its baseline: mean of the per-seed differences FA - "
-            "baseline [95% CI, Student t], and the seeds FA wins (higher F1 / AUC, lower STARC).",
+            "baseline [95% CI, Student t], and the seeds FA wins (higher F1 / AUC, lower STARC). "
+            "A `-matched` baseline selects its model from the same earliest epoch as FA-IRL (the "
+            "fair comparison); the plain baseline, where also shown, stops on its own, so its "
+            "difference mixes the failure path with training length.",
             "",
             _paired_table(metrics["paired"]),
             "",
