@@ -1,4 +1,4 @@
-"""Is the world hard enough? (issue 9, item 5; work in progress)
+"""Is the world hard enough? (issue 9, item 5)
 
     python scripts/check_world.py configs/hard.yaml
 

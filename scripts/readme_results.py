@@ -10,6 +10,8 @@ numbers and times are what a fresh clone gets):
 
   toy              `fairl run configs/toy.yaml` (the world is built first, timed on its own)
   rtp-challenging  `fairl run configs/rtp-challenging.yaml` (needs ../shared/data/rtp-challenging)
+  hard             `fairl run configs/hard.yaml` (timed), then `python scripts/check_world.py
+                   configs/hard.yaml` on that run (its world_check line)
   bench            `python scripts/bench_irl.py` (the README quotes its full workload)
   theorem1         the measured widths that `tests/test_theorem1.py` prints
 
@@ -42,13 +44,14 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "docs" / "results"
 RUN_ROOT = ROOT / "runs" / "readme"
 README = ROOT / "README.md"
-NAMES = ("toy", "rtp-challenging", "bench", "theorem1")
+NAMES = ("toy", "rtp-challenging", "hard", "bench", "theorem1")
 
 # The files each result depends on (directories are walked). A change in any of them makes the
 # result stale: the test then fails until the result is regenerated.
 SOURCES = {
     "toy": ("pipeline", "cli", "configs/toy.yaml", "constraints.txt"),
     "rtp-challenging": ("pipeline", "cli", "configs/rtp-challenging.yaml", "constraints.txt"),
+    "hard": ("pipeline", "cli", "configs/hard.yaml", "scripts/check_world.py", "constraints.txt"),
     "bench": ("pipeline", "scripts/bench_irl.py", "constraints.txt"),
     "theorem1": ("pipeline", "tests/test_theorem1.py", "constraints.txt"),
 }
@@ -311,6 +314,7 @@ def produce_toy() -> dict:
         },
         "make_pairs": {k: pairs[k] for k in ("pairs", "toxic_rate_chosen", "toxic_rate_rejected")},
         "evaluate": _methods_table(metrics),
+        "paired": metrics["paired"],
         "re_rlhf": rr,
         "figures": {
             "re_rlhf_curves": _copy_figure(
@@ -335,9 +339,58 @@ def produce_rtp() -> dict:
         },
         "make_pairs": {k: pairs[k] for k in ("pairs", "n_train", "n_test")},
         "evaluate": _methods_table(metrics),
+        "paired": metrics["paired"],
         "figures": {
             "metric_bars": _copy_figure(
                 run_dir / "evaluate" / "metric_bars.png", "rtp-challenging-metric_bars.png"
+            )
+        },
+    }
+
+
+def produce_hard() -> dict:
+    """`fairl run configs/hard.yaml` from an empty cache (timed: issue 9 asks for at most 10
+    minutes on 2 cores), then check_world.py on the same run root, which reuses every stage."""
+    os.environ.update({k: v for k, v in _env("hard").items() if k != "PYTHONPATH"})
+    run_dir, timing, cfg = _fairl_run("hard", "configs/hard.yaml")
+    out, _ = _call(
+        [
+            sys.executable,
+            "scripts/check_world.py",
+            "configs/hard.yaml",
+            "--set",
+            f"run.root={RUN_ROOT.relative_to(ROOT)}",
+        ],
+        _env("hard"),
+        "hard: check_world",
+    )
+    last = [line for line in out.splitlines() if line.startswith("world_check ")]
+    if not last:
+        raise _errors().FairlError(
+            "scripts/check_world.py printed no `world_check` line",
+            hint="its last line is the machine-readable summary",
+        )
+    metrics = _load(run_dir / "evaluate" / "metrics.json")
+    sets = ["heldout"] + [f"heldout-{n}" for n in cfg.evaluate.heldout_sets]
+    return {
+        "timing": timing,
+        "config": {
+            "methods": list(cfg.irl.methods),
+            "seeds": list(cfg.irl.seeds),
+            "re_rlhf_seeds": list(cfg.re_rlhf.seeds),
+            "re_rlhf_rewards": dict(cfg.re_rlhf.rewards),
+        },
+        "check_world": out.rstrip("\n").splitlines(),
+        "world_check": {k: float(v) for k, v in re.findall(r"(\w+)=(\S+)", last[-1])},
+        "heldout_auc": {
+            m: {k: a["mean"].get(f"{k}/auc") for k in sets} for m, a in metrics["methods"].items()
+        },
+        "evaluate": _methods_table(metrics),
+        "paired": metrics["paired"],
+        "re_rlhf": _load(run_dir / "re_rlhf" / "summary.json"),
+        "figures": {
+            "re_rlhf_curves": _copy_figure(
+                run_dir / "re_rlhf" / "curves.png", "hard-re-rlhf-curves.png"
             )
         },
     }
@@ -385,6 +438,8 @@ def produce_theorem1() -> dict:
 COMMANDS = {
     "toy": "fairl run configs/toy.yaml --set run.root=runs/readme",
     "rtp-challenging": "fairl run configs/rtp-challenging.yaml --set run.root=runs/readme",
+    "hard": "fairl run configs/hard.yaml --set run.root=runs/readme; "
+    "python scripts/check_world.py configs/hard.yaml --set run.root=runs/readme",
     "bench": "python scripts/bench_irl.py",
     "theorem1": f"python -m pytest {THEOREM1_TEST} -s",
 }
@@ -396,6 +451,7 @@ def produce(name: str, quick_bench: bool = False) -> dict:
     result = {
         "toy": produce_toy,
         "rtp-challenging": produce_rtp,
+        "hard": produce_hard,
         "theorem1": produce_theorem1,
         "bench": lambda: produce_bench(quick_bench),
     }[name]()
@@ -464,6 +520,70 @@ def _n(items) -> str:
     return _WORDS.get(len(items), str(len(items)))
 
 
+PAIRED = (("test/f1", "F1", 1), ("test/auc", "AUC", 1), ("test/starc", "STARC", -1))
+
+
+def _diff(d: dict) -> str:
+    if d["mean"] is None:
+        return "n/a"
+    ci = f" [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d["ci95"] else ""
+    return f"{d['mean']:+.3f}{ci}, {d['wins']}/{d['n']}"
+
+
+def _verdict(d: dict, sign: int) -> str:
+    """better / worse when the 95% CI of FA - baseline excludes zero, else "no difference"."""
+    if d["ci95"] is None:
+        return "untested"
+    lo, hi = (sign * x for x in d["ci95"])
+    return "better" if min(lo, hi) > 0 else "worse" if max(lo, hi) < 0 else "no difference"
+
+
+def _render_paired(paired: dict) -> str:
+    """FA-IRL against its baselines, paired by seed: a table, then where FA-IRL beats its
+    matched baseline and where it does not (95% CI of the mean difference clear of zero)."""
+    rows = [
+        "| FA-IRL vs baseline | "
+        + " | ".join(f"{n} {'↑' if g > 0 else '↓'}" for _, n, g in PAIRED)
+        + " |",
+        "|---|---|---|---|",
+    ]
+    rows += [
+        f"| {c} | " + " | ".join(_diff(d[k]) for k, _, _ in PAIRED) + " |"
+        for c, d in paired.items()
+    ]
+    found: dict[str, list[str]] = {"better": [], "worse": [], "no difference": []}
+    for c, d in paired.items():
+        if "-matched" not in c:
+            continue
+        for k, n, g in PAIRED:
+            v = _verdict(d[k], g)
+            if v in found:
+                found[v].append(f"{n} ({c.split(' vs ')[0]}, {d[k]['mean']:+.3f})")
+    parts = [
+        f"{label} its matched baseline on {', '.join(found[v])}"
+        for v, label in (("better", "FA-IRL beats"), ("worse", "FA-IRL is worse than"))
+        if found[v]
+    ]
+    if found["no difference"]:
+        parts.append(
+            f"the 95% CI includes zero for {len(found['no difference'])} other comparisons"
+        )
+    verdict = "; ".join(parts) if parts else "no matched baseline was trained"
+    return (
+        "\n".join(rows)
+        + "\n\n"
+        + _fill(
+            "Mean of the per-seed differences FA - baseline [95% CI], and the seeds FA-IRL wins. "
+            f"Against the matched baselines (same model selection): {verdict}."
+        )
+    )
+
+
+def _final(s: dict) -> str:
+    ci = s.get("final_toxicity_ci95")
+    return f"{s['final_toxicity']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def _render_toy(r: dict) -> dict[str, str]:
     c, te, mp, ev = r["config"], r["train_expert"], r["make_pairs"], r["evaluate"]
     g, t = r["generated"], r["timing"]
@@ -488,9 +608,10 @@ def _render_toy(r: dict) -> dict[str, str]:
     )
     rewards = [
         f"`{n}` (`{c.get('re_rlhf_rewards', {}).get(n, s['reward'])}`) "
-        f"{s['initial_toxicity']:.3f} -> {s['final_toxicity']:.3f}, KL {s['final_kl']:.1f}"
+        f"{s['initial_toxicity']:.3f} -> {_final(s)}, KL {s['final_kl']:.1f}"
         for n, s in r["re_rlhf"].items()
     ]
+    n_rl = len(next(iter(r["re_rlhf"].values())).get("seeds", [0]))
     paragraphs = [
         _fill(
             f"From an empty cache the run took {_duration(world_s + t['run_s'])} "
@@ -520,15 +641,16 @@ def _render_toy(r: dict) -> dict[str, str]:
                 _fill(f"**evaluate**: the report. Here {compare}{best}.", True),
                 _fill(
                     f"**re-rlhf**: re-trains the base LM with each reward of `re_rlhf.rewards` for "
-                    f"{c['re_rlhf_steps']} {c['re_rlhf_algorithm'].upper()} steps; held-out "
-                    f"toxicity and final KL to the base: {'; '.join(rewards)}.",
+                    f"{c['re_rlhf_steps']} {c['re_rlhf_algorithm'].upper()} steps and "
+                    f"{_n(range(n_rl))} RL seeds; held-out toxicity (mean [95% CI] over the "
+                    f"seeds) and final KL to the base: {'; '.join(rewards)}.",
                     True,
                 ),
             ]
         ),
         f"![re-RLHF curves from the offline run]({r['figures']['re_rlhf_curves']['path']})",
     ]
-    return {"toy": "\n\n".join(paragraphs)}
+    return {"toy": "\n\n".join(paragraphs), "toy-paired": _render_paired(r["paired"])}
 
 
 def _render_rtp(r: dict) -> dict[str, str]:
@@ -592,6 +714,51 @@ def _render_rtp(r: dict) -> dict[str, str]:
             ]
         ),
         "rtp-challenging-figure": f"![metric bars]({r['figures']['metric_bars']['path']})",
+        "rtp-challenging-paired": _render_paired(r["paired"]),
+    }
+
+
+def _render_hard(r: dict) -> dict[str, str]:
+    g, t, c = r["generated"], r["timing"], r["config"]
+    world_s = t.get("world_build_s", 0.0)
+    sets = list(next(iter(r["heldout_auc"].values())))
+    names = {"heldout": "counterfactual"} | {k: k.removeprefix("heldout-") for k in sets}
+    rows = [
+        "| Method | test | " + " | ".join(names[k] for k in sets) + " |",
+        "|---|---|" + "---|" * len(sets),
+    ]
+    rows += [
+        f"| {a['label']} | {a['mean']['auc']:.3f} | "
+        + " | ".join(f"{r['heldout_auc'][m][k]:.3f}" for k in sets)
+        + " |"
+        for m, a in r["evaluate"].items()
+    ]
+    rewards = "; ".join(
+        f"`{n}` {s['initial_toxicity']:.3f} -> {_final(s)}"
+        + (f", cue rate {s['final_cue_rate']:.2f}" if s.get("final_cue_rate") is not None else "")
+        for n, s in r["re_rlhf"].items()
+    )
+    return {
+        "hard": "\n\n".join(
+            [
+                _fill(
+                    f"From an empty cache the world build took {_duration(world_s)} and `fairl run "
+                    f"configs/hard.yaml` {_duration(t['run_s'])} {_measured_on(g)} "
+                    f"({_n(c['methods'])} methods x {_n(c['seeds'])} seeds; re-RLHF with "
+                    f"{_n(c['re_rlhf_seeds'])} RL seeds per reward). AUC of each reward as a "
+                    "classifier of single outputs (mean over seeds), in distribution and on the "
+                    "world's three evaluation sets, where the cue is independent of toxicity:"
+                ),
+                "\n".join(rows),
+                _fill(
+                    f"Re-RLHF, held-out toxicity (mean [95% CI] over RL seeds): {rewards}. "
+                    "`python scripts/check_world.py configs/hard.yaml` then printed:"
+                ),
+                "```\n" + "\n".join(r["check_world"][-8:]) + "\n```",
+                f"![re-RLHF curves in the hard world]({r['figures']['re_rlhf_curves']['path']})",
+            ]
+        ),
+        "hard-paired": _render_paired(r["paired"]),
     }
 
 
@@ -617,6 +784,7 @@ def _render_theorem1(r: dict) -> dict[str, str]:
 RENDERERS = {
     "toy": _render_toy,
     "rtp-challenging": _render_rtp,
+    "hard": _render_hard,
     "bench": _render_bench,
     "theorem1": _render_theorem1,
 }

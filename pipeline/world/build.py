@@ -31,7 +31,14 @@ from pipeline.errors import ConfigError
 from pipeline.hub import cache_root
 from pipeline.runtime import apply_threads_for_model
 from pipeline.world.grammar import JIGSAW_NAMES, SUBTYPES, generate_sentences, lexicon_score
-from pipeline.world.hard import EVAL_SETS, cue_stats, eval_sets, generate_hard, hard_score
+from pipeline.world.hard import (
+    EVAL_SETS,
+    HARD_GRAMMAR_VERSION,
+    cue_stats,
+    eval_sets,
+    generate_hard,
+    hard_score,
+)
 
 log = logging.getLogger("fairl.world")
 WORLD_VERSION = 2  # 2: the base LM is pretrained on one thread (pipeline.runtime)
@@ -87,6 +94,8 @@ def world_root(cfg: WorldSection) -> Path:
     world = to_dict(cfg)
     if cfg.kind == "easy":
         world = {k: v for k, v in world.items() if k not in HARD_ONLY}
+    else:  # the hard grammar's own version: a changed grammar is a new world
+        world["grammar"] = HARD_GRAMMAR_VERSION
     key = sha256_json({"world": world, "version": WORLD_VERSION})[:16]
     return cache_root() / "world" / key
 

@@ -1,5 +1,5 @@
-"""The hard offline world (issue 9, item 1; work in progress): a grammar whose ground truth a
-reward can get right in distribution and wrong for the right reasons.
+"""The hard offline world (`world.kind: hard`): a grammar whose ground truth a reward can get
+right in distribution and wrong for a reason one can name.
 
 What makes it hard, each a knob of `HardSpec`:
 
@@ -26,8 +26,9 @@ ambiguous words, negations and reported speech, about half in their benign frame
 
 The ground truth `hard_score` is exact and deterministic, like the easy world's lexicon: reward
 = -(sum of weights), toxicity p = 1 - exp(-sum), toxic iff p > 0.5, per-subtype the same.
-Preference noise (a few percent of flipped pairs) belongs to make-pairs, not to the grammar.
-Not yet wired into `world.build`, the config or make-pairs (see the issue 9 notes).
+Preference noise (a few percent of flipped pairs) belongs to make-pairs
+(`make_pairs.preference_noise`), not to the grammar. `world.build` writes the corpus, prompts,
+held-out set and the three evaluation sets, with `cue_stats` of each in world.json.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 
 from pipeline.world.grammar import GROUPS, NAMES, NOUNS, SUBTYPES
 
+HARD_GRAMMAR_VERSION = 1  # part of the hard world's cache key: bump on any change below
 CUE = "honestly,"
 EVAL_SETS = ("counterfactual", "benign_context", "paraphrase")
 
