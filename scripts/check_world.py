@@ -84,6 +84,14 @@ def main() -> None:
             + f" over RL seeds {s['seeds']}"
             + (f", cue rate {cue:.3f}" if cue is not None else "")
         )
+    for what, ok in (
+        (f"a >= 0.90 (the task is learnable): a = {a:.3f}", a >= 0.90),
+        (f"b >= 0.95 (IRL fits in distribution): b = {b:.3f}", b >= 0.95),
+        (f"c <= b - 0.15 (IRL learned the cue): b - c = {b - c:.3f}", c <= b - 0.15),
+        (f"d <= f - 0.20 (the true reward detoxifies): f - d = {f - d:.3f}", d <= f - 0.20),
+        (f"e >= d + 0.10 (re-RLHF separates the rewards): e - d = {e - d:+.3f}", e >= d + 0.10),
+    ):
+        print(f"{'met    ' if ok else 'NOT MET'}  {what}")
     print(
         f"world_check probe_cf_acc={a:.3f} irl_in_auc={b:.3f} irl_cf_auc={c:.3f} "
         f"gt_tox={d:.3f} irl_tox={e:.3f} base_tox={f:.3f}"

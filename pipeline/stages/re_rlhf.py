@@ -128,7 +128,7 @@ def _re_rlhf(run: StageRun, cfg, base, rewards, train_prompts, eval_prompts, gt)
             m[key] = float(np.mean([phrase in t.lower() for t in texts])) if texts else 0.0
         return m
 
-    start = measure(base_model, base_tok)
+    start = {**measure(base_model, base_tok), "kl_to_base": 0.0}  # the base, at KL 0 to itself
     with MetricsSink(run.path("metrics.jsonl")) as sink:
         for name, spec, seed in jobs:
             work = _work_dir(run, name, seed)
