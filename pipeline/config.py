@@ -54,7 +54,8 @@ class Method:
     label: str  # the row's name in Table 1 (report.md)
     help: str  # one line for `--help`
     # A baseline whose model selection starts where FA-IRL's does (epoch irl.fa.rounds), so
-    # that FA-IRL and it are compared at the same training length (not a row of Table 1).
+    # that FA-IRL and it are compared at the same training length (the paper has no such row;
+    # fairl's report and README list it beside Table 1's six).
     matched: bool = False
 
     @property
@@ -598,7 +599,9 @@ class EvaluateSection(Section):
     )
     compare: list[tuple[MethodName, MethodName]] | None = _f(
         None,
-        "Disagreement tables as [fa_method, baseline] pairs. Default: each fa-X-* against X.",
+        "FA-vs-baseline comparisons (failure slice, disagreement tables, paired differences) as "
+        "[fa_method, baseline] pairs. Default: each fa-X-* against X-matched when it was "
+        "trained, else against X (paired differences add X beside X-matched).",
     )
     near_tie: float = _f(
         0.05,
@@ -632,10 +635,11 @@ class ReRLHFSection(Section):
     )
     seeds: list[int] = _f(
         [0],
-        "RL seeds: each reward fine-tunes the base LM once per seed s (RL seed run.seed + s: "
-        "prompt order, rollouts, TRL's data order); curves are the mean over seeds with a band, "
-        "final toxicity the mean with a 95% CI. Every run is measured on the same held-out "
-        "samples' seeds, so differences are the policies'.",
+        "RL seeds (>= 0): each reward fine-tunes the base LM once per seed s (RL seed "
+        "run.seed + s: prompt order, rollouts, TRL's data order); curves are the mean over "
+        "seeds with a band, final toxicity the mean with a 95% CI over these RL seeds (an "
+        "irl:<method> reward is one irl seed's, so irl's seed variance is not in it). Every run "
+        "is measured with the same sampling seeds on the same held-out prompts.",
         min_length=1,
     )
     algorithm: Literal["ppo", "grpo", "rloo"] = _f("ppo", "As in train_expert.")
@@ -648,6 +652,10 @@ class ReRLHFSection(Section):
     def _distinct_seeds(self):
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"re_rlhf.seeds has duplicates: {self.seeds}")
+        if min(self.seeds) < 0:
+            raise ValueError(
+                f"re_rlhf.seeds must be >= 0 (an RL seed is run.seed + s): {self.seeds}"
+            )
         return self
 
 
@@ -665,6 +673,19 @@ class ExperimentConfig(Section):
 
     # Which sections the YAML file named; `fairl run` chains these by default.
     _present: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _world_and_its_ground_truth(self) -> ExperimentConfig:
+        lexicons = {"easy": "lexicon", "hard": "hard-lexicon"}
+        if self.world is not None and self.ground_truth.kind in lexicons.values():
+            expected = lexicons[self.world.kind]
+            if self.ground_truth.kind != expected:
+                raise ValueError(
+                    f"ground_truth.kind {self.ground_truth.kind} scores another world than "
+                    f"world.kind {self.world.kind}: the {self.world.kind} world's ground truth is "
+                    f"{expected}"
+                )
+        return self
 
     def stage_dir(self, stage: str) -> Path:
         return self.run.root / self.run.name / stage
@@ -896,6 +917,35 @@ def _origin(loc: tuple, overrides: list[tuple[tuple[str, ...], str]], source: st
 def to_dict(section: BaseModel) -> dict:
     """JSON-ready dict of a section (paths as strings)."""
     return section.model_dump(mode="json")
+
+
+# Settings added after 0.1.0, by section: a stage's fingerprint leaves each out while it has its
+# default (the behaviour before it existed), so stages published before it are still found and
+# not redone.
+ADDED_SETTINGS: dict[type[BaseModel], tuple[str, ...]] = {
+    WorldSection: ("kind", "n_eval"),
+    MakePairsSection: ("preference_noise",),
+    FailureSection: ("penalty_scale",),
+    EvaluateSection: ("heldout_sets",),
+}
+
+
+def fingerprint(section: BaseModel) -> dict:
+    """`to_dict(section)` as a stage's fingerprint: settings of ADDED_SETTINGS at their default
+    are left out (recursively)."""
+    out = to_dict(section)
+    _drop_added_defaults(section, out)
+    return out
+
+
+def _drop_added_defaults(section: BaseModel, out: dict) -> None:
+    added = ADDED_SETTINGS.get(type(section), ())
+    for name, field in type(section).model_fields.items():
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            _drop_added_defaults(value, out[name])
+        elif name in added and value == field.get_default(call_default_factory=True):
+            del out[name]
 
 
 def describe_section(model: type[BaseModel], prefix: str) -> list[str]:

@@ -2,7 +2,8 @@
 
     python scripts/check_world.py configs/hard.yaml
 
-Runs the config's pipeline (`fairl run`: stages already done are reused), then measures:
+Runs the config's pipeline (`fairl run` in a subprocess: stages already done are reused; its
+output goes to stderr), then prints what it measured to stdout:
 
   a  probe_cf_acc  accuracy on the counterfactual set (the cue independent of toxicity) of a
                    logistic regression fitted on the same embeddings of the irl train outputs
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -37,7 +40,25 @@ from pipeline import world  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.jigsaw import load_heldout  # noqa: E402
 from pipeline.embed import Embedder  # noqa: E402
-from pipeline.stages import run as pipeline_run  # noqa: E402
+from pipeline.errors import ConfigError  # noqa: E402
+
+COUNTERFACTUAL = "world:eval-counterfactual"
+
+
+def counterfactual_key(cfg) -> str:
+    """The metrics.json prefix evaluate gave the counterfactual set: `heldout` or
+    `heldout-<name>`."""
+    if str(cfg.evaluate.heldout) == COUNTERFACTUAL:
+        return "heldout"
+    for name, value in cfg.evaluate.heldout_sets.items():
+        if value == COUNTERFACTUAL:
+            return f"heldout-{name}"
+    raise ConfigError(
+        f"evaluate scores no counterfactual set: neither evaluate.heldout nor "
+        f"evaluate.heldout_sets is {COUNTERFACTUAL}",
+        hint="check_world needs the hard world (world.kind: hard) and its counterfactual set, "
+        "as in configs/hard.yaml",
+    )
 
 
 def main() -> None:
@@ -46,7 +67,12 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
     cfg = load_config(args.config, args.overrides)
-    pipeline_run.run(cfg)
+    cf_key = counterfactual_key(cfg)
+    cmd = [sys.executable, "-m", "cli.main", "run", str(args.config.resolve())]
+    cmd += [a for o in args.overrides for a in ("--set", o)]
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    subprocess.run(cmd, check=True, stdout=sys.stderr, env={**os.environ, "PYTHONPATH": path})
+    print(f"check_world: {args.config}")
 
     # a: a supervised probe on the same embeddings
     irl = cfg.irl
@@ -63,7 +89,7 @@ def main() -> None:
     metrics = json.loads((cfg.stage_dir("evaluate") / "metrics.json").read_text())
     me = metrics["methods"]["me"]["mean"]
     b = me["test/auc"]
-    c = me.get("heldout-counterfactual/auc", me.get("heldout/auc"))
+    c = me[f"{cf_key}/auc"]
 
     # d, e, f: re-RLHF's final toxicity per reward, and the base model's
     summary = json.loads((cfg.stage_dir("re_rlhf") / "summary.json").read_text())

@@ -353,7 +353,7 @@ def produce_hard() -> dict:
     minutes on 2 cores), then check_world.py on the same run root, which reuses every stage."""
     os.environ.update({k: v for k, v in _env("hard").items() if k != "PYTHONPATH"})
     run_dir, timing, cfg = _fairl_run("hard", "configs/hard.yaml")
-    out, _ = _call(
+    out, _ = _call(  # its stdout: what it measured (the pipeline's own output goes to stderr)
         [
             sys.executable,
             "scripts/check_world.py",
@@ -538,9 +538,11 @@ def _verdict(d: dict, sign: int) -> str:
     return "better" if min(lo, hi) > 0 else "worse" if max(lo, hi) < 0 else "no difference"
 
 
-def _render_paired(paired: dict) -> str:
+def _render_paired(paired: dict | None) -> str:
     """FA-IRL against its baselines, paired by seed: a table, then where FA-IRL beats its
     matched baseline and where it does not (95% CI of the mean difference clear of zero)."""
+    if paired is None:  # a result made before evaluate paired the seeds
+        return "(This result predates the paired differences: run scripts/readme_results.py.)"
     rows = [
         "| FA-IRL vs baseline | "
         + " | ".join(f"{n} {'↑' if g > 0 else '↓'}" for _, n, g in PAIRED)
@@ -565,8 +567,9 @@ def _render_paired(paired: dict) -> str:
         if found[v]
     ]
     if found["no difference"]:
+        others = " other" if parts else ""
         parts.append(
-            f"the 95% CI includes zero for {len(found['no difference'])} other comparisons"
+            f"the 95% CI includes zero for the {len(found['no difference'])}{others} comparisons"
         )
     verdict = "; ".join(parts) if parts else "no matched baseline was trained"
     return (
@@ -577,6 +580,10 @@ def _render_paired(paired: dict) -> str:
             f"Against the matched baselines (same model selection): {verdict}."
         )
     )
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _final(s: dict) -> str:
@@ -650,7 +657,7 @@ def _render_toy(r: dict) -> dict[str, str]:
         ),
         f"![re-RLHF curves from the offline run]({r['figures']['re_rlhf_curves']['path']})",
     ]
-    return {"toy": "\n\n".join(paragraphs), "toy-paired": _render_paired(r["paired"])}
+    return {"toy": "\n\n".join(paragraphs), "toy-paired": _render_paired(r.get("paired"))}
 
 
 def _render_rtp(r: dict) -> dict[str, str]:
@@ -714,7 +721,7 @@ def _render_rtp(r: dict) -> dict[str, str]:
             ]
         ),
         "rtp-challenging-figure": f"![metric bars]({r['figures']['metric_bars']['path']})",
-        "rtp-challenging-paired": _render_paired(r["paired"]),
+        "rtp-challenging-paired": _render_paired(r.get("paired")),
     }
 
 
@@ -722,14 +729,14 @@ def _render_hard(r: dict) -> dict[str, str]:
     g, t, c = r["generated"], r["timing"], r["config"]
     world_s = t.get("world_build_s", 0.0)
     sets = list(next(iter(r["heldout_auc"].values())))
-    names = {"heldout": "counterfactual"} | {k: k.removeprefix("heldout-") for k in sets}
+    names = {k: k.removeprefix("heldout-") for k in sets} | {"heldout": "counterfactual"}
     rows = [
         "| Method | test | " + " | ".join(names[k] for k in sets) + " |",
         "|---|---|" + "---|" * len(sets),
     ]
     rows += [
         f"| {a['label']} | {a['mean']['auc']:.3f} | "
-        + " | ".join(f"{r['heldout_auc'][m][k]:.3f}" for k in sets)
+        + " | ".join(_num(r["heldout_auc"][m][k]) for k in sets)
         + " |"
         for m, a in r["evaluate"].items()
     ]
@@ -754,7 +761,7 @@ def _render_hard(r: dict) -> dict[str, str]:
                     f"Re-RLHF, held-out toxicity (mean [95% CI] over RL seeds): {rewards}. "
                     "`python scripts/check_world.py configs/hard.yaml` then printed:"
                 ),
-                "```\n" + "\n".join(r["check_world"][-8:]) + "\n```",
+                "```\n" + "\n".join(r["check_world"]) + "\n```",
                 f"![re-RLHF curves in the hard world]({r['figures']['re_rlhf_curves']['path']})",
             ]
         ),

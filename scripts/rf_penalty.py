@@ -97,6 +97,7 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for config in args.configs:
+        config = config.resolve()  # the runs below start in the repository root
         for scale in args.scales:
             table += rows(config.stem, scale, run(config, scale))
     print("\n".join(table))

@@ -7,7 +7,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import make_pairs_records, write_jsonl
+from conftest import ROOT, make_pairs_records, write_jsonl
 
 from pipeline.config import METHOD_TABLE, METHODS, IRLSection, load_config, method_label
 from pipeline.data.jigsaw import load_heldout
@@ -347,3 +347,40 @@ def test_a_matched_baseline_selects_from_where_fa_irl_does():
     assert matched.to_dict() == {**plain.to_dict(), "name": "mm-matched", "min_epoch": 7}
     free = IRLSection(fa={"rounds": 7, "early_stop_after_rounds": False})
     assert method_spec("mm-matched", free).first_stoppable_epoch == 0
+
+
+def test_settings_added_later_keep_the_fingerprints_of_stages_published_before():
+    """A stage published before a setting existed is still found (not redone) while that setting
+    keeps its default: these are the fingerprints of fairl 0.1.0 / issue 8 for the same configs."""
+    from pipeline.artifacts import sha256_json
+    from pipeline.config import fingerprint
+    from pipeline.data.prompts import prompts_config
+
+    paper = load_config(ROOT / "configs" / "paper-pythia-410m.yaml")
+    assert sha256_json(fingerprint(paper.make_pairs))[:12] == "d05336cc3dac"
+    assert sha256_json(fingerprint(paper.irl))[:12] == "c1352251c1d1"
+    assert sha256_json(fingerprint(paper.evaluate))[:12] == "84b836f4a41d"
+    assert sha256_json(prompts_config(load_config(ROOT / "configs" / "toy.yaml")))[:12] == (
+        "bea5309f5a00"
+    )
+    # set away from its default, a new setting is part of the fingerprint
+    noisy = load_config(overrides=["make_pairs.preference_noise=0.03", "irl.fa.penalty_scale=0"])
+    assert fingerprint(noisy.make_pairs)["preference_noise"] == 0.03
+    assert fingerprint(noisy.irl)["fa"]["penalty_scale"] == 0.0
+    assert "penalty_scale" not in fingerprint(paper.irl)["fa"]
+
+
+@pytest.mark.parametrize(
+    "config,override,message",
+    [
+        ("hard.yaml", "ground_truth.kind=lexicon", "the hard world's ground truth is hard-lexicon"),
+        ("toy.yaml", "ground_truth.kind=hard-lexicon", "the easy world's ground truth is lexicon"),
+        ("toy.yaml", "re_rlhf.seeds=[0, 0]", "re_rlhf.seeds has duplicates"),
+        ("toy.yaml", "re_rlhf.seeds=[-1]", "re_rlhf.seeds must be >= 0"),
+    ],
+)
+def test_a_world_scored_by_another_worlds_truth_or_bad_rl_seeds_are_refused(
+    config, override, message
+):
+    with pytest.raises(ConfigError, match=message):
+        load_config(ROOT / "configs" / config, [override])

@@ -162,9 +162,9 @@ def test_matched_baselines_train_alike_and_select_after_the_schedule():
 def test_named_heldout_sets_are_each_scored_and_reported(tmp_path):
     rows = [(t, 0) for t in COMPLETIONS_GOOD] + [(t, 1) for t in COMPLETIONS_BAD]
     sets = {}
-    for name in ("alpha", "beta"):
+    for name, part in (("alpha", rows), ("beta", rows), ("toxic_only", rows[-3:])):
         path = tmp_path / f"{name}.csv"
-        pd.DataFrame(rows, columns=["comment_text", "toxic"]).to_csv(path, index=False)
+        pd.DataFrame(part, columns=["comment_text", "toxic"]).to_csv(path, index=False)
         sets[name] = str(path)
     cfg = small_config(
         tmp_path, write_jsonl(tmp_path / "p.jsonl", make_pairs_records(60)), methods=["mm"]
@@ -177,7 +177,13 @@ def test_named_heldout_sets_are_each_scored_and_reported(tmp_path):
         res = runner.invoke(app, [stage, str(cfg)], catch_exceptions=False)
         assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "runs/t/evaluate/metrics.json").read_text())
-    assert set(metrics["data"]["heldout_sets"]) == {"alpha", "beta"}
+    assert set(metrics["data"]["heldout_sets"]) == {"alpha", "beta", "toxic_only"}
+    # a degenerate named set is flagged like the held-out set
+    assert any(
+        w["kind"] == "few_per_class" and "heldout-toxic_only/auc" in w["metrics"]
+        for w in metrics["warnings"]
+    )
+    assert any("held-out set 'toxic_only' has one class only" in n for n in metrics["notes"])
     for row in metrics["models"].values():
         for name in ("alpha", "beta"):
             assert row[f"heldout-{name}/n"] == len(rows)

@@ -11,6 +11,7 @@ from pipeline.config import WorldSection, load_config
 from pipeline.data.jigsaw import load_heldout
 from pipeline.world.build import get_world, world_root
 from pipeline.world.hard import (
+    AMBIGUOUS,
     EVAL_SETS,
     FAMILIES,
     HardSpec,
@@ -71,6 +72,13 @@ def test_in_the_evaluation_sets_the_cue_says_nothing_about_toxicity():
     assert {s.family for s in sets["paraphrase"]} == set(HardSpec().heldout_families)
     benign = [s for s in sets["benign_context"] if not hard_score(s.text).toxic]
     assert benign and any("kill" in s.text or "not" in s.text for s in benign)
+    # the ambiguous words appear in their threat frame about as often as in their benign one
+    frames = {True: 0, False: 0}
+    for s in sets["benign_context"]:
+        words = s.continuation.split()
+        if any(w.strip(".,") in AMBIGUOUS for w in words):
+            frames[hard_score(s.continuation).toxic] += 1
+    assert 0.5 < frames[True] / frames[False] < 2, frames
 
 
 def test_the_easy_world_keeps_its_cache_key():

@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass
 
 from pipeline import world
-from pipeline.config import to_dict
+from pipeline.config import fingerprint, to_dict
 from pipeline.data.rtp import load_rtp
 from pipeline.errors import DataError
 
@@ -77,6 +77,6 @@ def prompts_config(cfg) -> dict:
     return {
         "ground_truth": to_dict(cfg.ground_truth),
         "prompts": to_dict(cfg.prompts),
-        "world": to_dict(cfg.world) if cfg.world else None,
+        "world": fingerprint(cfg.world) if cfg.world else None,
         "run.seed": cfg.run.seed,
     }

@@ -593,8 +593,8 @@ def data_warnings(inp: EvalInputs) -> list[dict]:
     if pairs.has_labels:
         for split, mask in (("train", train), ("test", test)):
             classes.append((split, inp.column("toxic", mask, bool)))
-    if inp.heldout is not None and pairs.has_labels:
-        classes.append(("heldout", inp.heldout["toxic"].to_numpy(bool)))
+    if pairs.has_labels:
+        classes += [(key, df["toxic"].to_numpy(bool)) for key, df in heldout_sets(inp)]
     for split, y in classes:
         pos, neg = int(y.sum()), int((~y).sum())
         if min(pos, neg) < MIN_PER_CLASS:
@@ -671,7 +671,7 @@ def slice_warnings(key: str, fs: dict) -> list[dict]:
 def data_notes(inp: EvalInputs) -> list[str]:
     """Metrics the data leaves out or undefined, and why (metrics.json "notes")."""
     df, notes = inp.df, []
-    if inp.heldout is not None and inp.text_mode != "completion":
+    if heldout_sets(inp) and inp.text_mode != "completion":
         notes.append(
             "held-out texts have no prompt: they are embedded alone although the "
             "rewards were trained on prompt+completion"
@@ -697,11 +697,13 @@ def data_notes(inp: EvalInputs) -> list[str]:
                 f"{split} outputs are all {'toxic' if y.all() else 'non-toxic'}: "
                 f"{split}/auc is undefined" + ("" if y.any() else f" and {split}/f1 too")
             )
-    if inp.heldout is not None and (inp.heldout["toxic"].all() or not inp.heldout["toxic"].any()):
-        notes.append(
-            "the held-out set has one class only: heldout/auc (and f1 without toxic "
-            "comments) are undefined"
-        )
+    for key, held in heldout_sets(inp):
+        if held["toxic"].all() or not held["toxic"].any():
+            what = "the held-out set" if key == "heldout" else f"held-out set {key[8:]!r}"
+            notes.append(
+                f"{what} has one class only: {key}/auc (and f1 without toxic comments) are "
+                "undefined"
+            )
     for st in inp.pairs.subtypes:
         lab = df[[f"chosen_sub_{st}", f"rejected_sub_{st}"]].to_numpy(float)
         if not (np.nan_to_num(lab) > 0.5).any():
@@ -712,6 +714,12 @@ def data_notes(inp: EvalInputs) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ helpers
+def heldout_sets(inp: EvalInputs) -> list[tuple[str, pd.DataFrame]]:
+    """Every labelled held-out set with its metrics.json prefix: `heldout`, `heldout-<name>`."""
+    named = [(f"heldout-{name}", df) for name, df in inp.heldout_sets.items()]
+    return ([("heldout", inp.heldout)] if inp.heldout is not None else []) + named
+
+
 def _prefixed(prefix: str, d: dict) -> dict:
     return {f"{prefix}/{k}": v for k, v in d.items()}
 

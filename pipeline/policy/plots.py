@@ -44,7 +44,8 @@ def plot_curves(curves: dict, path: Path, title: str, markers: tuple[str, ...] =
                 ax.fill_between(steps, lo, hi, color=color, alpha=0.2, lw=0)
         ax.set_xlabel("RL step")
         ax.set_ylabel(label)
-        ax.set_ylim(0, None)
+        if key != "kl_to_base":  # a rate; a KL estimate from samples can dip below 0
+            ax.set_ylim(0, None)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     band = f"mean over {n_seeds} RL seeds, band: their range" if n_seeds > 1 else "one RL seed"

@@ -22,7 +22,7 @@ import pandas as pd
 
 from pipeline import world
 from pipeline.artifacts import StageRun, require_stage, run_stage, write_json, write_text
-from pipeline.config import EvaluateSection, ExperimentConfig, to_dict
+from pipeline.config import EvaluateSection, ExperimentConfig, fingerprint
 from pipeline.data.jigsaw import load_heldout
 from pipeline.data.pairs import PairSet
 from pipeline.embed import Embedder, embed_pairs
@@ -127,7 +127,7 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
         write_text(run.path("report.md"), render_report(metrics, [p.name for p in plots if p]))
         log.info("evaluate: report at %s", run.final_dir / "report.md")
 
-    config = {"evaluate": to_dict(ev), "irl": irl_manifest["fingerprint"]}
+    config = {"evaluate": fingerprint(ev), "irl": irl_manifest["fingerprint"]}
     return run_stage(
         "evaluate",
         cfg,

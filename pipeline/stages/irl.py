@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from pipeline.artifacts import StageRun, require_stage, run_stage, write_json
-from pipeline.config import ExperimentConfig, to_dict
+from pipeline.config import ExperimentConfig, fingerprint
 from pipeline.data.pairs import PairSet, load_pairs
 from pipeline.embed import Embedder, embed_pairs
 from pipeline.errors import DataError
@@ -57,7 +57,7 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
             "(the *-margin variants need no labels)",
         )
     embedder = Embedder(irl.embed.encoder, irl.embed.batch_size, irl.embed.cache_dir)
-    config = {"irl": to_dict(irl), "run.seed": cfg.run.seed, "encoder": embedder.fingerprint}
+    config = {"irl": fingerprint(irl), "run.seed": cfg.run.seed, "encoder": embedder.fingerprint}
     return run_stage(
         "irl",
         cfg,

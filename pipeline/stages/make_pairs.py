@@ -31,7 +31,7 @@ from pipeline.artifacts import (
     run_stage,
     write_json,
 )
-from pipeline.config import ExperimentConfig, to_dict
+from pipeline.config import ExperimentConfig, fingerprint, to_dict
 from pipeline.data.pairs import swap_sides
 from pipeline.data.prompts import prompts_config, select_prompts
 from pipeline.data.rtp import load_rtp, pairs_from_continuations
@@ -56,7 +56,7 @@ def _from_dataset(cfg: ExperimentConfig, force: bool) -> Path:
     mp = cfg.make_pairs
     files = mp.dataset.files
     local = {f"file{i}": Path(f) for i, f in enumerate(files) if Path(f).exists()}  # files or dirs
-    config = {"make_pairs": to_dict(mp), "run.seed": cfg.run.seed}
+    config = {"make_pairs": fingerprint(mp), "run.seed": cfg.run.seed}
 
     def recipe(run: StageRun) -> None:
         df, stats = pairs_from_continuations(load_rtp(files), mp.dataset, cfg.run.seed)

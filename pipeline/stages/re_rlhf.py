@@ -209,7 +209,8 @@ CURVE_KEYS = ("toxicity_rate", "kl_to_base")  # logged at every measurement of a
 def summarise(curve: dict, markers: tuple[str, ...] = ()) -> dict:
     """One reward's runs: the toxicity before RL, and at the last step the mean over RL seeds
     with a 95% CI (Student t; None for one seed) and each seed's value, for the toxicity rate,
-    the KL to the base and each style marker's rate."""
+    the KL to the base and each style marker's rate. A rate's interval is clipped to [0, 1],
+    where a rate lives (with few seeds near 0 the t interval reaches below it)."""
     runs = curve["seeds"]
     seeds = sorted(runs, key=int)
     out: dict[str, Any] = {
@@ -226,6 +227,8 @@ def summarise(curve: dict, markers: tuple[str, ...] = ()) -> dict:
         if any(v is None for v in finals):
             continue
         mean, ci = t_interval(finals)
+        if ci is not None and key != "kl_to_base":
+            ci = [max(ci[0], 0.0), min(ci[1], 1.0)]
         out[f"final_{label}"] = mean
         out[f"final_{label}_ci95"] = ci
         out[f"final_{label}_per_seed"] = dict(zip(seeds, finals, strict=True))

@@ -36,11 +36,12 @@ from __future__ import annotations
 import math
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pipeline.world.grammar import GROUPS, NAMES, NOUNS, SUBTYPES
 
-HARD_GRAMMAR_VERSION = 1  # part of the hard world's cache key: bump on any change below
+HARD_GRAMMAR_VERSION = 2  # part of the hard world's cache key: bump on any change below
+# 2: benign_context draws its toxic subtypes uniformly (the threat frame is not rare there)
 CUE = "honestly,"
 EVAL_SETS = ("counterfactual", "benign_context", "paraphrase")
 
@@ -256,6 +257,10 @@ def generate_hard(
 def eval_sets(n: int, seed: int, spec: HardSpec | None = None) -> dict[str, list[HardSentence]]:
     """The three evaluation sets of the module docstring, n sentences each."""
     spec = spec or HardSpec()
+    # benign_context draws threats as often as insults, so the ambiguous words appear in their
+    # threat frame about as often as in their benign one; the counterfactual set keeps the
+    # corpus's subtype mix, so that only the cue differs from the test outputs
+    uniform = replace(spec, subtype_rates=dict.fromkeys(spec.subtype_rates, 1.0))
     benign = ["clean-frame", "clean-negated", "clean-reported", "threat", "insult-direct"]
     # the cue is uninformative in every set (independent of toxicity), so each set isolates
     # one thing: the cue itself, context, or unseen phrasings
@@ -263,7 +268,7 @@ def eval_sets(n: int, seed: int, spec: HardSpec | None = None) -> dict[str, list
     flat = {"cue_rates": (0.5, 0.5), "p_toxic": 0.5}
     return {
         "counterfactual": generate_hard(n, seed, spec, **flat),
-        "benign_context": generate_hard(n, seed + 1, spec, families=benign, **flat),
+        "benign_context": generate_hard(n, seed + 1, uniform, families=benign, **flat),
         "paraphrase": generate_hard(
             n, seed + 2, spec, families=list(spec.heldout_families), **flat
         ),
