@@ -725,6 +725,27 @@ def _render_rtp(r: dict) -> dict[str, str]:
     }
 
 
+def _world_verdict(w: dict) -> str:
+    """Issue 9's criteria on check_world's numbers: which hold and which do not."""
+    a, b, c = w["probe_cf_acc"], w["irl_in_auc"], w["irl_cf_auc"]
+    d, e, f = w["gt_tox"], w["irl_tox"], w["base_tox"]
+    checks = [
+        ("the task is learnable (a >= 0.90)", a >= 0.90),
+        ("IRL fits in distribution (b >= 0.95)", b >= 0.95),
+        ("IRL leans on the cue (c <= b - 0.15)", c <= b - 0.15),
+        ("the true reward detoxifies (d <= f - 0.2)", d <= f - 0.2),
+        ("re-RLHF separates the rewards (e >= d + 0.10)", e >= d + 0.10),
+    ]
+    held = [what for what, ok in checks if ok]
+    not_held = [what for what, ok in checks if not ok]
+    return f"Of the world's criteria, these hold: {'; '.join(held) or 'none'}. " + (
+        f"These do not: {'; '.join(not_held)}. docs/hard-world.md says what was tried and "
+        "what the world would need."
+        if not_held
+        else "Every criterion holds."
+    )
+
+
 def _render_hard(r: dict) -> dict[str, str]:
     g, t, c = r["generated"], r["timing"], r["config"]
     world_s = t.get("world_build_s", 0.0)
@@ -762,6 +783,7 @@ def _render_hard(r: dict) -> dict[str, str]:
                     "`python scripts/check_world.py configs/hard.yaml` then printed:"
                 ),
                 "```\n" + "\n".join(r["check_world"]) + "\n```",
+                _fill(_world_verdict(r["world_check"])),
                 f"![re-RLHF curves in the hard world]({r['figures']['re_rlhf_curves']['path']})",
             ]
         ),
