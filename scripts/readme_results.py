@@ -771,9 +771,9 @@ def _render_hard(r: dict) -> dict[str, str]:
             [
                 _fill(
                     f"From an empty cache the world build took {_duration(world_s)} and `fairl run "
-                    f"configs/hard.yaml` {_duration(t['run_s'])} {_measured_on(g)} "
-                    f"({_n(c['methods'])} methods x {_n(c['seeds'])} seeds; re-RLHF with "
-                    f"{_n(c['re_rlhf_seeds'])} RL seeds per reward). AUC of each reward as a "
+                    f"configs/hard.yaml` {_duration(t['run_s'])} {_measured_on(g)}, for "
+                    f"{_n(c['methods'])} methods x {_n(c['seeds'])} seeds and re-RLHF with "
+                    f"{_n(c['re_rlhf_seeds'])} RL seeds per reward. AUC of each reward as a "
                     "classifier of single outputs (mean over seeds), in distribution and on the "
                     "world's three evaluation sets, where the cue is independent of toxicity:"
                 ),
