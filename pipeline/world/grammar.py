@@ -195,6 +195,12 @@ def lexicon_score(text: str) -> LexiconScore:
             s, weight = LEXICON[w]
             total += weight
             per[s] += weight
+    return score_of_weights(total, per)
+
+
+def score_of_weights(total: float, per: dict[str, float]) -> LexiconScore:
+    """The worlds' transform of summed toxic weights (`total`, and `per` subtype): reward =
+    -total, toxicity p = 1 - exp(-total), toxic iff p > 0.5, each subtype the same."""
     tox = 1.0 - math.exp(-total)
     return LexiconScore(
         reward=-total,

@@ -33,12 +33,18 @@ held-out set and the three evaluation sets, with `cue_stats` of each in world.js
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from dataclasses import dataclass, field, replace
 
-from pipeline.world.grammar import GROUPS, NAMES, NOUNS, SUBTYPES
+from pipeline.world.grammar import (
+    GROUPS,
+    NAMES,
+    NOUNS,
+    SUBTYPES,
+    LexiconScore,
+    score_of_weights,
+)
 
 HARD_GRAMMAR_VERSION = 2  # part of the hard world's cache key: bump on any change below
 # 2: benign_context draws its toxic subtypes uniformly (the threat frame is not rare there)
@@ -77,15 +83,7 @@ REPORTED_FACTOR = 0.5
 _TOKEN = re.compile(r"[a-z]+")
 
 
-@dataclass(frozen=True)
-class HardScore:
-    reward: float  # -(sum of weights), higher is better
-    toxicity: float  # 1 - exp(-sum)
-    toxic: bool  # toxicity > 0.5
-    subtypes: dict[str, float]  # per subtype, the same transform
-
-
-def hard_score(text: str) -> HardScore:
+def hard_score(text: str) -> LexiconScore:
     """The exact ground truth of the hard world (module docstring): context-dependent words,
     negation, reported speech, mild words and condescending phrases; the cue weighs nothing."""
     low = text.lower()
@@ -105,14 +103,7 @@ def hard_score(text: str) -> HardScore:
     for phrase, (subtype, weight) in CONDESCENDING.items():
         if phrase in low:
             per[subtype] += weight * factor
-    total = sum(per.values())
-    tox = 1.0 - math.exp(-total)
-    return HardScore(
-        reward=-total,
-        toxicity=tox,
-        toxic=tox > 0.5,
-        subtypes={s: 1.0 - math.exp(-v) for s, v in per.items()},
-    )
+    return score_of_weights(sum(per.values()), per)
 
 
 # ------------------------------------------------------------------------------ grammar
