@@ -27,6 +27,7 @@ from pipeline.config import (
     MakePairsSection,
     ReRLHFSection,
     RunSection,
+    SweepSection,
     TrainExpertSection,
     describe_section,
     load_config,
@@ -239,6 +240,74 @@ def run_all(
             typer.echo(f"report: {outputs['evaluate'] / 'report.md'}")
 
     _invoke(chain)
+
+
+@app.command(
+    "sweep",
+    epilog="Config keys (YAML section, or --set key=value):\n\n"
+    + "\n\n".join(describe_section(SweepSection, "sweep")),
+)
+def sweep(
+    config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
+    set_: SetOpt = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grid",
+            "-g",
+            help="A swept key and its values, key=v1,v2,... (YAML values); adds to sweep.grid. "
+            "Repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run every combination of sweep.grid as its own run (shared upstream stages once), then
+    compare them."""
+    _setup_logging(quiet)
+
+    def go() -> Path:
+        path = config_opt or config
+        if path is None:
+            raise ConfigError(
+                "fairl sweep needs a config file", hint="fairl sweep CONFIG --grid ..."
+            )
+        _load(config, config_opt, set_)  # the config errors before anything runs
+        from pipeline.stages.sweep import sweep as run_sweep  # the stages: torch and the rest
+
+        return run_sweep(path, set_ or [], grid or [], force)
+
+    _invoke(go)
+
+
+@app.command("compare")
+def compare(
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run directories (<run.root>/<run.name>, each with evaluate/ and irl/), two or "
+            "more.",
+            metavar="RUN_DIR...",
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Where to write report.md and comparison.json."),
+    ] = Path("runs/compare"),
+    quiet: QuietOpt = False,
+) -> None:
+    """Compare runs that evaluated the same test pairs: what differs in their configs, and each
+    method's test F1, AUC and STARC in every run."""
+    _setup_logging(quiet)
+
+    def go() -> Path:
+        from pipeline.evaluate.compare import compare_runs  # pandas: not for --help
+
+        return compare_runs(runs, out) / "report.md"
+
+    _invoke(go)
 
 
 def _end_distributed() -> None:

@@ -21,6 +21,7 @@ can make fairl write or replace anything outside <run.root>/<run.name>/.
 from __future__ import annotations
 
 import datetime
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -518,6 +519,20 @@ class IRLSection(Section):
         min_length=1,
     )
     seeds: list[int] = _f([0, 1, 2, 3, 4], "One reward per method per seed.", min_length=1)
+    n_pairs: int | None = _f(
+        None,
+        "Train on this many of the training pairs (drawn with run.seed; val and test are kept "
+        "whole). Default: all of them.",
+        gt=0,
+    )
+    pair_mix: float | None = _f(
+        None,
+        "With n_pairs: the fraction of them that are toxic -> non-toxic (rejected toxic, chosen "
+        "not), exactly round(pair_mix * n_pairs); the rest are the other training pairs "
+        "(paper Appendix D, Figure 4). Needs the pairs' toxicity labels.",
+        ge=0,
+        le=1,
+    )
     head: Literal["linear", "mlp"] = _f(
         "mlp", "Reward head on h(o): linear theta^T h + b, or a two-layer MLP (paper)."
     )
@@ -579,6 +594,10 @@ class IRLSection(Section):
             )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"irl.seeds has duplicates: {self.seeds}")
+        if self.pair_mix is not None and self.n_pairs is None:
+            raise ValueError(
+                "irl.pair_mix needs irl.n_pairs: the mix is of a fixed number of pairs"
+            )
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"irl.methods has duplicates: {self.methods}")
         return self
@@ -659,6 +678,27 @@ class ReRLHFSection(Section):
         return self
 
 
+class SweepSection(Section):
+    grid: dict[str, list[Any]] = _f(
+        {},
+        "Config key (dotted, as for --set) -> the values to try. `fairl sweep` runs every "
+        "combination as its own run, <run.root>/<run.name>/points/<key=value,...>/; the stages "
+        "upstream of every swept key run once, in <run.root>/<run.name>/shared/.",
+    )
+    parallel: int = _f(
+        1, "Points run at once (each a `fairl run` process); 1 runs them in turn.", ge=1
+    )
+
+    @model_validator(mode="after")
+    def _values(self) -> SweepSection:
+        for key, values in self.grid.items():
+            if not values:
+                raise ValueError(f"sweep.grid.{key} has no values")
+            if len({json.dumps(v, sort_keys=True) for v in values}) < len(values):
+                raise ValueError(f"sweep.grid.{key} repeats a value: {values}")
+        return self
+
+
 # ------------------------------------------------------------------------------ top level
 class ExperimentConfig(Section):
     run: RunSection = _f(RunSection(), "Run name, output root, seed, stages.")
@@ -670,6 +710,7 @@ class ExperimentConfig(Section):
     irl: IRLSection = _f(IRLSection(), "fairl irl.")
     evaluate: EvaluateSection = _f(EvaluateSection(), "fairl evaluate.")
     re_rlhf: ReRLHFSection = _f(ReRLHFSection(), "fairl re-rlhf.")
+    sweep: SweepSection = _f(SweepSection(), "fairl sweep: the grid of values to run.")
 
     # Which sections the YAML file named; `fairl run` chains these by default.
     _present: tuple[str, ...] = ()
@@ -926,6 +967,7 @@ ADDED_SETTINGS: dict[type[BaseModel], tuple[str, ...]] = {
     WorldSection: ("kind", "n_eval"),
     MakePairsSection: ("preference_noise",),
     FailureSection: ("penalty_scale",),
+    IRLSection: ("n_pairs", "pair_mix"),
     EvaluateSection: ("heldout_sets",),
 }
 

@@ -104,3 +104,51 @@ def carve(prompts: list[str], fraction: float, rng, part: str) -> tuple[np.ndarr
     held = np.zeros(n, dtype=bool)
     held[order[:n_held]] = True
     return held, {"rule": "pair", "reason": f"by pair ({n_held} of {n} pairs): {why}"}
+
+
+def subsample_train(
+    df: pd.DataFrame, n_pairs: int, pair_mix: float | None, seed: int
+) -> tuple[pd.DataFrame, dict]:
+    """Keep `n_pairs` of the training pairs, drawn with `seed` (val and test rows are kept
+    whole); with `pair_mix`, exactly k = round(pair_mix * n_pairs) of them toxic -> non-toxic
+    (rejected toxic, chosen not) and n_pairs - k of the others (paper Appendix D). Returns the
+    frame (rows in their original order) and what was drawn. Refuses a mix the training pairs
+    cannot supply, saying which mixes they can."""
+    train = (df["split"] == "train").to_numpy()
+    if pair_mix is not None and "chosen_toxic" not in df:
+        raise DataError(
+            "irl.pair_mix needs the pairs' chosen_toxic / rejected_toxic labels",
+            hint="use pairs with labels, or leave irl.pair_mix unset",
+        )
+    rng = np.random.default_rng(seed)
+    if pair_mix is None:
+        pools = {"train": np.flatnonzero(train)}
+        want = {"train": n_pairs}
+    else:
+        tox = train & df["rejected_toxic"].to_numpy(bool) & ~df["chosen_toxic"].to_numpy(bool)
+        pools = {"toxic_to_nontoxic": np.flatnonzero(tox), "other": np.flatnonzero(train & ~tox)}
+        k = round(pair_mix * n_pairs)
+        want = {"toxic_to_nontoxic": k, "other": n_pairs - k}
+    have = {name: len(pool) for name, pool in pools.items()}
+    if any(have[name] < want[name] for name in pools):
+        if pair_mix is None:
+            hint = f"set irl.n_pairs to at most {have['train']}"
+        else:
+            t, o = have["toxic_to_nontoxic"], have["other"]
+            lo, hi = max(0, n_pairs - o), min(n_pairs, t)
+            hint = (
+                f"with irl.n_pairs {n_pairs}, irl.pair_mix can be {lo / n_pairs:.3g} to "
+                f"{hi / n_pairs:.3g}"
+                if lo <= hi
+                else f"lower irl.n_pairs to at most {t + o}"
+            )
+        raise DataError(
+            f"the training split cannot supply {', '.join(f'{v} {k}' for k, v in want.items())} "
+            f"pairs: it has {', '.join(f'{v} {k}' for k, v in have.items())}",
+            hint=hint,
+        )
+    keep = ~train
+    for name, pool in pools.items():
+        keep[rng.choice(pool, want[name], replace=False)] = True
+    drawn = {"n_pairs": n_pairs, "pair_mix": pair_mix, "drawn": want, "available": have}
+    return df[keep].reset_index(drop=True), drawn

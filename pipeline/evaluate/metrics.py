@@ -294,6 +294,13 @@ def model_metrics(
                 name, _, why = note.partition(": ")
                 undefined.setdefault((why, name), []).append(f"{method}/seed-{seed}")
             flat.update(_prefixed("test", d))
+            # the paper's Figure 4 plots STARC on the training outputs: Eq. 4 there too
+            try:
+                flat["train/starc"] = distances.starc_l1(
+                    sc.outputs(train), inp.column("score", train)
+                )
+            except distances.DegenerateReward:  # constant on the train outputs
+                flat["train/starc"] = None
         fit = inp.training.get((method, seed), {})
         flat.update(
             {

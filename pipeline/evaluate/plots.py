@@ -7,41 +7,86 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import METHOD_TABLE
 from pipeline.evaluate.metrics import EvalInputs
 from pipeline.figures import pyplot, save_figure
 
-BAR_PANELS = (
-    ("test/accuracy", "Accuracy ↑"),
-    ("test/f1", "F1 ↑"),
-    ("test/auc", "AUC ↑"),
-    ("test/starc", "STARC (Eq. 4) ↓"),
-    ("test/pairwise_accuracy", "Pairwise accuracy ↑"),
+BAR_PANELS = (  # key, label, the metric's range (the axis shows all of it)
+    ("test/accuracy", "Accuracy ↑", (0.0, 1.0)),
+    ("test/f1", "F1 ↑", (0.0, 1.0)),
+    ("test/auc", "AUC ↑", (0.0, 1.0)),
+    ("test/starc", "STARC (Eq. 4) ↓", (0.0, 2.0)),
+    ("test/pairwise_accuracy", "Pairwise accuracy ↑", (0.0, 1.0)),
 )
+KINDS = {  # method kind -> (colour, legend label)
+    "irl": ("#4C72B0", "IRL"),
+    "matched": ("#8FAADC", "IRL, matched selection"),
+    "fa": ("#DD8452", "FA-IRL"),
+}
+
+
+def _kind(method: str) -> str:
+    row = METHOD_TABLE.get(method)
+    if row is None or not (row.failure_aware or row.matched):
+        return "irl"
+    return "fa" if row.failure_aware else "matched"
 
 
 def plot_metric_bars(metrics: dict, path: Path) -> Path | None:
-    """One bar panel per test metric that any method has (metrics.json "methods"), error bars
-    the std over seeds; None (nothing written) when no method has any."""
+    """One panel per test metric that any method has (metrics.json "methods"): a bar per method
+    at its mean over seeds, each seed a dot, the value written above the bar. Every axis spans
+    the metric's whole range (0-1, STARC 0-2), so a gap of 0.01 looks like one; the paired
+    table of report.md gives the differences. None (nothing written) when no method has any."""
     panels = [
-        (k, label)
-        for k, label in BAR_PANELS
+        (k, label, span)
+        for k, label, span in BAR_PANELS
         if any(a["mean"].get(k) is not None for a in metrics["methods"].values())
     ]
     if not panels:
         return None
     methods = list(metrics["methods"])
-    fig, axes = pyplot().subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
-    colors = ["#4C72B0" if not m.startswith("fa-") else "#DD8452" for m in methods]
-    for ax, (k, label) in zip(axes[0], panels):
-        mean = [metrics["methods"][m]["mean"].get(k) or 0.0 for m in methods]
-        std = [metrics["methods"][m]["std"].get(k) or 0.0 for m in methods]
-        ax.bar(range(len(methods)), mean, yerr=std, color=colors, capsize=3)
-        ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=8)
+    per_seed = {
+        m: [row for key, row in metrics["models"].items() if key.split("/seed-")[0] == m]
+        for m in methods
+    }
+    n_seeds = max(len(metrics["methods"][m]["seeds"]) for m in methods)
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(3.3 * len(panels), 3.9), squeeze=False)
+    x = np.arange(len(methods))
+    colors = [KINDS[_kind(m)][0] for m in methods]
+    for ax, (k, label, (lo, hi)) in zip(axes[0], panels, strict=True):
+        mean = [metrics["methods"][m]["mean"].get(k) for m in methods]
+        ax.bar(x, [v if v is not None else 0.0 for v in mean], color=colors, width=0.7)
+        for i, m in enumerate(methods):
+            seeds = [r[k] for r in per_seed[m] if r.get(k) is not None]
+            jitter = np.linspace(-0.15, 0.15, len(seeds)) if len(seeds) > 1 else [0.0]
+            ax.scatter(i + np.asarray(jitter), seeds, s=7, color="black", zorder=3, lw=0)
+            if mean[i] is not None:
+                ax.text(
+                    i,
+                    mean[i] + 0.02 * (hi - lo),
+                    f"{mean[i]:.3f}",
+                    ha="center",
+                    va="bottom",
+                    fontsize=6,
+                    rotation=90,
+                )
+            else:
+                ax.text(i, lo, "n/a", ha="center", va="bottom", fontsize=6)
+        ax.set_xticks(x, methods, rotation=45, ha="right", fontsize=8)
         ax.set_title(label, fontsize=10)
-        lo = min(m - s for m, s in zip(mean, std))
-        ax.set_ylim(max(0.0, lo - 0.1 * (max(mean) - lo + 1e-9)), None)
+        ax.set_ylim(lo, hi * 1.12)  # room for the values above full bars
+        ax.grid(axis="y", alpha=0.3)
+    present = dict.fromkeys(_kind(m) for m in methods)
+    handles = [
+        pyplot().Rectangle((0, 0), 1, 1, color=KINDS[k][0], label=KINDS[k][1]) for k in present
+    ]
+    fig.legend(handles=handles, loc="upper right", fontsize=8, frameon=False)
     fig.suptitle(
-        f"{metrics['run']}: test metrics by method (error bars: std over seeds)", fontsize=10
+        f"{metrics['run']}: test metrics by method (bars: mean over {n_seeds} seed(s); dots: "
+        "each seed)",
+        fontsize=10,
+        x=0.02,
+        ha="left",
     )
     return save_figure(fig, path)
 

@@ -98,6 +98,28 @@ def _fit_table(metrics: dict) -> str | None:
     return _table(header, rows) if rows else None
 
 
+def _subtype_table(subs: dict) -> str | None:
+    """Table 3 for one comparison, as the paper lays it out: rows the subtypes, a column group
+    (both / FA only / IRL only) per split."""
+    splits = [sp for sp in ("train", "test", "heldout") if subs.get(sp)]
+    subtypes = list(dict.fromkeys(st for sp in splits for st in subs[sp]))
+    if not subtypes:
+        return None
+    header = ["Subtype"] + [
+        f"{sp}: {what}" for sp in splits for what in ("both", "FA only", "IRL only")
+    ]
+    rows = [
+        [st]
+        + [
+            _pm(subs[sp][st][k]["mean"], subs[sp][st][k]["std"], 1) if st in subs[sp] else "n/a"
+            for sp in splits
+            for k in ("both", "only_fa", "only_base")
+        ]
+        for st in subtypes
+    ]
+    return _table(header, rows)
+
+
 def render_report(metrics: dict, plots: list[str]) -> str:
     data = metrics["data"]
     n_seeds = max(len(a["seeds"]) for a in metrics["methods"].values())
@@ -273,26 +295,20 @@ def render_report(metrics: dict, plots: list[str]) -> str:
             ),
             "",
         ]
-        sub_rows = []
-        for key, dg in metrics["disagreement"].items():
-            for split, subs in dg["subtypes"].items():
-                for st, c in subs.items():
-                    sub_rows.append(
-                        [key, split, st]
-                        + [
-                            _pm(c[k]["mean"], c[k]["std"], 1)
-                            for k in ("both", "only_fa", "only_base")
-                        ]
-                    )
-        if sub_rows:
+        tables3 = [
+            (key, _subtype_table(dg["subtypes"])) for key, dg in metrics["disagreement"].items()
+        ]
+        tables3 = [(key, t) for key, t in tables3 if t]
+        if tables3:
             out += [
                 "## Table 3: disagreement by toxicity subtype (outputs carrying the subtype)",
                 "",
-                _table(
-                    ["Comparison", "Split", "Subtype", "Both", "FA-IRL only", "IRL only"], sub_rows
-                ),
+                "Per comparison, one row per subtype; per split, the outputs both methods classify "
+                "correctly, only FA-IRL, and only the baseline (mean ± std over seeds).",
                 "",
             ]
+            for key, table in tables3:
+                out += [f"### {key}", "", table, ""]
 
     out += [
         "## Seed dispersion (Corollary 1, measured)",

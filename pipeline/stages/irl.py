@@ -8,6 +8,8 @@ Reads a pairs file (README: Pairs schema), writes `runs/<name>/irl/`:
     metrics.jsonl        per-epoch training metrics of every model (irl/train_loss, irl/val_loss,
                          irl/val_pair_acc, irl/failures, irl/lambda), tagged method and seed
     summary.json         per model: best epoch, epochs run, best validation loss; data counts
+    training_curves.png  per method: training and validation loss, validation pairwise
+                         accuracy by epoch (mean over seeds, their range), selected epochs
     manifest.json
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,14 +25,17 @@ import torch
 from pipeline.artifacts import StageRun, require_stage, run_stage, write_json
 from pipeline.config import ExperimentConfig, fingerprint
 from pipeline.data.pairs import PairSet, load_pairs
+from pipeline.data.splits import subsample_train
 from pipeline.embed import Embedder, embed_pairs
 from pipeline.errors import DataError
 from pipeline.irl.bank import train_bank
 from pipeline.irl.common import Optim, PairTensors
 from pipeline.irl.heads import make_head
 from pipeline.irl.methods import method_spec
+from pipeline.irl.plots import plot_training_curves
 from pipeline.irl.reward import RewardModel, reward_dir
 from pipeline.metrics import MetricsSink
+from pipeline.seeds import derive_seed
 
 log = logging.getLogger("fairl.irl")
 
@@ -47,6 +53,13 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
     source = pairs_path(cfg)
     # 1. Validate the pairs and resolve the train / val / test split (by prompt).
     pairs = load_pairs(source, irl.null_scores, irl.test_fraction, irl.val_fraction, cfg.run.seed)
+    if irl.n_pairs is not None:  # a fixed number of training pairs, of a fixed mix (Appendix D)
+        df, drawn = subsample_train(
+            pairs.df, irl.n_pairs, irl.pair_mix, derive_seed(cfg.run.seed, "irl.n_pairs")
+        )
+        what = ", ".join(f"{v} {k}" for k, v in drawn["drawn"].items())
+        rule = {"rule": "subsample", "reason": f"{what} of the training pairs", **drawn}
+        pairs = replace(pairs, df=df, split_rule={**pairs.split_rule, "train": rule})
     specs = [method_spec(m, irl) for m in irl.methods]
     needs = [s.name for s in specs if s.needs_labels]
     if needs and not pairs.has_labels:
@@ -155,6 +168,8 @@ def _fit(run: StageRun, cfg: ExperimentConfig, pairs: PairSet, specs, embedder: 
                 )
                 first_export = first_export or out / "sentence-transformer"
             summary.append(r.summary())
+    with run.timed("plots"):
+        plot_training_curves(trained, run.path("training_curves.png"))
     write_json(
         run.path("summary.json"),
         {

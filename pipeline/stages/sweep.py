@@ -1,0 +1,223 @@
+"""`fairl sweep CONFIG`: every combination of the values in `sweep.grid` (and `--grid`), each an
+ordinary run, then one comparison report over them.
+
+    <run.root>/<run.name>/
+        shared/<stage>/          the stages upstream of every swept key, run once
+        points/<point>/<stage>/  each point's own stages (the shared ones linked in)
+        comparison/              report.md, comparison.json, and for one numeric key sweep.png
+
+A point is named after its values (`irl.pair_mix=0.1`, joined by `,` for several keys). A key
+changes its own section's stage and every stage after it; the sections every stage reads (run,
+world, ground_truth, prompts) change them all. So a sweep over `irl.*` trains the expert and
+makes the pairs once. Every stage skips when its published output matches its config, so an
+interrupted sweep resumes where it stopped, and finished points are not recomputed. Points run
+as `fairl run` processes: in turn, or `sweep.parallel` at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import STAGES, ExperimentConfig, load_config
+from pipeline.errors import ConfigError, FairlError
+from pipeline.evaluate.compare import compare_runs
+from pipeline.figures import pyplot, save_figure
+
+log = logging.getLogger("fairl.sweep")
+GLOBAL_SECTIONS = ("run", "world", "ground_truth", "prompts")  # read by every stage
+PLOTTED = (
+    ("test/starc", "test STARC (Eq. 4) ↓"),
+    ("train/starc", "training STARC (Eq. 4) ↓"),
+    ("test/f1", "test F1 ↑"),
+    ("test/auc", "test AUC ↑"),
+)
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """`--grid key=v1,v2,...` (values read as YAML, as for --set) -> {key: [v1, v2, ...]}."""
+    import yaml
+
+    grid = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise ConfigError(
+                f"--grid {item!r} is not key=v1,v2,...", hint="e.g. --grid irl.lr=1e-3,3e-3"
+            )
+        grid[key.strip()] = [_value(yaml.safe_load(v)) for v in values.split(",")]
+    return grid
+
+
+def _value(v):
+    """A number YAML 1.1 reads as text (`1e-3`: no dot) as the number it is."""
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+def point_name(values: dict[str, object]) -> str:
+    """The directory name of a point: `key=value` joined by `,` (a `/` in a value becomes `--`)."""
+    return ",".join(
+        f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in values.items()
+    ).replace("/", "--")
+
+
+def first_affected(keys: list[str]) -> int:
+    """The index in STAGES of the first stage a swept key changes."""
+    fixed = [
+        k for k in keys if k.split(".")[0] == "sweep" or k in ("run.root", "run.name", "run.stages")
+    ]
+    if fixed:
+        raise ConfigError(
+            f"cannot sweep {fixed}: the sweep sets them", hint="sweep settings of the stages"
+        )
+    sections = {k.split(".")[0] for k in keys}
+    if sections & set(GLOBAL_SECTIONS):
+        return 0
+    hits = [STAGES.index(s) for s in sections if s in STAGES]
+    if len(hits) < len(sections):
+        bad = sorted(sections - set(STAGES) - set(GLOBAL_SECTIONS))
+        raise ConfigError(
+            f"sweep keys in unknown sections: {bad}", hint="sweep config keys, e.g. irl.lr"
+        )
+    return min(hits)
+
+
+def expand(cfg: ExperimentConfig, config: Path, overrides: list[str], grid: dict[str, list]):
+    """(name, overrides, config) of every point, each validated before anything runs."""
+    if not grid:
+        raise ConfigError(
+            "nothing to sweep: sweep.grid is empty",
+            hint="add sweep.grid to the config or --grid key=v1,v2",
+        )
+    root = cfg.run.root / cfg.run.name
+    points = []
+    for combo in itertools.product(*grid.values()):
+        values = dict(zip(grid, combo, strict=True))
+        name = point_name(values)
+        extra = [f"{k}={json.dumps(v)}" for k, v in values.items()]
+        extra += [f"run.root={root / 'points'}", f"run.name={name}"]
+        points.append((name, overrides + extra, load_config(config, overrides + extra)))
+    return points
+
+
+def sweep(config: Path, overrides: list[str], grid_items: list[str], force: bool = False) -> Path:
+    cfg = load_config(config, overrides)
+    grid = {k: [_value(v) for v in vs] for k, vs in cfg.sweep.grid.items()}
+    grid.update(parse_grid(grid_items))
+    first_affected(list(grid))  # refuse keys that cannot be swept before anything runs
+    points = expand(cfg, config, overrides, grid)
+    stages = points[0][2].stages_to_run()
+    cut = first_affected(list(grid))
+    shared = [s for s in stages if STAGES.index(s) < cut]
+    own = [s for s in stages if STAGES.index(s) >= cut]
+    root = cfg.run.root / cfg.run.name
+    log.info(
+        "sweep: %d points of %s; shared stages %s, per point %s",
+        len(points),
+        ", ".join(grid),
+        shared or "none",
+        own,
+    )
+    if shared:
+        stages_set = "run.stages=" + json.dumps(shared)
+        _fairl_run(config, [*overrides, f"run.root={root}", "run.name=shared", stages_set], force)
+    for _, _, point_cfg in points:
+        point_dir = point_cfg.run.root / point_cfg.run.name
+        point_dir.mkdir(parents=True, exist_ok=True)
+        for stage in shared:  # the point reads the shared stage through a link
+            link = point_dir / stage
+            target = Path("..") / ".." / "shared" / stage
+            if not link.is_symlink():
+                link.symlink_to(target, target_is_directory=True)
+
+    def run_point(point) -> str:
+        name, point_overrides, _ = point
+        logfile = root / "points" / f"{name}.log" if cfg.sweep.parallel > 1 else None
+        _fairl_run(config, point_overrides + ["run.stages=" + json.dumps(own)], force, logfile)
+        return name
+
+    with ThreadPoolExecutor(max_workers=cfg.sweep.parallel) as pool:
+        for done in pool.map(run_point, points):
+            log.info("sweep: point %s done", done)
+    runs = [p.run.root / p.run.name for _, _, p in points]
+    if "evaluate" not in stages:
+        return root / "points"
+    out = root / "comparison"
+    compare_runs(runs, out, require_same_test=False)
+    if len(grid) == 1 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in next(iter(grid.values()))
+    ):
+        key = next(iter(grid))
+        plot_sweep(key, next(iter(grid.values())), runs, out / "sweep.png")
+    return out
+
+
+def _fairl_run(
+    config: Path, overrides: list[str], force: bool, logfile: Path | None = None
+) -> None:
+    """One `fairl run` process (the same interpreter), its output to the terminal or `logfile`."""
+    cmd = [sys.executable, "-m", "cli.main", "run", str(config)]
+    for o in overrides:
+        cmd += ["--set", o]
+    if force:
+        cmd.append("--force")
+    # this checkout's pipeline in the child too, wherever the sweep was started from
+    root = str(Path(__file__).resolve().parents[2])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
+    out = open(logfile, "w") if logfile else None  # noqa: SIM115 (closed below)
+    try:
+        r = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, env=env)
+    finally:
+        if out:
+            out.close()
+    if r.returncode != 0:
+        raise FairlError(
+            f"a sweep run failed (exit {r.returncode}): {' '.join(cmd)}",
+            hint=(f"see {logfile}; " if logfile else "")
+            + "fix it and run the sweep again: finished points are kept",
+        )
+
+
+def plot_sweep(key: str, values: list, runs: list[Path], path: Path) -> Path:
+    """Each plotted metric against the swept value, per method: the mean over seeds with the
+    band of their range (the paper's Figure 4 for irl.pair_mix)."""
+    metrics = [json.loads((r / "evaluate" / "metrics.json").read_text()) for r in runs]
+    methods = list(dict.fromkeys(m for mx in metrics for m in mx["methods"]))
+    fig, axes = pyplot().subplots(1, len(PLOTTED), figsize=(4.0 * len(PLOTTED), 3.6))
+    n_seeds = max(len(a["seeds"]) for mx in metrics for a in mx["methods"].values())
+    for ax, (k, label) in zip(axes, PLOTTED, strict=True):
+        for i, m in enumerate(methods):
+            xs, mean, lo, hi = [], [], [], []
+            for v, mx in zip(values, metrics, strict=True):
+                seeds = [r.get(k) for r in mx["models"].values() if r["method"] == m]
+                seeds = [s for s in seeds if s is not None]
+                if seeds:
+                    xs.append(v)
+                    mean.append(np.mean(seeds))
+                    lo.append(min(seeds))
+                    hi.append(max(seeds))
+            if xs:
+                ax.plot(xs, mean, marker="o", ms=3, color=f"C{i % 10}", label=m)
+                ax.fill_between(xs, lo, hi, color=f"C{i % 10}", alpha=0.15, lw=0)
+        ax.set_xlabel(key)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"sweep over {key} (mean over {n_seeds} seed(s), band: their range)", fontsize=10)
+    return save_figure(fig, path)
