@@ -35,7 +35,7 @@ def test_compare_names_the_one_key_that_differs_and_tabulates_both(tmp_path):
     result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert list(result["differences"]) == ["irl:irl.lr"]
     assert result["differences"]["irl:irl.lr"] == {"a": 0.001, "b": 0.003}
-    for key in ("test/f1", "test/auc", "test/starc"):
+    for key in ("test/f1", "test/auc", "test/starc", "train/starc"):
         for method in ("mm", "fa-mm-gt"):
             row = result["metrics"][key][method]
             for run, path in (("a", a), ("b", b)):
@@ -43,7 +43,7 @@ def test_compare_names_the_one_key_that_differs_and_tabulates_both(tmp_path):
                 assert row[run]["mean"] == metrics["methods"][method]["mean"][key]
     report = (tmp_path / "cmp" / "report.md").read_text()
     assert "| `irl:irl.lr` | `0.001` | `0.003` |" in report
-    assert "## Test STARC (Eq. 4) ↓" in report
+    assert "## Test STARC (Eq. 4) ↓" in report and "## Training STARC (Eq. 4) ↓" in report
 
 
 def test_compare_refuses_runs_on_different_test_pairs_and_writes_nothing(tmp_path):

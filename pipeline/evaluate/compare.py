@@ -25,7 +25,12 @@ from pipeline.artifacts import atomic_dir, write_json
 from pipeline.config import STAGES, method_label
 from pipeline.errors import DataError, MissingArtifactError
 
-METRICS = (("test/f1", "F1 ↑"), ("test/auc", "AUC ↑"), ("test/starc", "STARC (Eq. 4) ↓"))
+METRICS = (
+    ("test/f1", "test F1 ↑"),
+    ("test/auc", "test AUC ↑"),
+    ("test/starc", "test STARC (Eq. 4) ↓"),
+    ("train/starc", "training STARC (Eq. 4) ↓"),  # the paper's Figure 4
+)
 
 
 def test_pairs_digest(run: Path) -> str:
@@ -178,7 +183,7 @@ def render(result: dict) -> str:
         out += ["Nothing in the stage configs: the runs differ only in what was not recorded.", ""]
     for key, label in METRICS:
         out += [
-            f"## Test {label}",
+            f"## {label[0].upper()}{label[1:]}",
             "",
             "| Method | " + " | ".join(names) + " |",
             "|---|" + "---|" * len(names),
