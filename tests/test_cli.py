@@ -120,8 +120,10 @@ def test_irl_then_evaluate_end_to_end(tmp_path):
         "Held-out",
     ):
         assert heading in report
-    assert (ev / "metric_bars.png").stat().st_size > 10_000
-    assert (ev / "reward_vs_gt.png").stat().st_size > 10_000
+    for plot in ("metric_bars", "reward_vs_gt", "roc", "reward_hist"):  # written, not empty
+        assert (ev / f"{plot}.png").stat().st_size > 10_000, plot
+        assert f"![{plot}.png]({plot}.png)" in report
+    assert (ev.parent / "irl" / "training_curves.png").stat().st_size > 10_000
 
 
 def test_rerun_is_a_no_op_and_force_or_a_change_redoes(tmp_path):

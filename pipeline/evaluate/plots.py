@@ -80,7 +80,8 @@ def plot_metric_bars(metrics: dict, path: Path) -> Path | None:
     handles = [
         pyplot().Rectangle((0, 0), 1, 1, color=KINDS[k][0], label=KINDS[k][1]) for k in present
     ]
-    fig.legend(handles=handles, loc="upper right", fontsize=8, frameon=False)
+    # one row at the top right, level with the left-aligned title
+    fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(
         f"{metrics['run']}: test metrics by method (bars: mean over {n_seeds} seed(s); dots: "
         "each seed)",
@@ -114,4 +115,60 @@ def plot_reward_vs_gt(inp: EvalInputs, path: Path) -> Path:
     for ax in list(axes.flat)[len(methods) :]:
         ax.axis("off")
     fig.suptitle("Learned reward vs ground truth on test outputs (red: toxic)", fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot_roc(inp: EvalInputs, path: Path) -> Path | None:
+    """Per method, the ROC curve of its lowest seed's reward as a classifier of toxic test outputs
+    (toxic when the reward is low), with its AUC. Needs ground-truth labels of both classes: None
+    (nothing written) otherwise."""
+    from sklearn.metrics import roc_auc_score, roc_curve  # evaluate's plots only
+
+    test = inp.test
+    toxic = inp.column("toxic", test, bool)
+    if toxic.all() or not toxic.any():
+        return None
+    fig, ax = pyplot().subplots(figsize=(4.6, 4.2))
+    for i, m in enumerate(inp.methods):
+        seed = inp.seeds_of(m)[0]
+        r = -inp.scores[m, seed].outputs(test)  # higher = more toxic
+        fpr, tpr, _ = roc_curve(toxic, r)
+        auc = roc_auc_score(toxic, r)
+        ax.plot(fpr, tpr, color=f"C{i % 10}", lw=1.2, label=f"{m} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("false positive rate (clean outputs called toxic)")
+    ax.set_ylabel("true positive rate (toxic outputs caught)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=6, loc="lower right")
+    ax.set_title("ROC on the test outputs (each method's lowest seed)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_reward_histograms(inp: EvalInputs, path: Path) -> Path:
+    """Per method, the distribution of its lowest seed's standardised reward on the toxic and on
+    the non-toxic test outputs (overlap = where the reward cannot tell them apart)."""
+    test = inp.test
+    toxic = inp.column("toxic", test, bool)
+    methods = inp.methods
+    cols = min(4, len(methods))
+    rows = -(-len(methods) // cols)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, m in zip(axes.flat, methods):
+        seed = inp.seeds_of(m)[0]
+        r = inp.scores[m, seed].outputs(test)
+        r = (r - r.mean()) / (r.std() + 1e-12)
+        bins = np.linspace(r.min(), r.max(), 31) if r.max() > r.min() else 10
+        ax.hist(r[~toxic], bins=bins, alpha=0.6, color="#4C72B0", label="non-toxic")
+        ax.hist(r[toxic], bins=bins, alpha=0.6, color="#C44E52", label="toxic")
+        ax.set_title(f"{m} (seed {seed})", fontsize=8)
+        ax.set_xlabel("reward (standardised)", fontsize=7)
+    for ax in list(axes.flat)[len(methods) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(
+        f"Rewards of the test outputs by ground-truth label ({int(toxic.sum())} toxic, "
+        f"{int((~toxic).sum())} non-toxic)",
+        fontsize=10,
+    )
     return save_figure(fig, path)

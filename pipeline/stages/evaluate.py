@@ -5,7 +5,9 @@ Reads `runs/<name>/irl/`, writes `runs/<name>/evaluate/`:
 
     metrics.json     every metric, structure in README ("metrics.json")
     report.md        the paper's tables, mean ± std over seeds
-    metric_bars.png  test accuracy / F1 / AUC / STARC by method, seed error bars
+    metric_bars.png  test accuracy / F1 / AUC / STARC by method, each seed a dot
+    roc.png          ROC of each method's reward on the test outputs (labels needed)
+    reward_hist.png  each method's rewards on toxic vs non-toxic test outputs (labels needed)
     reward_vs_gt.png learned reward against the ground-truth score on the test outputs
     manifest.json
 
@@ -36,7 +38,12 @@ from pipeline.evaluate.metrics import (
     evaluate_rewards,
     split_masks,
 )
-from pipeline.evaluate.plots import plot_metric_bars, plot_reward_vs_gt
+from pipeline.evaluate.plots import (
+    plot_metric_bars,
+    plot_reward_histograms,
+    plot_reward_vs_gt,
+    plot_roc,
+)
 from pipeline.evaluate.report import render_report
 from pipeline.irl.reward import RewardModel, reward_dir
 
@@ -124,6 +131,9 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
                 plots.append(plot_metric_bars(metrics, run.path("metric_bars.png")))
                 if pairs.has_scores:
                     plots.append(plot_reward_vs_gt(inputs, run.path("reward_vs_gt.png")))
+                if pairs.has_labels:
+                    plots.append(plot_roc(inputs, run.path("roc.png")))
+                    plots.append(plot_reward_histograms(inputs, run.path("reward_hist.png")))
         write_text(run.path("report.md"), render_report(metrics, [p.name for p in plots if p]))
         log.info("evaluate: report at %s", run.final_dir / "report.md")
 
