@@ -30,6 +30,7 @@ def test_every_command_end_to_end_on_the_micro_world(tmp_path, micro_world):
         stage = command.replace("-", "_")
         assert json.loads((run / stage / "manifest.json").read_text())["status"] == "complete"
 
+    assert (run / "train_expert" / "training_curves.png").stat().st_size > 10_000
     ev = json.loads((run / "train_expert" / "eval.json").read_text())
     assert ev["expert"]["toxicity_rate"] <= 0.5 * ev["base"]["toxicity_rate"], ev
     assert ev["expert"]["kl_to_base"] > 0

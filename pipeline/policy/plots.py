@@ -3,6 +3,7 @@ band, the ground-truth toxicity and the KL to the base each on its own axis."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -50,4 +51,32 @@ def plot_curves(curves: dict, path: Path, title: str, markers: tuple[str, ...] =
     axes[0].legend(fontsize=8)
     band = f"mean over {n_seeds} RL seeds, band: their range" if n_seeds > 1 else "one RL seed"
     fig.suptitle(f"{title}: re-RLHF with each reward ({band})", fontsize=10)
+    return save_figure(fig, path)
+
+
+RL_PANELS = (  # (statistic, label): what every PPO step logs (docs/ppo.md, detail 7)
+    ("score", "score (ground-truth reward)"),
+    ("reward", "mean reward (TRL)"),
+    ("kl", "KL to the reference (per sample)"),
+    ("entropy", "policy entropy"),
+    ("clipfrac", "clipped fraction"),
+)
+
+
+def plot_rl_curves(metrics_jsonl: Path, namespace: str, path: Path, title: str) -> Path | None:
+    """The RL run's statistics by step, from its metrics.jsonl rows under `namespace/` (fairl's
+    PPO logs every panel; TRL logs its own names, of which those it shares are drawn). None
+    (nothing written) when the log holds none of them."""
+    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line]
+    panels = [(k, label) for k, label in RL_PANELS if any(f"{namespace}/{k}" in r for r in rows)]
+    if not panels:
+        return None
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(3.8 * len(panels), 3.2), squeeze=False)
+    for ax, (k, label) in zip(axes[0], panels, strict=True):
+        pts = sorted((r["step"], r[f"{namespace}/{k}"]) for r in rows if f"{namespace}/{k}" in r)
+        ax.plot([s for s, _ in pts], [v for _, v in pts], lw=1.2)
+        ax.set_xlabel("RL step")
+        ax.set_ylabel(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}: {namespace} training", fontsize=10)
     return save_figure(fig, path)

@@ -4,7 +4,8 @@ The base LM is trained by RL against the ground truth on the prompts' training p
 prompt.toxicity > 0.3 (PPO, or TRL's GRPO / RLOO). Writes `train_expert/model/`
 (save_pretrained, tokenizer included), `eval.json` (ground-truth toxicity of base vs expert on
 held-out prompts, same sampling; mean KL of the expert to the base), `eval_samples.jsonl`,
-`metrics.jsonl`, `samples.jsonl`.
+`metrics.jsonl`, `samples.jsonl`, `training_curves.png` (score, KL, entropy, clipped fraction
+by step).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pipeline.data.prompts import prompts_config, select_prompts
 from pipeline.hub import model_inputs, resolve_model
 from pipeline.metrics import MetricsSink
 from pipeline.policy.models import load_policy
+from pipeline.policy.plots import plot_rl_curves
 from pipeline.policy.rl import discard_checkpoints, measure_toxicity, train_ppo, train_trl
 from pipeline.scorers import make_scorer
 
@@ -110,6 +112,12 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
             for p, b, e in list(zip(eval_prompts, base_texts, expert_texts))[:50]:
                 f.write(json.dumps({"prompt": p, "base": b, "expert": e}) + "\n")
         discard_checkpoints(run.work_dir)
+        plot_rl_curves(
+            run.path("metrics.jsonl"),
+            "ppo" if te.algorithm == "ppo" else te.algorithm,
+            run.path("training_curves.png"),
+            cfg.run.name,
+        )
         run.extra["eval"] = report
         log.info(
             "train-expert: toxicity rate %.3f -> %.3f on %d held-out prompts (mean KL %.2f)",
