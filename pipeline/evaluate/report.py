@@ -175,7 +175,17 @@ def render_report(metrics: dict, plots: list[str]) -> str:
         ],
     )
     if td:
-        out += ["### Reward fidelity, every distance", "", td, ""]
+        out += [
+            "### Reward fidelity, every distance",
+            "",
+            td,
+            "",
+            "STARC-L2 and EPIC agree in every row by construction: after global centering and "
+            "L2 normalisation, half the L2 distance is sqrt((1 - rho) / 2), which is EPIC. They "
+            "part only under per-prompt centering (STARC-L2 per prompt), where prompts have "
+            "several outputs.",
+            "",
+        ]
     if data.get("heldout"):
         h = data["heldout"]
         out += [
