@@ -533,6 +533,13 @@ class IRLSection(Section):
         ge=0,
         le=1,
     )
+    subtype: str | None = _f(
+        None,
+        "Train on one toxicity subtype only (paper Figure 3, left): the training pairs whose "
+        "rejected output carries it (score > 0.5) and the pairs with no toxic output; val and "
+        "test are kept whole, so evaluate scores every subtype. Needs the pairs' subtype scores "
+        "and labels.",
+    )
     head: Literal["linear", "mlp"] = _f(
         "mlp", "Reward head on h(o): linear theta^T h + b, or a two-layer MLP (paper)."
     )
@@ -967,7 +974,7 @@ ADDED_SETTINGS: dict[type[BaseModel], tuple[str, ...]] = {
     WorldSection: ("kind", "n_eval"),
     MakePairsSection: ("preference_noise",),
     FailureSection: ("penalty_scale",),
-    IRLSection: ("n_pairs", "pair_mix"),
+    IRLSection: ("n_pairs", "pair_mix", "subtype"),
     EvaluateSection: ("heldout_sets",),
 }
 

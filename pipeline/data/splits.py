@@ -152,3 +152,35 @@ def subsample_train(
         keep[rng.choice(pool, want[name], replace=False)] = True
     drawn = {"n_pairs": n_pairs, "pair_mix": pair_mix, "drawn": want, "available": have}
     return df[keep].reset_index(drop=True), drawn
+
+
+def subtype_train(df: pd.DataFrame, subtype: str) -> tuple[pd.DataFrame, dict]:
+    """Keep, of the training pairs, those whose rejected output carries `subtype` (its score >
+    0.5) and those with no toxic output (val and test rows are kept whole): a reward that
+    learns toxicity from one subtype only (paper Figure 3, left). Refuses pairs without subtype
+    scores or labels, and a subtype no training pair carries."""
+    column = f"rejected_sub_{subtype}"
+    if "chosen_toxic" not in df or column not in df:
+        have = sorted(
+            c[len("rejected_sub_") :] for c in df.columns if c.startswith("rejected_sub_")
+        )
+        raise DataError(
+            f"irl.subtype {subtype!r} needs the pairs' toxicity labels and subtype scores "
+            f"({column})",
+            hint=f"subtypes in these pairs: {', '.join(have) or 'none'}",
+        )
+    train = (df["split"] == "train").to_numpy()
+    carries = np.nan_to_num(df[column].to_numpy(float)) > 0.5
+    clean = ~df["chosen_toxic"].to_numpy(bool) & ~df["rejected_toxic"].to_numpy(bool)
+    keep_train = train & (carries | clean)
+    if not (train & carries).any():
+        raise DataError(
+            f"no training pair's rejected output carries the subtype {subtype!r}",
+            hint="choose a subtype the pairs carry (see evaluate's Table 3)",
+        )
+    drawn = {
+        "subtype": subtype,
+        "carrying": int((train & carries).sum()),
+        "clean": int((train & clean & ~carries).sum()),
+    }
+    return df[~train | keep_train].reset_index(drop=True), drawn

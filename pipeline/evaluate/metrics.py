@@ -325,6 +325,14 @@ def classification(inp: EvalInputs, sc: RewardScores, threshold: float) -> dict:
     for split, mask in (("train", inp.train), ("test", inp.test)):
         m = classify.classification_metrics(sc.outputs(mask), inp.column("toxic", mask), threshold)
         out.update(_prefixed(split, m))
+    # per subtype (paper Figure 3, left): AUC of the outputs carrying it against the non-toxic
+    # ones, on the test pairs
+    r, toxic = sc.outputs(inp.test), inp.column("toxic", inp.test, bool)
+    for st in inp.pairs.subtypes:
+        carries = np.nan_to_num(inp.column(f"sub_{st}", inp.test, float)) > 0.5
+        keep = carries | ~toxic
+        m = classify.classification_metrics(r[keep], carries[keep], threshold)
+        out[f"test/auc_{st}"] = m["auc"]
     if inp.heldout is not None:
         m = classify.classification_metrics(sc.heldout, inp.heldout["toxic"], threshold)
         out.update(_prefixed("heldout", m))

@@ -25,7 +25,7 @@ import torch
 from pipeline.artifacts import StageRun, require_stage, run_stage, write_json
 from pipeline.config import ExperimentConfig, fingerprint
 from pipeline.data.pairs import PairSet, load_pairs
-from pipeline.data.splits import subsample_train
+from pipeline.data.splits import subsample_train, subtype_train
 from pipeline.embed import Embedder, embed_pairs
 from pipeline.errors import DataError
 from pipeline.irl.bank import train_bank
@@ -53,6 +53,10 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
     source = pairs_path(cfg)
     # 1. Validate the pairs and resolve the train / val / test split (by prompt).
     pairs = load_pairs(source, irl.null_scores, irl.test_fraction, irl.val_fraction, cfg.run.seed)
+    if irl.subtype is not None:  # one subtype's pairs and the clean ones (Figure 3, left)
+        df, kept = subtype_train(pairs.df, irl.subtype)
+        rule = {"rule": "subtype", "reason": f"{irl.subtype} pairs and clean pairs", **kept}
+        pairs = replace(pairs, df=df, split_rule={**pairs.split_rule, "train": rule})
     if irl.n_pairs is not None:  # a fixed number of training pairs, of a fixed mix (Appendix D)
         df, drawn = subsample_train(
             pairs.df, irl.n_pairs, irl.pair_mix, derive_seed(cfg.run.seed, "irl.n_pairs")

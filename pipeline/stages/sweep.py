@@ -30,7 +30,7 @@ import numpy as np
 from pipeline.config import STAGES, ExperimentConfig, load_config
 from pipeline.errors import ConfigError, FairlError
 from pipeline.evaluate.compare import compare_runs
-from pipeline.figures import pyplot, save_figure
+from pipeline.figures import DPI, pyplot, save_figure
 
 log = logging.getLogger("fairl.sweep")
 GLOBAL_SECTIONS = ("run", "world", "ground_truth", "prompts")  # read by every stage
@@ -157,7 +157,9 @@ def sweep(config: Path, overrides: list[str], grid_items: list[str], force: bool
         return root / "points"
     out = root / "comparison"
     compare_runs(runs, out, require_same_test=False)
-    if len(grid) == 1 and all(
+    if list(grid) == ["irl.subtype"]:
+        plot_subtype_heatmap(grid["irl.subtype"], runs, out / "cross_subtype.png")
+    elif len(grid) == 1 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in next(iter(grid.values()))
     ):
         key = next(iter(grid))
@@ -221,3 +223,64 @@ def plot_sweep(key: str, values: list, runs: list[Path], path: Path) -> Path:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"sweep over {key} (mean over {n_seeds} seed(s), band: their range)", fontsize=10)
     return save_figure(fig, path)
+
+
+def plot_subtype_heatmap(trained: list[str], runs: list[Path], path: Path) -> Path:
+    """Paper Figure 3, left: per method, the test AUC (mean over seeds) on each subtype's outputs
+    (against the non-toxic ones) of a reward trained on one subtype's pairs (a row each)."""
+    metrics = [json.loads((r / "evaluate" / "metrics.json").read_text()) for r in runs]
+    methods = list(dict.fromkeys(m for mx in metrics for m in mx["methods"]))
+    evaluated = sorted(
+        {
+            k.removeprefix("test/auc_")
+            for mx in metrics
+            for a in mx["methods"].values()
+            for k in a["mean"]
+            if k.startswith("test/auc_")
+        }
+    )
+    cols = min(4, len(methods))
+    rows = -(-len(methods) // cols)
+    fig, axes = pyplot().subplots(
+        rows,
+        cols,
+        figsize=(2.2 + 1.0 * len(evaluated) * cols, 0.9 + 0.8 * len(trained) * rows),
+        squeeze=False,
+    )
+    for ax, m in zip(axes.flat, methods):
+        grid = np.array(
+            [
+                [
+                    mx["methods"].get(m, {}).get("mean", {}).get(f"test/auc_{e}") or np.nan
+                    for e in evaluated
+                ]
+                for mx in metrics
+            ],
+            float,
+        )
+        im = ax.imshow(grid, vmin=0.5, vmax=1.0, cmap="viridis")
+        for i in range(len(trained)):
+            for j in range(len(evaluated)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(
+                        j,
+                        i,
+                        f"{grid[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if grid[i, j] < 0.75 else "black",
+                    )
+        ax.set_xticks(range(len(evaluated)), evaluated, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(trained)), trained, fontsize=7)
+        ax.set_title(m, fontsize=8)
+    for ax in list(axes.flat)[len(methods) :]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="test AUC")
+    fig.suptitle(
+        "Cross-subtype generalisation: trained on (rows), evaluated on (columns)", fontsize=10
+    )
+    # saved without save_figure's tight_layout, which cannot place a colorbar shared by axes
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    pyplot().close(fig)
+    return path
