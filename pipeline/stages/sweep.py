@@ -230,21 +230,21 @@ def plot_subtype_heatmap(trained: list[str], runs: list[Path], path: Path) -> Pa
     (against the non-toxic ones) of a reward trained on one subtype's pairs (a row each)."""
     metrics = [json.loads((r / "evaluate" / "metrics.json").read_text()) for r in runs]
     methods = list(dict.fromkeys(m for mx in metrics for m in mx["methods"]))
-    evaluated = sorted(
-        {
-            k.removeprefix("test/auc_")
-            for mx in metrics
-            for a in mx["methods"].values()
-            for k in a["mean"]
-            if k.startswith("test/auc_")
-        }
-    )
+    found = {
+        k.removeprefix("test/auc_")
+        for mx in metrics
+        for a in mx["methods"].values()
+        for k in a["mean"]
+        if k.startswith("test/auc_")
+    }
+    # the trained subtypes first, in the rows' order, so the diagonal is in-subtype
+    evaluated = [t for t in trained if t in found] + sorted(found - set(trained))
     cols = min(4, len(methods))
     rows = -(-len(methods) // cols)
     fig, axes = pyplot().subplots(
         rows,
         cols,
-        figsize=(2.2 + 1.0 * len(evaluated) * cols, 0.9 + 0.8 * len(trained) * rows),
+        figsize=(2.2 + 1.2 * len(evaluated) * cols, 0.9 + 0.8 * len(trained) * rows),
         squeeze=False,
     )
     for ax, m in zip(axes.flat, methods):
@@ -276,6 +276,7 @@ def plot_subtype_heatmap(trained: list[str], runs: list[Path], path: Path) -> Pa
         ax.set_title(m, fontsize=8)
     for ax in list(axes.flat)[len(methods) :]:
         ax.axis("off")
+    fig.subplots_adjust(wspace=0.6)  # room for the next panel's subtype names
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="test AUC")
     fig.suptitle(
         "Cross-subtype generalisation: trained on (rows), evaluated on (columns)", fontsize=10
