@@ -172,3 +172,31 @@ def plot_reward_histograms(inp: EvalInputs, path: Path) -> Path:
         fontsize=10,
     )
     return save_figure(fig, path)
+
+
+def plot_subtype_distribution(inp: EvalInputs, path: Path) -> Path | None:
+    """Paper Figure 3, middle: the share of the toxic outputs carrying each subtype (score > 0.5),
+    in the train and the test pairs. None (nothing written) without subtypes."""
+    subtypes = inp.pairs.subtypes
+    if not subtypes:
+        return None
+    fig, ax = pyplot().subplots(figsize=(1.2 + 1.1 * len(subtypes), 3.4))
+    x = np.arange(len(subtypes))
+    for k, (split, mask) in enumerate((("train", inp.train), ("test", inp.test))):
+        toxic = inp.column("toxic", mask, bool)
+        shares = [
+            float(np.mean(np.nan_to_num(inp.column(f"sub_{st}", mask, float))[toxic] > 0.5))
+            if toxic.any()
+            else 0.0
+            for st in subtypes
+        ]
+        bars = ax.bar(
+            x + (k - 0.5) * 0.38, shares, width=0.38, label=f"{split} ({toxic.sum()} toxic)"
+        )
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(x, subtypes, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("share of the toxic outputs")
+    ax.legend(fontsize=7)
+    ax.set_title("Subtypes of the toxic outputs (an output may carry several)", fontsize=9)
+    return save_figure(fig, path)

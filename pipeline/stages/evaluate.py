@@ -8,6 +8,7 @@ Reads `runs/<name>/irl/`, writes `runs/<name>/evaluate/`:
     metric_bars.png  test accuracy / F1 / AUC / STARC by method, each seed a dot
     roc.png          ROC of each method's reward on the test outputs (labels needed)
     reward_hist.png  each method's rewards on toxic vs non-toxic test outputs (labels needed)
+    subtypes.png     the subtypes of the toxic train and test outputs (paper Figure 3, middle)
     reward_vs_gt.png learned reward against the ground-truth score on the test outputs
     manifest.json
 
@@ -43,6 +44,7 @@ from pipeline.evaluate.plots import (
     plot_reward_histograms,
     plot_reward_vs_gt,
     plot_roc,
+    plot_subtype_distribution,
 )
 from pipeline.evaluate.report import render_report
 from pipeline.irl.reward import RewardModel, reward_dir
@@ -134,6 +136,7 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
                 if pairs.has_labels:
                     plots.append(plot_roc(inputs, run.path("roc.png")))
                     plots.append(plot_reward_histograms(inputs, run.path("reward_hist.png")))
+                    plots.append(plot_subtype_distribution(inputs, run.path("subtypes.png")))
         write_text(run.path("report.md"), render_report(metrics, [p.name for p in plots if p]))
         log.info("evaluate: report at %s", run.final_dir / "report.md")
 
