@@ -120,7 +120,8 @@ def test_irl_then_evaluate_end_to_end(tmp_path):
         "Held-out",
     ):
         assert heading in report
-    for plot in ("metric_bars", "reward_vs_gt", "roc", "reward_hist", "subtypes"):  # not empty
+    plots = ("metric_bars", "seed_dispersion", "reward_vs_gt", "roc", "reward_hist", "subtypes")
+    for plot in plots:  # not empty
         assert (ev / f"{plot}.png").stat().st_size > 10_000, plot
         assert f"![{plot}.png]({plot}.png)" in report
     assert (ev.parent / "irl" / "training_curves.png").stat().st_size > 10_000

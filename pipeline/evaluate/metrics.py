@@ -485,7 +485,8 @@ def disagreement_tables(
     inp: EvalInputs, fa: str, base: str, seeds: list[int], thresholds: dict[tuple[str, int], float]
 ) -> dict:
     """Table 2 (both / only FA-IRL / only IRL / neither correct) on train, test and held-out
-    outputs, and Table 3 (the same per toxicity subtype) where subtype labels exist."""
+    outputs, with each seed's counts (`per_seed`, in `seeds` order: the paired test of the
+    asymmetry), and Table 3 (the same per toxicity subtype) where subtype labels exist."""
     tables: dict[str, list] = {}
     sub_tables: dict[str, dict[str, list]] = {}
     for s in seeds:
@@ -513,6 +514,7 @@ def disagreement_tables(
     return {
         "seeds": seeds,
         **{k: _summarise(v) for k, v in tables.items()},
+        "per_seed": tables,
         "subtypes": {
             split: {st: _summarise(v) for st, v in d.items()} for split, d in sub_tables.items()
         },

@@ -92,6 +92,58 @@ def plot_metric_bars(metrics: dict, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+def plot_seed_dispersion(metrics: dict, path: Path) -> Path | None:
+    """Corollary 1, measured: per method, left the distance of each seed's reward to the ground
+    truth (test STARC, a dot per seed, the bar their std across seeds), right the mean pairwise
+    STARC between the rewards of different seeds. Both axes span STARC's whole range, 0-2.
+    None (nothing written) below two seeds or without STARC."""
+    methods = [
+        m
+        for m, a in metrics["methods"].items()
+        if len(a["seeds"]) > 1 and a["dispersion"].get("starc") is not None
+    ]
+    if not methods:
+        return None
+    n_seeds = max(len(metrics["methods"][m]["seeds"]) for m in methods)
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(max(6.5, 1.1 * len(methods) + 3), 3.9))
+    x = np.arange(len(methods))
+    colors = [KINDS[_kind(m)][0] for m in methods]
+    for i, m in enumerate(methods):
+        rows = [r for key, r in metrics["models"].items() if key.split("/seed-")[0] == m]
+        seeds = [r["test/starc"] for r in rows if r.get("test/starc") is not None]
+        jitter = np.linspace(-0.2, 0.2, len(seeds)) if len(seeds) > 1 else [0.0]
+        left.scatter(i + np.asarray(jitter), seeds, s=10, color=colors[i], zorder=3)
+        if len(seeds) > 1:
+            sd = float(np.std(seeds))
+            left.errorbar(i, np.mean(seeds), yerr=sd, color="black", capsize=4, lw=1, zorder=4)
+            left.text(i, 1.9, f"sd {sd:.3f}", ha="center", va="top", fontsize=6, rotation=90)
+    disp = [metrics["methods"][m]["dispersion"]["starc"] for m in methods]
+    right.bar(x, disp, color=colors, width=0.7)
+    for i, v in enumerate(disp):
+        right.text(i, v + 0.03, f"{v:.3f}", ha="center", va="bottom", fontsize=6, rotation=90)
+    for ax, title in (
+        (left, "distance to the ground truth\n(test STARC per seed; bar: mean ± sd)"),
+        (right, "dispersion between seeds\n(mean pairwise STARC of their rewards)"),
+    ):
+        ax.set_xticks(x, methods, rotation=45, ha="right", fontsize=8)
+        ax.set_ylim(0.0, 2.0)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    present = dict.fromkeys(_kind(m) for m in methods)
+    handles = [
+        pyplot().Rectangle((0, 0), 1, 1, color=KINDS[k][0], label=KINDS[k][1]) for k in present
+    ]
+    fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(
+        f"{metrics['run']}: seed dispersion (Corollary 1), {n_seeds} seeds; "
+        "lower is less ambiguous",
+        fontsize=10,
+        x=0.02,
+        ha="left",
+    )
+    return save_figure(fig, path)
+
+
 def plot_reward_vs_gt(inp: EvalInputs, path: Path) -> Path:
     """Per method, its lowest seed's standardised reward against the ground-truth score on the
     test outputs (red: toxic), with their correlation. Needs ground-truth scores."""

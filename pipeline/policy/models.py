@@ -12,7 +12,9 @@ position ids follow the attention mask. Dropout is switched off (docs/ppo.md, de
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -65,6 +67,22 @@ def load_policy(name_or_path: str, what: str = "policy"):
     # (pipeline.runtime); a real one keeps every core. The user's own choice is kept.
     apply_threads_for_model(model, what)
     return model, tok
+
+
+def parameter_count(model_dir: Path) -> int:
+    """Parameters of a `save_pretrained` directory, read from its safetensors headers (shapes
+    only, nothing loaded). Tied weights are stored, and counted, once."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FairlError(f"{model_dir} holds no .safetensors weights to count")
+    total = 0
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                total += math.prod(st.get_slice(k).get_shape())
+    return total
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

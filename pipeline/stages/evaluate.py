@@ -6,6 +6,7 @@ Reads `runs/<name>/irl/`, writes `runs/<name>/evaluate/`:
     metrics.json     every metric, structure in README ("metrics.json")
     report.md        the paper's tables, mean ± std over seeds
     metric_bars.png  test accuracy / F1 / AUC / STARC by method, each seed a dot
+    seed_dispersion.png  per method, each seed's STARC to the truth and the STARC between seeds
     roc.png          ROC of each method's reward on the test outputs (labels needed)
     reward_hist.png  each method's rewards on toxic vs non-toxic test outputs (labels needed)
     subtypes.png     the subtypes of the toxic train and test outputs (paper Figure 3, middle)
@@ -44,6 +45,7 @@ from pipeline.evaluate.plots import (
     plot_reward_histograms,
     plot_reward_vs_gt,
     plot_roc,
+    plot_seed_dispersion,
     plot_subtype_distribution,
 )
 from pipeline.evaluate.report import render_report
@@ -131,6 +133,7 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
         if ev.plots:
             with run.timed("plots"):
                 plots.append(plot_metric_bars(metrics, run.path("metric_bars.png")))
+                plots.append(plot_seed_dispersion(metrics, run.path("seed_dispersion.png")))
                 if pairs.has_scores:
                     plots.append(plot_reward_vs_gt(inputs, run.path("reward_vs_gt.png")))
                 if pairs.has_labels:

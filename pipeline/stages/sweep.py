@@ -4,7 +4,9 @@ ordinary run, then one comparison report over them.
     <run.root>/<run.name>/
         shared/<stage>/          the stages upstream of every swept key, run once
         points/<point>/<stage>/  each point's own stages (the shared ones linked in)
-        comparison/              report.md, comparison.json, and for one numeric key sweep.png
+        comparison/              report.md, comparison.json; for one numeric key sweep.png;
+                                 for irl.subtype cross_subtype.png; for a model-size key
+                                 (train_expert.base_model, world.hidden_size) model_size.png
 
 A point is named after its values (`irl.pair_mix=0.1`, joined by `,` for several keys). A key
 changes its own section's stage and every stage after it; the sections every stage reads (run,
@@ -40,6 +42,10 @@ PLOTTED = (
     ("test/f1", "test F1 ↑"),
     ("test/auc", "test AUC ↑"),
 )
+
+# A sweep over one of these is a model-size experiment (Appendix E): model_size.png.
+MODEL_SIZE_KEYS = ("train_expert.base_model", "world.hidden_size", "world.layers")
+SIZE_PLOTTED = (("test/accuracy", "test accuracy ↑"), ("test/starc", "test STARC (Eq. 4) ↓"))
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -159,6 +165,8 @@ def sweep(config: Path, overrides: list[str], grid_items: list[str], force: bool
     compare_runs(runs, out, require_same_test=False)
     if list(grid) == ["irl.subtype"]:
         plot_subtype_heatmap(grid["irl.subtype"], runs, out / "cross_subtype.png")
+    elif len(grid) == 1 and next(iter(grid)) in MODEL_SIZE_KEYS:
+        plot_model_size(runs, out / "model_size.png")
     elif len(grid) == 1 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in next(iter(grid.values()))
     ):
@@ -222,6 +230,63 @@ def plot_sweep(key: str, values: list, runs: list[Path], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"sweep over {key} (mean over {n_seeds} seed(s), band: their range)", fontsize=10)
+    return save_figure(fig, path)
+
+
+def model_size_points(runs: list[Path]) -> list[dict]:
+    """Per run, its expert's parameter count and each method's per-seed test accuracy and STARC
+    (sorted by size): the data of Appendix E's Figure 5."""
+    from pipeline.policy.models import parameter_count
+
+    points = []
+    for run in runs:
+        mx = json.loads((run / "evaluate" / "metrics.json").read_text())
+        per_method: dict[str, dict[str, list[float]]] = {}
+        for row in mx["models"].values():
+            m = per_method.setdefault(row["method"], {k: [] for k, _ in SIZE_PLOTTED})
+            for k, _ in SIZE_PLOTTED:
+                if row.get(k) is not None:
+                    m[k].append(row[k])
+        params = parameter_count(run / "train_expert" / "model")
+        points.append({"run": run.name, "params": params, "methods": per_method})
+    return sorted(points, key=lambda p: p["params"])
+
+
+def plot_model_size(runs: list[Path], path: Path) -> Path:
+    """Paper Figure 5: test accuracy and STARC against the base model's size, per method the mean
+    over seeds with its 95% confidence interval (Student t). Axes span each metric's range."""
+    from pipeline.evaluate.metrics import t_interval
+
+    points = model_size_points(runs)
+    methods = list(dict.fromkeys(m for p in points for m in p["methods"]))
+    fig, axes = pyplot().subplots(1, len(SIZE_PLOTTED), figsize=(4.6 * len(SIZE_PLOTTED), 3.8))
+    x = np.arange(len(points))
+    n_seeds = 0
+    for ax, (k, label), span in zip(axes, SIZE_PLOTTED, ((0.0, 1.0), (0.0, 2.0)), strict=True):
+        for i, m in enumerate(methods):
+            mean, lo, hi = [], [], []
+            for p in points:
+                vals = p["methods"].get(m, {}).get(k, [])
+                n_seeds = max(n_seeds, len(vals))
+                mu, ci = t_interval(vals)
+                mean.append(np.nan if mu is None else mu)
+                lo.append(np.nan if ci is None else mu - ci[0])
+                hi.append(np.nan if ci is None else ci[1] - mu)
+            off = (i - (len(methods) - 1) / 2) * 0.06  # side by side, so the bars do not hide
+            ax.errorbar(
+                x + off, mean, yerr=[lo, hi], marker="o", ms=3, capsize=3, color=f"C{i % 10}",
+                label=m,
+            )  # fmt: skip
+        ax.set_xticks(x, [f"{p['params'] / 1e6:.2f}M" for p in points])
+        ax.set_xlabel("base model parameters")
+        ax.set_ylabel(label)
+        ax.set_ylim(*span)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(
+        f"Model size (mean over {n_seeds} seeds, bars: 95% CI; axes span the metric's range)",
+        fontsize=10,
+    )
     return save_figure(fig, path)
 
 
