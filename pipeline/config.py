@@ -528,7 +528,7 @@ class IRLSection(Section):
     pair_mix: float | None = _f(
         None,
         "With n_pairs: the fraction of them that are toxic -> non-toxic (rejected toxic, chosen "
-        "not), exactly round(pair_mix * n_pairs); the rest are the other training pairs "
+        "not), exactly pair_mix * n_pairs rounded half up; the rest are the other training pairs "
         "(paper Appendix D, Figure 4). Needs the pairs' toxicity labels.",
         ge=0,
         le=1,

@@ -65,6 +65,7 @@ SOURCES = (
     "configs/rtp-challenging.yaml",
     "configs/experiments",
     "scripts/claims.py",
+    "scripts/readme_results.py",  # its source hashing and provenance helpers
     "constraints.txt",
 )
 RTP = "rtp-challenging"
@@ -77,13 +78,6 @@ EXPERIMENTS = {
     "pair-mix": ("sweep", "configs/experiments/pair-mix.yaml", False, True),
     "model-size-world": ("sweep", "configs/experiments/model-size-world.yaml", False, False),
 }
-TABLE1_KEYS = (  # key, claimed sign of FA - baseline
-    ("test/f1", 1),
-    ("test/auc", 1),
-    ("test/starc", -1),
-    ("heldout/f1", 1),
-    ("heldout/auc", 1),
-)
 VERDICTS = ("holds", "does not hold", "inconclusive")
 if str(ROOT) not in sys.path:  # this checkout's pipeline, whatever is installed
     sys.path.insert(0, str(ROOT))
@@ -124,10 +118,10 @@ def one_sample(diffs, sign: int) -> dict:
     out = {"n": int(len(d)), "mean": float(d.mean()) if len(d) else None, "ci95": None, "p": None}
     if len(d) >= 2:
         tol = 1e-9 * max(1.0, float(np.abs(d).max()))  # below it, rounding, not a difference
-        if np.ptp(d) <= tol:  # no spread: the interval is the value itself
+        if np.ptp(d) <= tol:  # no spread: the interval is the value itself (3 values or more)
             m = 0.0 if abs(out["mean"]) <= tol else out["mean"]
-            out["ci95"] = [m, m]
-            out["p"] = 1.0 if m == 0 else 0.0
+            out["ci95"] = [m, m] if len(d) >= 3 else None
+            out["p"] = (1.0 if m == 0 else 0.0) if len(d) >= 3 else None
         else:
             r = stats.ttest_1samp(d, 0.0)
             ci = r.confidence_interval(0.95)
@@ -240,49 +234,99 @@ def _diff(a: list, b: list) -> list:
     return [x - y if x is not None and y is not None else None for x, y in zip(a, b, strict=True)]
 
 
+def table1_keys(metrics: dict) -> list[tuple[str, int]]:
+    """(metric, claimed sign) of Table 1 this run has: test F1 / AUC / STARC, and F1 and AUC on
+    each held-out set it evaluated (`heldout`, `heldout-<name>`)."""
+    have = {k for row in metrics["models"].values() for k, v in row.items() if v is not None}
+    sets = sorted({k.split("/")[0] for k in have if k.startswith("heldout")})
+    keys = [("test/f1", 1), ("test/auc", 1), ("test/starc", -1)]
+    keys += [(f"{h}/{m}", 1) for h in sets for m in ("f1", "auc")]
+    return [(k, sign) for k, sign in keys if k in have]
+
+
 def table1(metrics: dict) -> list[dict]:
     tests = []
     for fa, base, which in _comparisons(metrics):
-        for key, sign in TABLE1_KEYS:
+        for key, sign in table1_keys(metrics):
             a, b = _paired(metrics, fa, base, key)
-            if all(v is None for v in a + b):
-                continue
             tests.append(
-                {"fa": fa, "base": base, "which": which, "metric": key, "sign": sign}
+                {"claim": "table1", "fa": fa, "base": base, "which": which, "metric": key}
+                | {"sign": sign}
                 | {"fa_mean": _mean(a), "base_mean": _mean(b)}
                 | one_sample(_diff(a, b), sign)
             )
     return tests
 
 
+def jackknife_dispersion(pairs_a: dict[str, float], pairs_b: dict[str, float]) -> dict:
+    """Seed dispersion (mean STARC over pairs of seeds) of A minus B, on the pairs of seeds both
+    have, with a leave-one-seed-out jackknife interval: the mean pairwise distance is a
+    U-statistic of the seeds, its pairs are not independent, so the seeds are resampled, not
+    the pairs. Pseudo-values n x theta - (n - 1) x theta_-i, then a Student t interval over
+    them (claimed: < 0). Needs three seeds or more."""
+    common = sorted(set(pairs_a) & set(pairs_b))
+    seeds = sorted({s for k in common for s in k.split("-")})
+
+    def theta(keep) -> float | None:
+        ks = [k for k in common if keep(k)]
+        return float(np.mean([pairs_a[k] - pairs_b[k] for k in ks])) if ks else None
+
+    est = theta(lambda k: True)
+    out = {"n_seeds": len(seeds), "difference": est}
+    if len(seeds) < 3 or est is None:
+        return out | {"n": len(seeds), "mean": est, "ci95": None, "p": None,
+                      "verdict": "inconclusive"}  # fmt: skip
+    n = len(seeds)
+    loo = [theta(lambda k, s=s: s not in k.split("-")) for s in seeds]
+    pseudo = [n * est - (n - 1) * t for t in loo if t is not None]
+    return out | one_sample(pseudo, -1)
+
+
 def corollary1(metrics: dict) -> list[dict]:
+    """Per comparison, two tests: the seed dispersion itself (mean pairwise STARC between the
+    seeds' rewards, jackknifed over seeds), and the spread of the seeds' distances to the truth
+    (Pitman-Morgan on their variances)."""
     tests = []
     for fa, base, which in _comparisons(metrics):
+        da, db = (metrics["methods"][m]["dispersion"] for m in (fa, base))
+        head = {"claim": "corollary1", "fa": fa, "base": base, "which": which}
+        head |= {"fa_value": da.get("starc"), "base_value": db.get("starc")}
+        if "starc_pairs" in da and "starc_pairs" in db:
+            tests.append(
+                head
+                | {"metric": "seed dispersion (STARC between seeds)"}
+                | jackknife_dispersion(da["starc_pairs"], db["starc_pairs"])
+            )
         a, b = _paired(metrics, fa, base, "test/starc")
+        pm = pitman_morgan(a, b)
         tests.append(
-            {"fa": fa, "base": base, "which": which, "metric": "sd of test STARC over seeds"}
-            | {
-                "fa_dispersion": metrics["methods"][fa]["dispersion"].get("starc"),
-                "base_dispersion": metrics["methods"][base]["dispersion"].get("starc"),
-            }
-            | pitman_morgan(a, b)
+            head
+            | {"metric": "sd of test STARC over seeds", "fa_value": pm["sd_x"]}
+            | {"base_value": pm["sd_y"]}
+            | pm
         )
     return tests
 
 
 def table2(metrics: dict) -> list[dict]:
+    if not metrics["disagreement"]:
+        return [_not_tested("table2", "the pairs carry no toxicity labels")]
     tests = []
     for key, dg in metrics["disagreement"].items():
         fa, base = key.split(" vs ")
         which = "matched" if base.endswith("-matched") else "plain"
         for split in ("test", "heldout"):
+            if split not in dg:
+                continue
             rows = dg.get("per_seed", {}).get(split)
             if not rows:
+                tests.append(_not_tested("table2", f"{key}, {split}: no per-seed counts"))
                 continue
             only_fa = [r["only_fa"] for r in rows]
             only_base = [r["only_base"] for r in rows]
             tests.append(
-                {"fa": fa, "base": base, "which": which, "metric": f"{split}: only FA - only base"}
+                {"claim": "table2", "fa": fa, "base": base, "which": which}
+                | {"metric": f"{split}: only FA - only base"}
                 | {"only_fa": _mean(only_fa), "only_base": _mean(only_base)}
                 | one_sample(_diff(only_fa, only_base), 1)
             )
@@ -292,29 +336,37 @@ def table2(metrics: dict) -> list[dict]:
 def figure3c(summary: dict) -> list[dict]:
     """GT < FA-IRL < IRL final toxicity, paired by RL seed (each reward's run s uses RL seed
     run.seed + s). The re-RLHF rewards are named ground_truth, fa-irl and irl in the configs."""
-    if not {"ground_truth", "fa-irl", "irl"} <= set(summary):
-        return []
+    missing = {"ground_truth", "fa-irl", "irl"} - set(summary)
+    if missing:
+        return [_not_tested("figure3c", f"re_rlhf.rewards lacks {sorted(missing)}")]
     tests = []
     for lower, higher in (("fa-irl", "irl"), ("ground_truth", "fa-irl")):
         seeds = [s for s in summary[lower]["seeds"] if s in summary[higher]["seeds"]]
-        a = [summary[lower]["final_toxicity_per_seed"][str(s)] for s in seeds]
-        b = [summary[higher]["final_toxicity_per_seed"][str(s)] for s in seeds]
+        a = [summary[lower]["final_toxicity_per_seed"].get(str(s)) for s in seeds]
+        b = [summary[higher]["final_toxicity_per_seed"].get(str(s)) for s in seeds]
         kl = {n: summary[n].get("final_kl") for n in (lower, higher) if summary[n].get("final_kl")}
         tests.append(
-            {"metric": f"toxicity {lower} - {higher}", "lower": lower, "higher": higher}
+            {"claim": "figure3c", "metric": f"toxicity {lower} - {higher}", "lower": lower}
+            | {"higher": higher}
             | {"lower_mean": _mean(a), "higher_mean": _mean(b), "kl": kl}
             | one_sample(_diff(a, b), -1)
         )
     return tests
 
 
+def _sweep_runs(sweep_dir: Path) -> list[Path]:
+    """The points the sweep compared (comparison/comparison.json), not whatever else lies in
+    points/ (an earlier grid's points, say)."""
+    result = json.loads((sweep_dir / "comparison" / "comparison.json").read_text())
+    return [Path(p) for p in result["runs"].values()]
+
+
 def _point_metrics(sweep_dir: Path) -> list[tuple[float, dict]]:
     """(swept value, evaluate metrics) of each point of a one-key sweep, sorted by value."""
     out = []
-    for p in sorted((sweep_dir / "points").iterdir()):
-        if p.is_dir():
-            value = float(p.name.split("=", 1)[1])
-            out.append((value, json.loads((p / "evaluate" / "metrics.json").read_text())))
+    for p in _sweep_runs(sweep_dir):
+        value = float(p.name.split("=", 1)[1])
+        out.append((value, json.loads((p / "evaluate" / "metrics.json").read_text())))
     return sorted(out, key=lambda t: t[0])
 
 
@@ -327,25 +379,29 @@ def appendix_d(sweep_dir: Path) -> list[dict]:
     last = points[-1][1]
     tests = []
     for key in ("train/starc", "test/starc"):
-        slopes = {}
+        slopes: dict[str, dict[int, float | None]] = {}  # method -> seed -> slope
         for m in last["methods"]:
-            seeds = _seeds(last, m)
-            slopes[m] = [
-                slope(xs, [mx["models"].get(f"{m}/seed-{s}", {}).get(key) for _, mx in points])
-                for s in seeds
-            ]
+            slopes[m] = {
+                s: slope(xs, [mx["models"].get(f"{m}/seed-{s}", {}).get(key) for _, mx in points])
+                for s in _seeds(last, m)
+            }
             tests.append(
-                {"metric": key, "test": "slope", "method": m, "fa": m, "base": None}
-                | one_sample(slopes[m], -1)
+                {"claim": "appendix-d", "metric": key, "test": "slope", "fa": m, "base": None}
+                | one_sample(list(slopes[m].values()), -1)
             )
         for fa, base, which in _comparisons(last):
+            seeds = [s for s in slopes[fa] if s in slopes[base]]
             tests.append(
-                {"metric": key, "test": "slope FA - base", "fa": fa, "base": base, "which": which}
-                | one_sample(_diff(slopes[fa], slopes[base]), -1)
+                {"claim": "appendix-d", "metric": key, "test": "slope FA - base", "fa": fa}
+                | {"base": base, "which": which}
+                | one_sample(
+                    _diff([slopes[fa][s] for s in seeds], [slopes[base][s] for s in seeds]), -1
+                )
             )
             a, b = _paired(last, fa, base, key)
             tests.append(
-                {"metric": key, "test": f"FA - base at {xs[-1]:g}", "fa": fa, "base": base}
+                {"claim": "appendix-d", "metric": key, "test": f"FA - base at {xs[-1]:g}", "fa": fa}
+                | {"base": base}
                 | {"which": which, "fa_mean": _mean(a), "base_mean": _mean(b)}
                 | one_sample(_diff(a, b), -1)
             )
@@ -358,28 +414,32 @@ def appendix_e(sweep_dir: Path) -> tuple[list[dict], list[dict]]:
     Different sizes are different worlds and pairs, so the samples are unpaired (Welch)."""
     from pipeline.stages.sweep import model_size_points
 
-    runs = sorted(p for p in (sweep_dir / "points").iterdir() if p.is_dir())
-    points = model_size_points(runs)
+    points = model_size_points(_sweep_runs(sweep_dir))
     sizes = [{"run": p["run"], "params": p["params"]} for p in points]
     tests = []
     if len(points) < 4:
-        return sizes, tests
+        return sizes, [_not_tested("appendix-e", f"{len(points)} sizes; the shape needs 4")]
     first, third, last = points[0], points[2], points[-1]
-    for m in points[0]["methods"]:
+    for m in dict.fromkeys(m for p in points for m in p["methods"]):
         for key, better in (("test/accuracy", 1), ("test/starc", -1)):
             for a, b, what, sign in (
                 (third, first, "improves to the 3rd size", better),
                 (last, third, "dips at the largest", -better),
             ):
+                va = a["methods"].get(m, {}).get(key, [])
+                vb = b["methods"].get(m, {}).get(key, [])
                 tests.append(
-                    {"method": m, "metric": key, "test": what, "from": b["run"], "to": a["run"]}
-                    | {
-                        "to_mean": _mean(a["methods"][m][key]),
-                        "from_mean": _mean(b["methods"][m][key]),
-                    }
-                    | two_sample(a["methods"][m][key], b["methods"][m][key], sign)
+                    {"claim": "appendix-e", "method": m, "metric": key, "test": what}
+                    | {"from": b["run"], "to": a["run"], "to_mean": _mean(va)}
+                    | {"from_mean": _mean(vb)}
+                    | two_sample(va, vb, sign)
                 )
     return sizes, tests
+
+
+def _not_tested(claim: str, why: str) -> dict:
+    """A test that could not be made, kept in the report with its reason (never dropped)."""
+    return {"claim": claim, "not_tested": why, "verdict": "inconclusive", "metric": "n/a"}
 
 
 def _mean(values) -> float | None:
@@ -394,7 +454,7 @@ def _run_metrics(run: Path) -> dict:
 def _group(t: dict) -> str:
     """The summary row a test counts in: its baseline kind, and Appendix D's metric and part."""
     which = {"plain": "vs plain IRL", "matched": "vs matched IRL"}.get(t.get("which"), "")
-    if "test" in t and t["metric"].endswith("starc"):  # Appendix D
+    if t["claim"] == "appendix-d":
         metric = "training STARC" if t["metric"].startswith("train/") else "test STARC"
         return f"{metric}, " + (which or "every method's slope")
     return which
@@ -558,8 +618,9 @@ def render(result: dict) -> str:
         "when the 95% confidence interval of its difference lies on the claimed side of zero, "
         "**does not hold** when it lies on the other side, and is **inconclusive** otherwise. "
         "A claim holds in a setting when all its tests hold there, does not hold when any "
-        "contradicts it, and is inconclusive otherwise. The tests are not corrected for their "
-        "number: read single contradictions among many tests with that in mind.",
+        "contradicts it, and is inconclusive otherwise (Corollary 1's Pitman-Morgan rows use "
+        "their p-value instead of an interval; see there). The tests are not corrected for "
+        "their number: read single contradictions among many tests with that in mind.",
         "",
         "## Settings",
         "",
@@ -595,7 +656,11 @@ def render(result: dict) -> str:
         out += [f"## {title}", "", CLAIM_NOTES[c], ""]
         for setting, r in claims[c].items():
             out += [f"### {setting}: {r['verdict']}", ""]
-            out += RENDER[c](r)
+            tested = [t for t in r["tests"] if "not_tested" not in t]
+            if tested:
+                out += RENDER[c](r | {"tests": tested})
+            out += [f"- Not tested: {t['not_tested']}." for t in r["tests"] if "not_tested" in t]
+            out += [""] if len(tested) < len(r["tests"]) else []
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -621,18 +686,31 @@ def _render_table1(r: dict) -> list[str]:
 
 def _render_corollary1(r: dict) -> list[str]:
     return _table(
-        ["FA-IRL", "Baseline", "sd FA", "sd base", "r", "p", "Verdict", "Dispersion FA / base"],
+        [
+            "FA-IRL",
+            "Baseline",
+            "Measure",
+            "FA",
+            "Base",
+            "Test",
+            "Statistic",
+            "95% CI",
+            "p",
+            "Verdict",
+        ],  # fmt: skip
         [
             [
                 t["fa"],
                 t["base"],
-                _v(t["sd_x"]),
-                _v(t["sd_y"]),
-                _n(t["r"]),
+                t["metric"],
+                _v(t["fa_value"]),
+                _v(t["base_value"]),
+                "Pitman-Morgan" if "r" in t else "jackknife",
+                f"r = {_n(t['r'])}" if "r" in t else f"FA - base {_n(t['mean'])}",
+                "n/a" if "r" in t else _ci(t),
                 _p(t),
                 t["verdict"],
-                f"{_v(t['fa_dispersion'])} / {_v(t['base_dispersion'])}",
-            ]  # fmt: skip
+            ]
             for t in r["tests"]
         ],
     )
@@ -739,23 +817,29 @@ CLAIM_NOTES = {
     "the matched baselines with FA-IRL's model selection), the per-seed difference FA - "
     "baseline, paired by seed (methods of one seed share R_D's initialisation and the minibatch "
     "order). Claimed: > 0 for F1 and AUC, < 0 for STARC.",
-    "corollary1": "The spread over seeds of each reward's distance to the ground truth (test "
-    "STARC), FA-IRL against its baseline on the same seeds: the Pitman-Morgan test of equal "
-    "variances for paired samples (r < 0: FA-IRL's is smaller). The mean pairwise STARC between "
-    "the seeds' rewards (evaluate's seed dispersion) is listed beside it, without a test. Its "
-    "other half, a distance to the truth that cannot grow, is Table 1's STARC rows.",
+    "corollary1": "Two measures per comparison. The seed dispersion (evaluate's mean STARC "
+    "between the rewards of different seeds, on the test outputs), FA-IRL minus its baseline "
+    "with a leave-one-seed-out jackknife interval (claimed < 0). And the spread over seeds of "
+    "each reward's distance to the truth (test STARC): the Pitman-Morgan test of equal variances "
+    "for paired samples, whose verdict is its p < 0.05 in the direction of r (r < 0: FA-IRL's "
+    "spread is smaller); with 5 seeds it has little power. The corollary's other half, a "
+    "distance to the truth that cannot grow, is Table 1's STARC rows.",
     "table2": "Outputs only FA-IRL classifies correctly minus outputs only the baseline does, "
     "per seed (each at its own threshold). The paper: 1001 vs 457 on Jigsaw.",
     "figure3c": "Final toxicity of the policy re-RLHF'd with each reward, paired by RL seed "
     "(the paper: 4% ground truth, 6% FA-IRL, 9% IRL). The final KL to the base is listed: a "
-    "reward can buy lower toxicity with a larger drift.",
+    "reward can buy lower toxicity with a larger drift. Every RL seed fine-tunes against the "
+    "reward of the first IRL seed (`irl:<method>` in re_rlhf.rewards), so the interval covers "
+    "the RL's variation, not that of reward learning.",
     "appendix-d": "Slopes are least squares of each seed's STARC on the T->NT fraction, then "
     "tested over seeds (claimed < 0); FA - base compares them, and the values at the largest "
     "fraction, paired by seed (claimed < 0). Training STARC is the paper's metric; test STARC "
-    "is shown too.",
+    "is shown too. At each fraction every IRL seed trains on the same drawn pairs (the draw is "
+    "seeded by run.seed), so the intervals cover training, not the draw of the pairs.",
     "appendix-e": "Each size is its own world, expert and pairs, so the seeds do not pair: "
     "Welch's t on the seeds at two sizes. Claimed: better at the 3rd size than the smallest "
-    "(accuracy up, STARC down), and worse at the largest than the 3rd.",
+    "(accuracy up, STARC down), and worse at the largest than the 3rd. One world and one "
+    "expert per size: the intervals cover reward learning, not the draw of the world.",
 }
 
 

@@ -90,12 +90,31 @@ def test_slope_and_appendix_d_on_planted_runs(tmp_path):
         d = tmp_path / "points" / f"irl.pair_mix={frac}" / "evaluate"
         d.mkdir(parents=True)
         (d / "metrics.json").write_text(json.dumps(mx))
+    # the points the sweep compared; a stray directory of another grid is not read
+    (tmp_path / "points" / "irl.lr=0.1").mkdir()
+    runs = {p.name: str(p) for p in sorted((tmp_path / "points").glob("irl.pair_mix=*"))}
+    (tmp_path / "comparison").mkdir()
+    (tmp_path / "comparison" / "comparison.json").write_text(json.dumps({"runs": runs}))
     tests = {(t["metric"], t["test"], t["fa"]): t for t in cl.appendix_d(tmp_path)}
     assert tests["train/starc", "slope", "fa"]["mean"] == pytest.approx(-1.0)
     assert tests["train/starc", "slope FA - base", "fa"]["mean"] == pytest.approx(-0.5)
     assert tests["train/starc", "slope FA - base", "fa"]["verdict"] == "holds"
     assert tests["train/starc", "FA - base at 0.9", "fa"]["verdict"] == "holds"
     assert tests["test/starc", "slope", "fa"]["verdict"] == "inconclusive"  # flat, no spread
+
+
+def test_the_seed_dispersion_jackknife_by_hand():
+    # theta = mean(1, 2, 3) = 2; leaving out seed 0, 1, 2 gives 3, 2, 1; pseudo-values
+    # 3 x 2 - 2 x theta_-i = 0, 2, 4: mean 2, sd 2, t(0.975, 2) = 4.302653
+    a = {"0-1": 1.0, "0-2": 2.0, "1-2": 3.0}
+    b = dict.fromkeys(a, 0.0)
+    t = cl.jackknife_dispersion(a, b)
+    half = 4.302652729911275 * 2 / math.sqrt(3)
+    assert t["difference"] == 2.0 and t["mean"] == pytest.approx(2.0)
+    assert t["ci95"] == pytest.approx([2 - half, 2 + half])
+    assert t["n_seeds"] == 3 and t["verdict"] == "inconclusive"
+    two = cl.jackknife_dispersion({"0-1": 1.0}, {"0-1": 0.0})
+    assert two["verdict"] == "inconclusive" and two["ci95"] is None  # two seeds: no interval
 
 
 @pytest.fixture(scope="module")

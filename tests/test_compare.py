@@ -55,3 +55,32 @@ def test_compare_refuses_runs_on_different_test_pairs_and_writes_nothing(tmp_pat
     assert not (tmp_path / "cmp").exists()
     res = invoke("compare", a, tmp_path / "nowhere", "--out", tmp_path / "cmp")
     assert res.exit_code == 4 and "no published evaluate" in res.output
+
+
+def test_compare_never_replaces_a_run_or_a_foreign_directory(tmp_path):
+    pairs = write_jsonl(tmp_path / "p.jsonl", make_pairs_records(80))
+    a = evaluated_run(tmp_path, "a", pairs)
+    b = evaluated_run(tmp_path, "b", pairs, "--set", "irl.lr=0.003")
+    for out in (a, a.parent):  # a run, and the directory holding it
+        res = invoke("compare", a, b, "--out", out)
+        assert res.exit_code == 1 and "would delete it" in res.output, res.output
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("x")
+    res = invoke("compare", a, b, "--out", foreign)
+    assert res.exit_code == 1 and "holds no comparison.json" in res.output
+    assert (foreign / "keep.txt").read_text() == "x"
+    assert (a / "evaluate" / "metrics.json").is_file()
+    # an earlier comparison is replaced
+    for _ in range(2):
+        assert invoke("compare", a, b, "--out", tmp_path / "cmp").exit_code == 0
+
+
+def test_the_same_texts_under_another_ground_truth_are_not_comparable(tmp_path):
+    rows = make_pairs_records(80)
+    a = evaluated_run(tmp_path, "a", write_jsonl(tmp_path / "p.jsonl", rows))
+    for r in rows:
+        r["chosen_score"], r["rejected_score"] = r["chosen_score"] / 2, r["rejected_score"] / 2
+    b = evaluated_run(tmp_path, "b", write_jsonl(tmp_path / "q.jsonl", rows))
+    res = invoke("compare", a, b, "--out", tmp_path / "cmp")
+    assert res.exit_code == 3 and "did not evaluate the same test pairs" in res.output

@@ -196,3 +196,27 @@ def test_compare_naming_an_untrained_method_is_a_config_error(tmp_path):
     assert invoke("irl", cfg).exit_code == 0
     res = invoke("evaluate", cfg, "--set", "evaluate.compare=[[fa-mm-gt, mm]]")
     assert res.exit_code == 2 and "fa-mm-gt" in res.output, res.output
+
+
+def test_the_bar_plots_skip_a_metric_a_method_never_has(tmp_path):
+    from pipeline.evaluate.plots import plot_metric_bars, plot_seed_dispersion
+
+    rows = {
+        f"{m}/seed-{s}": {"method": m, "test/auc": 0.9, "test/starc": None if m == "mm" else 0.4}
+        for m in ("mm", "me")
+        for s in (0, 1)
+    }
+    metrics = {
+        "run": "t",
+        "models": rows,
+        "methods": {
+            m: {
+                "seeds": [0, 1],
+                "mean": {"test/auc": 0.9, "test/starc": None if m == "mm" else 0.4},
+                "dispersion": {"starc": 0.1},
+            }
+            for m in ("mm", "me")
+        },
+    }
+    assert plot_metric_bars(metrics, tmp_path / "bars.png").stat().st_size > 10_000
+    assert plot_seed_dispersion(metrics, tmp_path / "sd.png").stat().st_size > 10_000

@@ -42,6 +42,13 @@ def test_the_mix_is_hit_exactly_and_val_test_are_kept(mix):
     assert mix in (0.0, 1.0) or not other.equals(out)
 
 
+@pytest.mark.parametrize("n,mix,k", [(5, 0.5, 3), (10, 0.25, 3), (10, 0.35, 4), (10, 0.3, 3)])
+def test_a_half_pair_rounds_up_not_to_even(n, mix, k):
+    out, drawn = subsample_train(frame(20, 20), n, mix, seed=0)
+    assert drawn["drawn"]["toxic_to_nontoxic"] == k
+    assert int(out[out["split"] == "train"]["rejected_toxic"].sum()) == k
+
+
 def test_an_impossible_mix_is_refused_with_the_mixes_that_work():
     df = frame(10, 70)
     with pytest.raises(DataError, match="cannot supply 20 toxic_to_nontoxic, 20 other") as e:

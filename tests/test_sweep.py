@@ -91,3 +91,41 @@ def test_a_sweep_over_evaluate_trains_irl_once(tmp_path):
         assert (root / "points" / name / "evaluate" / "metrics.json").is_file()
     result = json.loads((root / "comparison/comparison.json").read_text())
     assert list(result["differences"]) == ["evaluate:evaluate.near_tie"]
+
+
+def test_a_sweep_refuses_colliding_points_bad_values_and_keys_of_stages_it_does_not_run(tmp_path):
+    pairs = write_jsonl(tmp_path / "p.jsonl", make_pairs_records(60))
+    cfg = small_config(tmp_path, pairs, methods=["mm"], seeds=[0])
+    res = invoke("sweep", cfg, "-q", "--grid", "irl.lr=1e-3,0.001")
+    assert res.exit_code == 2 and "share the directory name" in res.output
+    res = invoke("sweep", cfg, "-q", "--grid", "irl.seeds=[0,1],[2]")
+    assert res.exit_code == 2 and "is not YAML" in res.output
+    res = invoke("sweep", cfg, "-q", "--grid", "re_rlhf.eval_every=1,2")
+    assert res.exit_code == 2 and "does not run" in res.output
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_a_sweep_over_irl_trains_the_expert_and_makes_the_pairs_once(tmp_path, micro_world):
+    from conftest import micro_config
+
+    cfg = micro_config(tmp_path, irl__methods=["mm"], irl__max_epochs=5)
+    doc = yaml.safe_load(cfg.read_text())
+    del doc["re_rlhf"]
+    doc["sweep"] = {"grid": {"irl.lr": [1e-3, 3e-3]}}
+    cfg.write_text(yaml.safe_dump(doc))
+    res = invoke("sweep", cfg, "-q")
+    assert res.exit_code == 0, res.output
+    root = tmp_path / "runs" / "m"
+    shared = sorted(p.name for p in (root / "shared").iterdir() if not p.name.startswith("."))
+    assert shared == ["make_pairs", "train_expert"]
+    for name in ("irl.lr=0.001", "irl.lr=0.003"):
+        point = root / "points" / name
+        for stage in ("train_expert", "make_pairs"):  # linked, not recomputed
+            assert (point / stage).is_symlink()
+            assert (point / stage).resolve() == (root / "shared" / stage).resolve()
+        for stage in ("irl", "evaluate"):
+            assert not (point / stage).is_symlink()
+            assert json.loads((point / stage / "manifest.json").read_text())["status"] == "complete"
+    result = json.loads((root / "comparison" / "comparison.json").read_text())
+    assert list(result["differences"]) == ["irl:irl.lr"]
+    assert isinstance(result["test_pairs_sha256"], str)  # one set of pairs: comparable

@@ -10,6 +10,7 @@ or val part a pairs file does not give (`assign_splits`).
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -110,10 +111,10 @@ def subsample_train(
     df: pd.DataFrame, n_pairs: int, pair_mix: float | None, seed: int
 ) -> tuple[pd.DataFrame, dict]:
     """Keep `n_pairs` of the training pairs, drawn with `seed` (val and test rows are kept
-    whole); with `pair_mix`, exactly k = round(pair_mix * n_pairs) of them toxic -> non-toxic
-    (rejected toxic, chosen not) and n_pairs - k of the others (paper Appendix D). Returns the
-    frame (rows in their original order) and what was drawn. Refuses a mix the training pairs
-    cannot supply, saying which mixes they can."""
+    whole); with `pair_mix`, exactly k = pair_mix * n_pairs (rounded half up) of them toxic ->
+    non-toxic (rejected toxic, chosen not) and n_pairs - k of the others (paper Appendix D).
+    Returns the frame (rows in their original order) and what was drawn. Refuses a mix the
+    training pairs cannot supply, saying which mixes they can."""
     train = (df["split"] == "train").to_numpy()
     if pair_mix is not None and "chosen_toxic" not in df:
         raise DataError(
@@ -127,7 +128,7 @@ def subsample_train(
     else:
         tox = train & df["rejected_toxic"].to_numpy(bool) & ~df["chosen_toxic"].to_numpy(bool)
         pools = {"toxic_to_nontoxic": np.flatnonzero(tox), "other": np.flatnonzero(train & ~tox)}
-        k = round(pair_mix * n_pairs)
+        k = math.floor(round(pair_mix * n_pairs, 9) + 0.5)  # half up: 0.5 x 5 -> 3, not 2
         want = {"toxic_to_nontoxic": k, "other": n_pairs - k}
     have = {name: len(pool) for name, pool in pools.items()}
     if any(have[name] < want[name] for name in pools):

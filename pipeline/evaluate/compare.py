@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.artifacts import atomic_dir, write_json
+from pipeline.artifacts import ForeignDirectory, atomic_dir, write_json
 from pipeline.config import STAGES, method_label
 from pipeline.errors import DataError, MissingArtifactError
 
@@ -33,12 +33,20 @@ METRICS = (
 )
 
 
+GROUND_TRUTH = ("chosen_score", "rejected_score", "chosen_toxic", "rejected_toxic")
+
+
 def test_pairs_digest(run: Path) -> str:
-    """sha256 of the run's test pairs (prompt, chosen, rejected; order-free)."""
-    df = pd.read_parquet(
-        run / "irl" / "pairs.parquet", columns=["prompt", "chosen", "rejected", "split"]
+    """sha256 of the run's test pairs: prompt, chosen and rejected texts and the ground truth on
+    them (scores and labels where the pairs have them), order-free. The same texts scored by
+    another ground truth are other test data: STARC and F1 would measure different things."""
+    df = pd.read_parquet(run / "irl" / "pairs.parquet")
+    cols = ["prompt", "chosen", "rejected"] + [c for c in GROUND_TRUTH if c in df.columns]
+    test = df.loc[df["split"] == "test", cols].astype(object)
+    rows = sorted(
+        json.dumps([None if pd.isna(v) else v for v in row], default=float)
+        for row in test.itertuples(index=False)
     )
-    rows = sorted(json.dumps([p, c, r]) for p, c, r, s in df.itertuples(index=False) if s == "test")
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
@@ -90,6 +98,7 @@ def compare_runs(runs: list[Path], out: Path, require_same_test: bool = True) ->
     report then says so), or lack a published evaluate stage, before writing anything."""
     if len(runs) < 2:
         raise DataError("compare needs two or more run directories", hint="fairl compare RUN RUN")
+    check_output(out, runs)
     names = _names(runs)
     metrics, digests = {}, {}
     for name, run in zip(names, runs, strict=True):
@@ -139,6 +148,25 @@ def compare_runs(runs: list[Path], out: Path, require_same_test: bool = True) ->
         write_json(tmp / "comparison.json", result)
         (tmp / "report.md").write_text(render(result))
     return out
+
+
+def check_output(out: Path, runs: list[Path]) -> None:
+    """Publishing the report replaces `out` wholesale: refuse a directory that is not an earlier
+    comparison (no comparison.json) or that holds, or is, one of the compared runs."""
+    out = Path(out)
+    hint = "choose an --out directory of its own (new, or an earlier comparison's)"
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ForeignDirectory(f"{out} is not a directory fairl can replace", hint=hint)
+    for run in runs:
+        r, o = Path(run).resolve(), out.resolve()
+        if r == o or o in r.parents:
+            raise ForeignDirectory(
+                f"--out {out} holds the run {run}: writing it would delete it", hint=hint
+            )
+    if out.is_dir() and any(out.iterdir()) and not (out / "comparison.json").is_file():
+        raise ForeignDirectory(
+            f"{out} is not empty and holds no comparison.json: fairl will not replace it", hint=hint
+        )
 
 
 def _cell(c: dict | None) -> str:

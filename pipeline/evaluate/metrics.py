@@ -225,11 +225,15 @@ def evaluate_rewards(inp: EvalInputs, comparisons: list[tuple[str, str]]) -> dic
         warnings += slice_warnings(key, slices[key])
         if inp.pairs.has_labels:
             disagreement[key] = disagreement_tables(inp, fa, base, common, thresholds)
-    for fa, base in comparisons:  # beside a matched baseline, the plain one too (paired only)
+    for fa, base in comparisons:  # beside a matched baseline, the plain one too (the paper's)
         plain = METHOD_TABLE[fa].baseline if fa in METHOD_TABLE else None
         if plain not in (None, base) and plain in inp.methods and f"{fa} vs {plain}" not in paired:
             common = sorted(set(inp.seeds_of(fa)) & set(inp.seeds_of(plain)))
             paired[f"{fa} vs {plain}"] = paired_differences(per_model, fa, plain, common)
+            if inp.pairs.has_labels:
+                disagreement[f"{fa} vs {plain}"] = disagreement_tables(
+                    inp, fa, plain, common, thresholds
+                )
     return {
         "models": per_model,
         "methods": by_method,
@@ -418,17 +422,22 @@ def method_summary(inp: EvalInputs, method: str, per_model: dict[str, dict]) -> 
 
 def dispersion(inp: EvalInputs, method: str) -> dict:
     """Mean pairwise STARC (Eq. 4) and STARC-L2 between seeds' rewards on the test outputs
-    (Corollary 1, measured)."""
-    vecs = [inp.scores[method, s].outputs(inp.test) for s in inp.seeds_of(method)]
-    out = {"n_seeds": len(vecs)}
+    (Corollary 1, measured), and the STARC of each pair of seeds (`starc_pairs`, "<s>-<t>")."""
+    seeds = inp.seeds_of(method)
+    vecs = [inp.scores[method, s].outputs(inp.test) for s in seeds]
+    out: dict = {"n_seeds": len(vecs)}
+    pairs = {}
     for name, fn in (("starc", distances.starc_l1), ("starc_l2", distances.starc_l2)):
         vals = []
-        for a, b in itertools.combinations(vecs, 2):
+        for (sa, a), (sb, b) in itertools.combinations(zip(seeds, vecs, strict=True), 2):
             try:
                 vals.append(fn(a, b))
             except distances.DegenerateReward:
-                pass
+                continue
+            if name == "starc":
+                pairs[f"{sa}-{sb}"] = float(vals[-1])
         out[name] = float(np.mean(vals)) if vals else None
+    out["starc_pairs"] = pairs  # each pair of seeds' STARC: the jackknife in scripts/claims.py
     return out
 
 

@@ -58,8 +58,9 @@ def plot_metric_bars(metrics: dict, path: Path) -> Path | None:
         ax.bar(x, [v if v is not None else 0.0 for v in mean], color=colors, width=0.7)
         for i, m in enumerate(methods):
             seeds = [r[k] for r in per_seed[m] if r.get(k) is not None]
-            jitter = np.linspace(-0.15, 0.15, len(seeds)) if len(seeds) > 1 else [0.0]
-            ax.scatter(i + np.asarray(jitter), seeds, s=7, color="black", zorder=3, lw=0)
+            if seeds:
+                jitter = np.linspace(-0.15, 0.15, len(seeds)) if len(seeds) > 1 else [0.0]
+                ax.scatter(i + np.asarray(jitter), seeds, s=7, color="black", zorder=3, lw=0)
             if mean[i] is not None:
                 ax.text(
                     i,
@@ -100,7 +101,13 @@ def plot_seed_dispersion(metrics: dict, path: Path) -> Path | None:
     methods = [
         m
         for m, a in metrics["methods"].items()
-        if len(a["seeds"]) > 1 and a["dispersion"].get("starc") is not None
+        if len(a["seeds"]) > 1
+        and a["dispersion"].get("starc") is not None
+        and any(
+            r.get("test/starc") is not None
+            for key, r in metrics["models"].items()
+            if key.split("/seed-")[0] == m
+        )
     ]
     if not methods:
         return None
@@ -111,7 +118,7 @@ def plot_seed_dispersion(metrics: dict, path: Path) -> Path | None:
     for i, m in enumerate(methods):
         rows = [r for key, r in metrics["models"].items() if key.split("/seed-")[0] == m]
         seeds = [r["test/starc"] for r in rows if r.get("test/starc") is not None]
-        jitter = np.linspace(-0.2, 0.2, len(seeds)) if len(seeds) > 1 else [0.0]
+        jitter = np.linspace(-0.2, 0.2, len(seeds)) if len(seeds) > 1 else [0.0] * len(seeds)
         left.scatter(i + np.asarray(jitter), seeds, s=10, color=colors[i], zorder=3)
         if len(seeds) > 1:
             sd = float(np.std(seeds))

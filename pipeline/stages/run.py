@@ -30,6 +30,12 @@ STAGE_RUNNERS: dict[str, Callable[[ExperimentConfig, bool], Path]] = {
 def run(cfg: ExperimentConfig, force: bool = False) -> dict[str, Path | None]:
     """Run `cfg.stages_to_run()` in order; returns each stage's published directory (None on
     the ranks of a data-parallel launch that do not run it)."""
+    if cfg.sweep.grid:
+        log.warning(
+            "the config has a sweep.grid (%s), which `fairl run` ignores: it runs the config as "
+            "it is; `fairl sweep` runs the grid",
+            ", ".join(cfg.sweep.grid),
+        )
     outputs: dict[str, Path | None] = {}
     for stage in cfg.stages_to_run():
         log.info("== %s ==", stage)

@@ -59,7 +59,14 @@ def parse_grid(items: list[str]) -> dict[str, list]:
             raise ConfigError(
                 f"--grid {item!r} is not key=v1,v2,...", hint="e.g. --grid irl.lr=1e-3,3e-3"
             )
-        grid[key.strip()] = [_value(yaml.safe_load(v)) for v in values.split(",")]
+        try:
+            grid[key.strip()] = [_value(yaml.safe_load(v)) for v in values.split(",")]
+        except yaml.YAMLError as e:
+            raise ConfigError(
+                f"--grid {item!r}: a value is not YAML ({str(e).splitlines()[0]})",
+                hint="values are split at every comma: sweep lists or mappings in the config's "
+                "sweep.grid instead",
+            ) from e
     return grid
 
 
@@ -110,11 +117,20 @@ def expand(cfg: ExperimentConfig, config: Path, overrides: list[str], grid: dict
         )
     root = cfg.run.root / cfg.run.name
     points = []
+    seen: dict[str, dict] = {}
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo, strict=True))
         name = point_name(values)
+        if name in seen:
+            raise ConfigError(
+                f"two points of the sweep share the directory name {name!r}: {seen[name]} and "
+                f"{values}",
+                hint="list each value once (1e-3 and 0.001 are one value; a / in a value is "
+                "written --)",
+            )
+        seen[name] = values
         extra = [f"{k}={json.dumps(v)}" for k, v in values.items()]
-        extra += [f"run.root={root / 'points'}", f"run.name={name}"]
+        extra += [f"run.root={root / 'points'}", f"run.name={name}", "sweep.grid={}"]
         points.append((name, overrides + extra, load_config(config, overrides + extra)))
     return points
 
@@ -127,6 +143,11 @@ def sweep(config: Path, overrides: list[str], grid_items: list[str], force: bool
     points = expand(cfg, config, overrides, grid)
     stages = points[0][2].stages_to_run()
     cut = first_affected(list(grid))
+    if not any(STAGES.index(s) >= cut for s in stages):
+        raise ConfigError(
+            f"the swept keys {list(grid)} change only stages the config does not run ({stages})",
+            hint="add the swept key's section to the config, or sweep a key of a stage it runs",
+        )
     shared = [s for s in stages if STAGES.index(s) < cut]
     own = [s for s in stages if STAGES.index(s) >= cut]
     root = cfg.run.root / cfg.run.name
@@ -139,7 +160,8 @@ def sweep(config: Path, overrides: list[str], grid_items: list[str], force: bool
     )
     if shared:
         stages_set = "run.stages=" + json.dumps(shared)
-        _fairl_run(config, [*overrides, f"run.root={root}", "run.name=shared", stages_set], force)
+        shared_run = [f"run.root={root}", "run.name=shared", stages_set, "sweep.grid={}"]
+        _fairl_run(config, [*overrides, *shared_run], force)
     for _, _, point_cfg in points:
         point_dir = point_cfg.run.root / point_cfg.run.name
         point_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +181,8 @@ def sweep(config: Path, overrides: list[str], grid_items: list[str], force: bool
         for done in pool.map(run_point, points):
             log.info("sweep: point %s done", done)
     runs = [p.run.root / p.run.name for _, _, p in points]
-    if "evaluate" not in stages:
+    if "evaluate" not in stages or len(runs) < 2:
+        log.info("sweep: no comparison (%s)", "one point" if len(runs) < 2 else "no evaluate")
         return root / "points"
     out = root / "comparison"
     compare_runs(runs, out, require_same_test=False)
@@ -207,7 +230,9 @@ def _fairl_run(
 def plot_sweep(key: str, values: list, runs: list[Path], path: Path) -> Path:
     """Each plotted metric against the swept value, per method: the mean over seeds with the
     band of their range (the paper's Figure 4 for irl.pair_mix)."""
-    metrics = [json.loads((r / "evaluate" / "metrics.json").read_text()) for r in runs]
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    values = [values[i] for i in order]
+    metrics = [json.loads((runs[i] / "evaluate" / "metrics.json").read_text()) for i in order]
     methods = list(dict.fromkeys(m for mx in metrics for m in mx["methods"]))
     fig, axes = pyplot().subplots(1, len(PLOTTED), figsize=(4.0 * len(PLOTTED), 3.6))
     n_seeds = max(len(a["seeds"]) for mx in metrics for a in mx["methods"].values())
@@ -227,9 +252,13 @@ def plot_sweep(key: str, values: list, runs: list[Path], path: Path) -> Path:
                 ax.fill_between(xs, lo, hi, color=f"C{i % 10}", alpha=0.15, lw=0)
         ax.set_xlabel(key)
         ax.set_ylabel(label)
+        ax.set_ylim(0.0, 2.0 if "starc" in k else 1.0)  # the metric's whole range
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"sweep over {key} (mean over {n_seeds} seed(s), band: their range)", fontsize=10)
+    fig.suptitle(
+        f"sweep over {key} (mean over {n_seeds} seed(s), band: their range; full axes)",
+        fontsize=10,
+    )
     return save_figure(fig, path)
 
 
@@ -290,6 +319,10 @@ def plot_model_size(runs: list[Path], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def _or_nan(v) -> float:
+    return np.nan if v is None else v
+
+
 def plot_subtype_heatmap(trained: list[str], runs: list[Path], path: Path) -> Path:
     """Paper Figure 3, left: per method, the test AUC (mean over seeds) on each subtype's outputs
     (against the non-toxic ones) of a reward trained on one subtype's pairs (a row each)."""
@@ -316,14 +349,14 @@ def plot_subtype_heatmap(trained: list[str], runs: list[Path], path: Path) -> Pa
         grid = np.array(
             [
                 [
-                    mx["methods"].get(m, {}).get("mean", {}).get(f"test/auc_{e}") or np.nan
+                    _or_nan(mx["methods"].get(m, {}).get("mean", {}).get(f"test/auc_{e}"))
                     for e in evaluated
                 ]
                 for mx in metrics
             ],
             float,
         )
-        im = ax.imshow(grid, vmin=0.5, vmax=1.0, cmap="viridis")
+        im = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis")
         for i in range(len(trained)):
             for j in range(len(evaluated)):
                 if not np.isnan(grid[i, j]):
@@ -334,7 +367,7 @@ def plot_subtype_heatmap(trained: list[str], runs: list[Path], path: Path) -> Pa
                         ha="center",
                         va="center",
                         fontsize=7,
-                        color="white" if grid[i, j] < 0.75 else "black",
+                        color="white" if grid[i, j] < 0.6 else "black",
                     )
         ax.set_xticks(range(len(evaluated)), evaluated, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(trained)), trained, fontsize=7)
@@ -343,8 +376,11 @@ def plot_subtype_heatmap(trained: list[str], runs: list[Path], path: Path) -> Pa
         ax.axis("off")
     fig.subplots_adjust(wspace=0.6)  # room for the next panel's subtype names
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="test AUC")
+    n_seeds = max(len(a["seeds"]) for mx in metrics for a in mx["methods"].values())
     fig.suptitle(
-        "Cross-subtype generalisation: trained on (rows), evaluated on (columns)", fontsize=10
+        "Cross-subtype generalisation: test AUC of a reward trained on (rows), evaluated on "
+        f"(columns); mean over {n_seeds} seed(s)",
+        fontsize=10,
     )
     # saved without save_figure's tight_layout, which cannot place a colorbar shared by axes
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
