@@ -32,7 +32,9 @@ import numpy as np
 from pipeline.config import STAGES, ExperimentConfig, load_config
 from pipeline.errors import ConfigError, FairlError
 from pipeline.evaluate.compare import compare_runs
+from pipeline.evaluate.metrics import t_interval
 from pipeline.figures import DPI, pyplot, save_figure
+from pipeline.policy.models import parameter_count
 
 log = logging.getLogger("fairl.sweep")
 GLOBAL_SECTIONS = ("run", "world", "ground_truth", "prompts")  # read by every stage
@@ -265,8 +267,6 @@ def plot_sweep(key: str, values: list, runs: list[Path], path: Path) -> Path:
 def model_size_points(runs: list[Path]) -> list[dict]:
     """Per run, its expert's parameter count and each method's per-seed test accuracy and STARC
     (sorted by size): the data of Appendix E's Figure 5."""
-    from pipeline.policy.models import parameter_count
-
     points = []
     for run in runs:
         mx = json.loads((run / "evaluate" / "metrics.json").read_text())
@@ -284,8 +284,6 @@ def model_size_points(runs: list[Path]) -> list[dict]:
 def plot_model_size(runs: list[Path], path: Path) -> Path:
     """Paper Figure 5: test accuracy and STARC against the base model's size, per method the mean
     over seeds with its 95% confidence interval (Student t). Axes span each metric's range."""
-    from pipeline.evaluate.metrics import t_interval
-
     points = model_size_points(runs)
     methods = list(dict.fromkeys(m for p in points for m in p["methods"]))
     fig, axes = pyplot().subplots(1, len(SIZE_PLOTTED), figsize=(4.6 * len(SIZE_PLOTTED), 3.8))
