@@ -16,7 +16,7 @@ from scipy import stats
 _spec = importlib.util.spec_from_file_location("claims", ROOT / "scripts" / "claims.py")
 cl = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cl)
-FIX = "run `python scripts/claims.py` (about 45 minutes) and commit docs/claims.*"
+FIX = "run `python scripts/claims.py` (about 20 minutes) and commit docs/claims.*"
 
 
 def test_verdicts_follow_the_confidence_interval():
