@@ -2,7 +2,9 @@
 
 On disk, one directory per reward:
 
-    reward.safetensors   base.<param> (R_D) and, for FA-IRL, failure.<param> (R_F); float32
+    reward.safetensors   base.<param> (R_D) and, for FA-IRL, failure.<param> (R_F); float32;
+                         a refined version (`fairl refine`) adds correction-<k>.<param>, one
+                         small head of the same kind per refinement, on top of its parent
     reward.json          format, head, encoder (name + fingerprint), text mode, method, seed,
                          training summary; everything needed to rebuild the scorer
     sentence-transformer/  (optional) the same reward as a plain sentence-transformers model:
@@ -42,7 +44,8 @@ def reward_dir(irl_dir: Path, method: str, seed: int) -> Path:
 
 
 class RewardModel:
-    """R(o) = R_D(h(o)) + R_F(h(o)) on a frozen encoder h."""
+    """R(o) = R_D(h(o)) + R_F(h(o)) + sum_k C_k(h(o)) on a frozen encoder h: the C_k are the
+    corrections of refined versions (`fairl refine`), none for a reward `fairl irl` wrote."""
 
     def __init__(
         self,
@@ -50,10 +53,24 @@ class RewardModel:
         base: dict[str, torch.Tensor],
         failure: dict[str, torch.Tensor] | None,
         meta: dict,
+        corrections: list[dict[str, torch.Tensor]] | None = None,
     ):
         self.head, self.base, self.failure, self.meta = head, base, failure, meta
-        self._folded = head.fold(base, failure) if failure else base
+        self.corrections = list(corrections or [])
+        folded = head.fold(base, failure) if failure else base
+        for c in self.corrections:  # the parent's units first, each correction's beside them
+            folded = head.fold(folded, c)
+        self._folded = folded
         self._embedder = None
+
+    def without_corrections(self, keep: int = 0) -> RewardModel:
+        """This reward with only its first `keep` corrections: `keep=k` is the version k
+        refinements in, `keep=0` the reward `fairl irl` trained. Scores equal to that version's
+        own (the same parameters folded the same way)."""
+        meta = dict(self.meta)
+        if "lineage" in meta:
+            meta["lineage"] = meta["lineage"][:keep]
+        return RewardModel(self.head, self.base, self.failure, meta, self.corrections[:keep])
 
     # ------------------------------------------------------------------------- scoring
     @torch.no_grad()
@@ -100,11 +117,20 @@ class RewardModel:
         tensors = {f"base.{k}": v.contiguous() for k, v in self.base.items()}
         if self.failure:
             tensors.update({f"failure.{k}": v.contiguous() for k, v in self.failure.items()})
+        for i, c in enumerate(self.corrections, 1):
+            tensors.update({f"correction-{i}.{k}": v.contiguous() for k, v in c.items()})
         with atomic_path(path / "reward.safetensors") as tmp:
             save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(VERSION)})
+        corrections = [{"hidden": _hidden(c)} for c in self.corrections]
         write_json(
             path / "reward.json",
-            {"format": FORMAT, "version": VERSION, **self.head.describe(), **self.meta},
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                **self.head.describe(),
+                **self.meta,
+                **({"corrections": corrections} if corrections else {}),
+            },
         )
 
     @classmethod
@@ -130,14 +156,32 @@ class RewardModel:
         failure = {
             k.removeprefix("failure."): v for k, v in tensors.items() if k.startswith("failure.")
         } or None
-        stray = sorted(k for k in tensors if not k.startswith(("base.", "failure.")))
+        n_corr = len(meta.get("corrections", []))
+        prefixes = ("base.", "failure.", *(f"correction-{i}." for i in range(1, n_corr + 1)))
+        stray = sorted(k for k in tensors if not k.startswith(prefixes))
         if stray:
-            raise _damaged(weights, f"holds tensors {stray} that are neither base.* nor failure.*")
+            raise _damaged(
+                weights,
+                f"holds tensors {stray} that are neither base.*, failure.* nor one of the "
+                f"{n_corr} correction-<k>.* reward.json lists",
+            )
         _check_params(weights, head, "base", base)
         if failure is not None:
             _check_params(weights, head, "failure", failure)
-        drop = ("format", "version", "head", "in_dim", "hidden", "activation")
-        return cls(head, base, failure, {k: v for k, v in meta.items() if k not in drop})
+        corrections = []
+        for i, c in enumerate(meta.get("corrections", []), 1):
+            params = {
+                k.removeprefix(f"correction-{i}."): v
+                for k, v in tensors.items()
+                if k.startswith(f"correction-{i}.")
+            }
+            c_head = make_head(meta["head"], meta["in_dim"], c.get("hidden", 0))
+            _check_params(weights, c_head, f"correction-{i}", params)
+            corrections.append(params)
+        drop = ("format", "version", "head", "in_dim", "hidden", "activation", "corrections")
+        return cls(
+            head, base, failure, {k: v for k, v in meta.items() if k not in drop}, corrections
+        )
 
     # --------------------------------------------------------------------------- export
     def export_sentence_transformers(
@@ -222,6 +266,11 @@ into one). The canonical artifact, with the paths kept apart, is ../reward.safet
 _REWRITE = "if `fairl irl` wrote it, re-run `fairl irl --force` with the same config to rewrite it"
 
 
+def _hidden(params: dict[str, torch.Tensor]) -> int:
+    """An MLP head's hidden width from its parameters (0 for a linear head)."""
+    return int(params["b1"].shape[0]) if "b1" in params else 0
+
+
 def _damaged(file: Path, what: str) -> MissingArtifactError:
     return MissingArtifactError(f"reward file {file} {what}", hint=_REWRITE)
 
@@ -252,6 +301,12 @@ def _read_meta(meta_path: Path) -> dict:
         )
     if meta["head"] not in ("linear", "mlp"):
         raise _damaged(meta_path, f"names head {meta['head']!r}; expected 'linear' or 'mlp'")
+    corr = meta.get("corrections", [])
+    if not isinstance(corr, list) or not all(
+        isinstance(c, dict) and (meta["head"] == "linear" or _positive_int(c.get("hidden")))
+        for c in corr
+    ):
+        raise _damaged(meta_path, f"has corrections {corr!r}; expected a list of {{hidden: n}}")
     for key in [k for k in ("in_dim", "hidden") if k in required]:
         if not _positive_int(meta[key]):
             raise _damaged(meta_path, f"has {key} {meta[key]!r}; expected a positive integer")
