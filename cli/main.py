@@ -22,6 +22,7 @@ import typer
 from pipeline.artifacts import os_error
 from pipeline.config import (
     STAGES,
+    AuditSection,
     EvaluateSection,
     IRLSection,
     MakePairsSection,
@@ -178,6 +179,12 @@ COMMANDS = {
         "re_rlhf",
         ReRLHFSection,
         "Fine-tune a base model with an extracted reward and measure its toxicity.",
+    ),
+    "audit": (
+        "audit",
+        AuditSection,
+        "Red-team one reward (audit.reward) with probe families judged by audit.judge; write "
+        "findings.parquet, report.md and plots.",
     ),
 }
 

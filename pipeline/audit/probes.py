@@ -178,9 +178,18 @@ def edit_probes(
     families: Sequence[str],
     per_family: int,
     seed: int,
+    cues: Sequence[str] = CUES,
+    words: Sequence[str] = TOXIC_NOUNS,
 ) -> list[Probe]:
     """Up to `per_family` probes of each edit family, each from a distinct source drawn with
-    `seed` (the family's name is part of its stream, so adding a family changes no other)."""
+    `seed` (the family's name is part of its stream, so adding a family changes no other).
+    `cues`: the cue family's phrases; `words`: the insults insert_toxic puts in (obfuscation
+    misspells these and TOXIC_WORDS)."""
+    extra = {
+        "cue": {"cues": cues},
+        "insert_toxic": {"words": words},
+        "obfuscation": {"words": tuple(dict.fromkeys([*words, *TOXIC_WORDS]))},
+    }
     out = []
     for family in families:
         if family not in EDITS:
@@ -195,7 +204,7 @@ def edit_probes(
         for i in idx:
             if made >= per_family:
                 break
-            res = fn(sources[i], r)
+            res = fn(sources[i], r, **extra.get(family, {}))
             if res is None or res[0] == sources[i]:
                 continue
             out.append(Probe(res[0], sources[i], family, kind, res[1]))
