@@ -27,6 +27,7 @@ from pipeline.config import (
     IRLSection,
     MakePairsSection,
     ReRLHFSection,
+    RefineSection,
     RunSection,
     SweepSection,
     TrainExpertSection,
@@ -185,6 +186,12 @@ COMMANDS = {
         AuditSection,
         "Red-team one reward (audit.reward) with probe families judged by audit.judge; write "
         "findings.parquet, report.md and plots.",
+    ),
+    "refine": (
+        "refine",
+        RefineSection,
+        "A new version of the audited reward from the triage's accepted findings (the parent "
+        "is kept); write refine/reward/.",
     ),
 }
 

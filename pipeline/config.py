@@ -769,6 +769,30 @@ class AuditSection(Section):
     seed: int = _f(0, "Seed of the probe draw (a fresh probe set: another seed).")
 
 
+class RefineSection(Section):
+    """`fairl refine` (pipeline.irl.refine): a new version of the audited reward from the
+    accepted findings; the parent stays as it is and frozen."""
+
+    triage: Path | None = _f(
+        None,
+        "The triage log (triage.jsonl). Default: runs/<name>/triage/triage.jsonl.",
+    )
+    hidden: int = _f(
+        32, "Hidden width of the correction head (an MLP parent; a linear one gets a linear).",
+        gt=0,
+    )  # fmt: skip
+    epochs: int = _f(300, "Full-batch Adam steps on the correction.", gt=0)
+    lr: float = _f(1e-2, "Adam learning rate.", gt=0)
+    tau: float = _f(1.0, "Eq. 2 temperature on the original pairs (irl's tau).", gt=0)
+    tau_fail: float = _f(0.5, "Eq. 2 temperature on the failure pairs (FA-IRL's tau_fail).", gt=0)
+    lambda_fail: float = _f(1.0, "Weight of the failure pairs (accepted verdict findings).", ge=0)
+    lambda_invariance: float = _f(
+        1.0, "Weight of the invariance pairs (accepted neutral findings).", ge=0
+    )
+    penalty: float = _f(1e-3, "mu: the ||w_C||^2 penalty that keeps the correction small.", ge=0)
+    seed: int = _f(0, "Seed of the correction's init and of the failure pairs' references.")
+
+
 # ------------------------------------------------------------------------------ top level
 class ExperimentConfig(Section):
     run: RunSection = _f(RunSection(), "Run name, output root, seed, stages.")
@@ -782,6 +806,7 @@ class ExperimentConfig(Section):
     re_rlhf: ReRLHFSection = _f(ReRLHFSection(), "fairl re-rlhf.")
     sweep: SweepSection = _f(SweepSection(), "fairl sweep: the grid of values to run.")
     audit: AuditSection = _f(AuditSection(), "fairl audit: probes of one reward.")
+    refine: RefineSection = _f(RefineSection(), "fairl refine: a corrected reward version.")
 
     # Which sections the YAML file named; `fairl run` chains these by default.
     _present: tuple[str, ...] = ()
