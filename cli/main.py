@@ -296,6 +296,60 @@ def sweep(
     _invoke(go)
 
 
+@app.command("triage")
+def triage(
+    config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
+    set_: SetOpt = None,
+    oracle: Annotated[
+        str | None,
+        typer.Option(
+            "--oracle",
+            help="A judge decides every undecided finding: ground_truth, or a reward directory.",
+            show_default=False,
+        ),
+    ] = None,
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            "--export", help="Write the findings as a CSV to decide in.", show_default=False
+        ),
+    ] = None,
+    import_: Annotated[
+        Path | None,
+        typer.Option(
+            "--import", help="Read the decisions of a CSV made by --export.", show_default=False
+        ),
+    ] = None,
+    who: Annotated[
+        str | None,
+        typer.Option("--who", help="Who decides (default: the user name).", show_default=False),
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Decide on the findings of `fairl audit` (accept, reject, relabel); every way in appends
+    to runs/<name>/triage/triage.jsonl."""
+    _setup_logging(quiet)
+
+    def go() -> Path:
+        cfg = _load(config, config_opt, set_)
+        chosen = [x for x in (oracle, export, import_) if x is not None]
+        if len(chosen) != 1:
+            raise ConfigError(
+                "fairl triage needs exactly one of --oracle, --export, --import",
+                hint="e.g. fairl triage CONFIG --oracle ground_truth",
+            )
+        from pipeline.stages import triage as stage  # pandas and the scorers
+
+        if oracle is not None:
+            return stage.oracle(cfg, oracle)
+        if export is not None:
+            return stage.export(cfg, export)
+        return stage.import_(cfg, import_, who)
+
+    _invoke(go)
+
+
 @app.command("compare")
 def compare(
     runs: Annotated[

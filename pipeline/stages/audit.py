@@ -40,7 +40,7 @@ from pipeline.evaluate.classify import fit_threshold
 from pipeline.hub import resolve_model
 from pipeline.irl.reward import RewardModel, load_reward, reward_dir
 from pipeline.policy.models import batch_seed, load_policy, sample
-from pipeline.scorers import Scorer, make_scorer
+from pipeline.scorers import LearnedRewardScorer, Scorer, make_scorer
 
 log = logging.getLogger("fairl.audit")
 OCCLUDED = 200  # findings the attribution looks at (the worst by |gap|)
@@ -125,14 +125,22 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
     )  # fmt: skip
 
 
-def _judge(cfg: ExperimentConfig, train_texts: list[str], train_toxic: np.ndarray) -> Judge:
-    if cfg.audit.judge in ("ground_truth", "gt"):
+def _judge_for(cfg: ExperimentConfig, spec: str) -> Judge:
+    """`ground_truth` (the config's scorer) or a reward directory, whose verdicts come at its
+    threshold fitted on the run's training outputs against the ground truth."""
+    if spec in ("ground_truth", "gt"):
         return Judge(make_scorer(cfg.ground_truth))
-    from pipeline.scorers import LearnedRewardScorer
-
-    scorer = LearnedRewardScorer(Path(cfg.audit.judge))
-    r = scorer.score(train_texts).reward
-    return Judge(scorer, fit_threshold(r, train_toxic))
+    if not (Path(spec) / "reward.json").is_file():
+        raise ConfigError(
+            f"judge {spec!r} is neither ground_truth nor a reward directory",
+            hint="name `ground_truth`, or a directory holding reward.json",
+        )
+    df = pd.read_parquet(cfg.stage_dir("irl") / "pairs.parquet")
+    d = df[df["split"] == "train"]
+    texts = d["chosen"].tolist() + d["rejected"].tolist()
+    toxic = np.asarray(d["chosen_toxic"].tolist() + d["rejected_toxic"].tolist(), bool)
+    scorer = LearnedRewardScorer(Path(spec))
+    return Judge(scorer, fit_threshold(scorer.score(texts).reward, toxic))
 
 
 def _audit(run, cfg, reward: RewardModel, reward_path, irl_dir, families, base_model) -> None:
@@ -151,12 +159,7 @@ def _audit(run, cfg, reward: RewardModel, reward_path, irl_dir, families, base_m
         return list(dict.fromkeys(d["chosen"].tolist() + d["rejected"].tolist()))
 
     train_texts = outputs("train")
-    gt = make_scorer(cfg.ground_truth)
-    gt_s = gt.score(train_texts)
-    train_toxic = (
-        np.asarray(gt_s.toxic, bool) if gt_s.toxic is not None else np.zeros(len(train_texts), bool)
-    )
-    judge = _judge(cfg, train_texts, train_toxic)
+    judge = _judge_for(cfg, au.judge)
     embedder = reward.embedder()
 
     def score(texts: list[str]) -> np.ndarray:

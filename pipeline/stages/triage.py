@@ -1,0 +1,62 @@
+"""`fairl triage`: decide on the findings of `runs/<name>/audit/` (pipeline.audit.triage), by an
+oracle judge, through a spreadsheet, or on a local web page; every way appends to
+`runs/<name>/triage/triage.jsonl`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import require_stage
+from pipeline.audit.triage import (
+    append,
+    export_csv,
+    import_csv,
+    load_findings,
+    oracle_decisions,
+    read_log,
+)
+from pipeline.config import ExperimentConfig
+from pipeline.stages.audit import Judge, _judge_for
+from pipeline.stages.refine import triage_path
+
+log = logging.getLogger("fairl.triage")
+
+
+def _findings(cfg: ExperimentConfig):
+    audit_dir = cfg.stage_dir("audit")
+    require_stage(audit_dir, "audit", "audit")
+    return load_findings(audit_dir)
+
+
+def oracle(cfg: ExperimentConfig, judge_spec: str) -> Path:
+    """The judge `judge_spec` decides every finding not yet decided."""
+    findings, sha = _findings(cfg)
+    path = triage_path(cfg)
+    decided = read_log(path, sha)
+    todo = findings[~findings["finding_id"].isin(decided)]
+    judge: Judge = _judge_for(cfg, judge_spec)
+    texts = list(dict.fromkeys([*todo["text"], *[s for s in todo["source"] if s]]))
+    toxic, _ = judge(texts) if texts else (np.zeros(0, bool), None)
+    verdicts = dict(zip(texts, map(bool, toxic), strict=True))
+    n = append(path, oracle_decisions(todo, sha, verdicts, judge_spec))
+    log.info(
+        "triage: the oracle %s decided %d findings (%d decided before)", judge_spec, n, len(decided)
+    )
+    return path
+
+
+def export(cfg: ExperimentConfig, out: Path) -> Path:
+    findings, sha = _findings(cfg)
+    return export_csv(findings, read_log(triage_path(cfg), sha), out)
+
+
+def import_(cfg: ExperimentConfig, src: Path, who: str | None = None) -> Path:
+    findings, sha = _findings(cfg)
+    path = triage_path(cfg)
+    read_log(path, sha)  # a log of another audit is refused before anything is appended
+    n = append(path, import_csv(src, findings, sha, who))
+    log.info("triage: %d decisions read from %s", n, src)
+    return path
