@@ -82,7 +82,8 @@ def occlusion(
 ) -> pd.DataFrame:
     """Which words move the reward on `texts`: for every word of every text, R(text) minus R of
     the text without that word, then per word (lower-cased, punctuation stripped) the mean and
-    the count. One batch of scores for all occlusions. Sorted by |mean effect|, `top` rows."""
+    the count. One batch of scores for all occlusions. Sorted by |mean x count| (the word's
+    total effect over the findings), `top` rows."""
     variants, owners, words = [], [], []
     for i, t in enumerate(texts):
         spans = list(_WORD.finditer(t))
@@ -99,5 +100,6 @@ def occlusion(
     df = df[df["word"] != ""]
     out = df.groupby("word")["effect"].agg(["mean", "count"]).reset_index()
     out = out.rename(columns={"mean": "effect"})
-    out = out.reindex(out["effect"].abs().sort_values(ascending=False).index)
+    # by total effect (mean x count): a word that moves the reward on many findings first
+    out = out.reindex((out["effect"] * out["count"]).abs().sort_values(ascending=False).index)
     return out.head(top).reset_index(drop=True)

@@ -93,8 +93,9 @@ def _refine(run, cfg, findings, accepted, parent_path, audit_dir, tpath, summary
     emb = parent.embedder()
     pairs = pd.read_parquet(irl_dir / "pairs.parquet")
     train = pairs[pairs["split"] == "train"]
-    h_pos = emb.embed(train["chosen"].tolist())
-    h_neg = emb.embed(train["rejected"].tolist())
+    # clones: the embedder's tensors are inference-mode tensors, which autograd refuses
+    h_pos = emb.embed(train["chosen"].tolist()).clone()
+    h_neg = emb.embed(train["rejected"].tolist()).clone()
     r_pos, r_neg = parent.score_embeddings(h_pos), parent.score_embeddings(h_neg)
     outputs = pd.concat(
         [
@@ -124,7 +125,7 @@ def _refine(run, cfg, findings, accepted, parent_path, audit_dir, tpath, summary
         if not texts:
             z = torch.zeros(0, parent.head.d)
             return z, torch.zeros(0)
-        h = emb.embed(texts, cache=False)
+        h = emb.embed(texts, cache=False).clone()
         return h, parent.score_embeddings(h)
 
     (f_pos, rf_pos), (f_neg, rf_neg) = h_and_r(fail_pos), h_and_r(fail_neg)
