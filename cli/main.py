@@ -350,6 +350,36 @@ def triage(
     _invoke(go)
 
 
+@app.command("flywheel")
+def flywheel(
+    config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
+    set_: SetOpt = None,
+    cycles: Annotated[
+        int, typer.Option("--cycles", help="Audit -> triage -> refine cycles.", min=1)
+    ] = 3,
+    oracle: Annotated[
+        str,
+        typer.Option(
+            "--oracle", help="The judge that triages: ground_truth or a reward directory."
+        ),
+    ] = "ground_truth",
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Audit, triage (by the oracle) and refine the reward audit.reward, `--cycles` times; then
+    a report over the versions (runs/<name>/flywheel/report/)."""
+    _setup_logging(quiet)
+
+    def go() -> Path:
+        cfg = _load(config, config_opt, set_)
+        from pipeline.stages import flywheel as stage  # every stage: torch and the rest
+
+        return stage.run(cfg, cycles, oracle, force) / "report.md"
+
+    _invoke(go)
+
+
 @app.command("compare")
 def compare(
     runs: Annotated[

@@ -1,0 +1,146 @@
+"""`fairl flywheel CONFIG --cycles N --oracle JUDGE`: audit -> triage -> refine, N times, from
+`audit.reward`, with an oracle judge deciding; then one report over the versions.
+
+    runs/<name>/flywheel/
+        cycle-<k>/          a run directory per cycle: irl (a link to the run's), audit,
+                            triage, refine (its reward/ is version k)
+        fresh-<k>/          the audit of version k (0: the parent) on the fresh probe set:
+                            the run's test outputs, a seed no cycle uses, the same for every
+                            version (what refinement never saw)
+        flywheel.json, report.md, flywheel.png
+
+Per version: the finding rate on the fresh probes, test AUC and STARC on the irl test outputs
+(against the ground truth), and AUC on evaluate.heldout and each evaluate.heldout_sets entry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from pipeline import world
+from pipeline.artifacts import atomic_dir, require_stage, write_json
+from pipeline.config import ExperimentConfig
+from pipeline.data.jigsaw import load_heldout
+from pipeline.evaluate.distances import DegenerateReward, starc_l1
+from pipeline.figures import pyplot, save_figure
+from pipeline.irl.reward import load_reward
+from pipeline.stages import audit, refine, triage
+from pipeline.stages.audit import resolve_audited
+
+log = logging.getLogger("fairl.flywheel")
+FRESH_SEED = 10_000  # added to audit.seed: the fresh probe set, never a cycle's
+
+
+def _cycle_cfg(cfg: ExperimentConfig, name: str, **audit_updates) -> ExperimentConfig:
+    """The config of one cycle's (or fresh audit's) run directory, its irl linked in."""
+    root = cfg.run.root / cfg.run.name / "flywheel"
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    link = d / "irl"
+    if not link.is_symlink():
+        link.symlink_to(Path("..") / ".." / "irl", target_is_directory=True)
+    c = cfg.model_copy(deep=True)
+    c.run.root, c.run.name = root, name
+    for k, v in audit_updates.items():
+        setattr(c.audit, k, v)
+    return c
+
+
+def run(cfg: ExperimentConfig, cycles: int, oracle: str, force: bool = False) -> Path:
+    require_stage(cfg.stage_dir("irl"), "irl", "irl")
+    versions = [resolve_audited(cfg.audit.reward, cfg).resolve()]
+    for k in range(1, cycles + 1):
+        log.info("flywheel: cycle %d of %d, auditing %s", k, cycles, versions[-1])
+        ck = _cycle_cfg(cfg, f"cycle-{k}", reward=str(versions[-1]), seed=cfg.audit.seed + k)
+        audit.run(ck, force)
+        triage.oracle(ck, oracle)
+        out = refine.run(ck, force)
+        versions.append((out / "reward").resolve())
+    rows = []
+    for k, v in enumerate(versions):
+        fresh = _cycle_cfg(
+            cfg, f"fresh-{k}", reward=str(v), sources="test", seed=cfg.audit.seed + FRESH_SEED
+        )
+        summary = json.loads((audit.run(fresh, force) / "audit.json").read_text())
+        rows.append(
+            {"version": k, "reward": str(v), "fresh_finding_rate": summary["finding_rate"]}
+            | version_metrics(cfg, v)
+        )
+    out = cfg.run.root / cfg.run.name / "flywheel" / "report"
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "flywheel.json", {"oracle": oracle, "cycles": cycles, "versions": rows})
+        plot_flywheel(rows, tmp / "flywheel.png")
+        (tmp / "report.md").write_text(render(rows, oracle))
+    log.info("flywheel: report at %s", out / "report.md")
+    return out
+
+
+def version_metrics(cfg: ExperimentConfig, reward_path: Path) -> dict:
+    """Test AUC and STARC on the irl test outputs, AUC on each held-out set of evaluate."""
+    r = load_reward(reward_path)
+    emb = r.embedder()
+    pairs = pd.read_parquet(cfg.stage_dir("irl") / "pairs.parquet")
+    t = pairs[pairs["split"] == "test"]
+    texts = t["chosen"].tolist() + t["rejected"].tolist()
+    s = r.score_embeddings(emb.embed(texts)).double().numpy()
+    out = {}
+    if "chosen_toxic" in t:
+        y = np.asarray(t["chosen_toxic"].tolist() + t["rejected_toxic"].tolist(), bool)
+        out["test/auc"] = float(roc_auc_score(y, -s)) if 0 < y.sum() < len(y) else None
+    if "chosen_score" in t:
+        gt = np.asarray(t["chosen_score"].tolist() + t["rejected_score"].tolist(), float)
+        try:
+            out["test/starc"] = starc_l1(s, gt)
+        except DegenerateReward:
+            out["test/starc"] = None
+    sets = {}
+    if cfg.evaluate.heldout is not None:
+        sets["heldout"] = cfg.evaluate.heldout
+    sets.update(cfg.evaluate.heldout_sets)
+    for name, spec in sets.items():
+        df = load_heldout(Path(world.resolve(spec, cfg, "heldout")))
+        h = r.score_embeddings(emb.embed(df["text"].tolist())).double().numpy()
+        y = df["toxic"].to_numpy(bool)
+        out[f"{name}/auc"] = float(roc_auc_score(y, -h)) if 0 < y.sum() < len(y) else None
+    return out
+
+
+def render(rows: list[dict], oracle: str) -> str:
+    keys = [k for k in rows[0] if k not in ("version", "reward")]
+    out = [
+        "# fairl flywheel",
+        "",
+        f"Oracle: `{oracle}`. Version 0 is the audited reward; version k has k corrections. "
+        "The finding rate is on the fresh probe set (the run's test outputs, a seed no cycle "
+        "used); AUC and STARC against the ground truth.",
+        "",
+        "| Version | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for r in rows:
+        cells = ["n/a" if r[k] is None else f"{r[k]:.3f}" for k in keys]
+        out.append(f"| {r['version']} | " + " | ".join(cells) + " |")
+    out += ["", "![flywheel.png](flywheel.png)", ""]
+    return "\n".join(out)
+
+
+def plot_flywheel(rows: list[dict], path: Path) -> Path:
+    keys = [k for k in rows[0] if k not in ("version", "reward")]
+    fig, axes = pyplot().subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
+    x = [r["version"] for r in rows]
+    for ax, k in zip(axes[0], keys, strict=True):
+        y = [np.nan if r[k] is None else r[k] for r in rows]
+        ax.plot(x, y, marker="o")
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("version (refinement cycles)")
+        ax.set_xticks(x)
+        ax.set_ylim(0, 2.0 if "starc" in k else 1.0)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Alignment flywheel: each version of the reward (full axes)", fontsize=10)
+    return save_figure(fig, path)
