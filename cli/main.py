@@ -181,18 +181,6 @@ COMMANDS = {
         ReRLHFSection,
         "Fine-tune a base model with an extracted reward and measure its toxicity.",
     ),
-    "audit": (
-        "audit",
-        AuditSection,
-        "Red-team one reward (audit.reward) with probe families judged by audit.judge; write "
-        "findings.parquet, report.md and plots.",
-    ),
-    "refine": (
-        "refine",
-        RefineSection,
-        "A new version of the audited reward from the triage's accepted findings (the parent "
-        "is kept); write refine/reward/.",
-    ),
 }
 
 
@@ -220,7 +208,23 @@ def _stage_command(command: str, stage: str, section_cls, help_text: str) -> Non
     app.command(command, epilog=_epilog(section_cls, stage), help=help_text)(cmd)
 
 
-for _command, (_stage, _section, _help) in COMMANDS.items():
+# The flywheel's stages (issue 11): not part of `fairl run`'s chain.
+FLYWHEEL_COMMANDS = {
+    "audit": (
+        "audit",
+        AuditSection,
+        "Red-team one reward (audit.reward) with probe families judged by audit.judge; write "
+        "findings.parquet, report.md and plots.",
+    ),
+    "refine": (
+        "refine",
+        RefineSection,
+        "A new version of the audited reward from the triage's accepted findings (the parent "
+        "is kept); write refine/reward/.",
+    ),
+}
+
+for _command, (_stage, _section, _help) in {**COMMANDS, **FLYWHEEL_COMMANDS}.items():
     _stage_command(_command, _stage, _section, _help)
 
 

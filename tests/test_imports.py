@@ -4,8 +4,9 @@ Layers, top to bottom: cli (cli/) -> stages (pipeline/stages/) -> libraries -> c
 run one way, down:
 
 - a library never imports a stage;
-- a stage never imports another stage, except the chain (pipeline/stages/run.py, `fairl run`),
-  whose recipe is the other stages in order;
+- a stage never imports another stage, except the chains: pipeline/stages/run.py (`fairl run`,
+  whose recipe is the other stages in order) and pipeline/stages/flywheel.py (`fairl flywheel`:
+  audit, triage, refine);
 - core imports neither a library nor a stage (pipeline/__init__.py may re-export library
   symbols lazily: imports inside its module-level `__getattr__` are allowed);
 - nothing in pipeline/ imports cli;
@@ -45,12 +46,14 @@ FAIRL_PACKAGES = ("pipeline", "cli")
 
 STAGES = "pipeline.stages"
 CHAIN = "pipeline.stages.run"  # `fairl run`: may import the other stages, and only it
+FLYWHEEL = "pipeline.stages.flywheel"  # `fairl flywheel`: its recipe is audit, triage, refine
 LIBRARIES = (
     "pipeline.data",
     "pipeline.policy",
     "pipeline.irl",
     "pipeline.evaluate",
     "pipeline.world",
+    "pipeline.audit",
     "pipeline.scorers",
     "pipeline.embed",
 )
@@ -195,8 +198,8 @@ def layering_violations(imports: Sequence[Import]) -> list[str]:
             rule = "pipeline/ never imports cli"
         elif src == "library" and dst == "stage":
             rule = "a library never imports a stage"
-        elif src == "stage" and dst == "stage" and imp.source not in (imp.target, CHAIN):
-            rule = f"a stage never imports another stage (only {CHAIN} does)"
+        elif src == "stage" and dst == "stage" and imp.source not in (imp.target, CHAIN, FLYWHEEL):
+            rule = f"a stage never imports another stage (only {CHAIN} and {FLYWHEEL} do)"
         elif src == "core" and dst in ("library", "stage") and imp.scope != "getattr":
             rule = f"core never imports a {dst} (pipeline/__init__.py may, inside __getattr__ only)"
         if rule:
@@ -369,9 +372,11 @@ def test_the_rules_catch_each_violation(tmp_path):
         "pipeline/stages/evaluate.py:3: pipeline/ never imports cli "
         "(pipeline.stages.evaluate -> cli.main)",
         "pipeline/stages/evaluate.py:4: a stage never imports another stage (only "
-        "pipeline.stages.run does) (pipeline.stages.evaluate -> pipeline.stages.run)",
+        "pipeline.stages.run and pipeline.stages.flywheel do) "
+        "(pipeline.stages.evaluate -> pipeline.stages.run)",
         "pipeline/stages/irl.py:3: a stage never imports another stage (only "
-        "pipeline.stages.run does) (pipeline.stages.irl -> pipeline.stages.evaluate)",
+        "pipeline.stages.run and pipeline.stages.flywheel do) "
+        "(pipeline.stages.irl -> pipeline.stages.evaluate)",
     ], layering
     local = [p.split(": ")[0] for p in local_import_violations(imports)]
     assert local == ["pipeline/irl/bank.py:4", "pipeline/irl/bank.py:6"], local

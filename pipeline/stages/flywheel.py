@@ -25,13 +25,13 @@ from sklearn.metrics import roc_auc_score
 
 from pipeline import world
 from pipeline.artifacts import atomic_dir, require_stage, write_json
+from pipeline.audit.common import resolve_audited
 from pipeline.config import ExperimentConfig
 from pipeline.data.jigsaw import load_heldout
 from pipeline.evaluate.distances import DegenerateReward, starc_l1
 from pipeline.figures import pyplot, save_figure
 from pipeline.irl.reward import load_reward
 from pipeline.stages import audit, refine, triage
-from pipeline.stages.audit import resolve_audited
 
 log = logging.getLogger("fairl.flywheel")
 FRESH_SEED = 10_000  # added to audit.seed: the fresh probe set, never a cycle's

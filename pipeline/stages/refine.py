@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from pipeline.artifacts import StageRun, require_stage, run_stage, write_json
+from pipeline.audit.common import sha256_dir, triage_path
 from pipeline.audit.probes import NEUTRAL
 from pipeline.audit.triage import file_sha256, load_findings, read_log
 from pipeline.config import ExperimentConfig, to_dict
@@ -37,13 +38,8 @@ from pipeline.errors import DataError
 from pipeline.irl.heads import make_head
 from pipeline.irl.refine import CorrectionData, train_correction
 from pipeline.irl.reward import RewardModel, load_reward
-from pipeline.stages.audit import sha256_dir
 
 log = logging.getLogger("fairl.refine")
-
-
-def triage_path(cfg: ExperimentConfig) -> Path:
-    return cfg.refine.triage or cfg.run.root / cfg.run.name / "triage" / "triage.jsonl"
 
 
 def run(cfg: ExperimentConfig, force: bool = False) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.artifacts import require_stage
+from pipeline.audit.common import Judge, judge_for, triage_path
 from pipeline.audit.triage import (
     append,
     export_csv,
@@ -19,8 +20,6 @@ from pipeline.audit.triage import (
     read_log,
 )
 from pipeline.config import ExperimentConfig
-from pipeline.stages.audit import Judge, _judge_for
-from pipeline.stages.refine import triage_path
 
 log = logging.getLogger("fairl.triage")
 
@@ -37,7 +36,7 @@ def oracle(cfg: ExperimentConfig, judge_spec: str) -> Path:
     path = triage_path(cfg)
     decided = read_log(path, sha)
     todo = findings[~findings["finding_id"].isin(decided)]
-    judge: Judge = _judge_for(cfg, judge_spec)
+    judge: Judge = judge_for(cfg, judge_spec)
     texts = list(dict.fromkeys([*todo["text"], *[s for s in todo["source"] if s]]))
     toxic, _ = judge(texts) if texts else (np.zeros(0, bool), None)
     verdicts = dict(zip(texts, map(bool, toxic), strict=True))
