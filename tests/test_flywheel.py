@@ -1,0 +1,104 @@
+"""The alignment flywheel (issue 11): audit -> triage -> refine on a small run. Refine's
+invariants: the parent is untouched, removing the correction restores its scores exactly, the
+lineage's hashes are those of the files, and the sentence-transformers export gives the scores."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import make_pairs_records, small_config, write_jsonl
+from typer.testing import CliRunner
+
+from cli.main import app
+from pipeline.audit.common import sha256_dir
+from pipeline.audit.triage import read_log
+from pipeline.errors import DataError
+from pipeline.irl.reward import load_reward
+
+runner = CliRunner()
+FAMILIES = ["cue", "synonym", "punctuation", "paraphrase", "insert_toxic", "negation"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fly")
+    cfg = small_config(tmp, write_jsonl(tmp / "p.jsonl", make_pairs_records(160)), methods=["me"])
+    doc = yaml.safe_load(cfg.read_text())
+    doc["ground_truth"] = {"kind": "lexicon"}
+    doc["audit"] = {
+        "reward": "irl:me",
+        "families": FAMILIES,
+        "per_family": 30,
+        "neutral_delta": 0.2,
+    }
+    cfg.write_text(yaml.safe_dump(doc))
+    assert invoke("irl", cfg, "-q").exit_code == 0
+    res = invoke("audit", cfg, "-q")
+    assert res.exit_code == 0, res.output
+    return cfg, tmp / "runs" / "t"
+
+
+def test_audit_writes_findings_report_and_plots(audited):
+    _, run = audited
+    a = run / "audit"
+    probes = pd.read_parquet(a / "probes.parquet")
+    assert set(probes["family"]) <= set(FAMILIES) and len(probes) > 50
+    findings = pd.read_parquet(a / "findings.parquet")
+    assert len(findings) > 0 and findings["finding"].all()
+    assert findings["finding_id"].is_unique
+    summary = json.loads((a / "audit.json").read_text())
+    assert summary["n_findings"] == len(findings)
+    assert summary["reward_sha256"] == sha256_dir(run / "irl/rewards/me/seed-0")
+    for png in ("finding_rates.png", "gaps.png"):
+        assert (a / png).stat().st_size > 10_000
+    assert "Finding rate by family" in (a / "report.md").read_text()
+
+
+def test_refine_keeps_the_parent_and_its_lineage_is_checkable(audited, tmp_path):
+    cfg, run = audited
+    parent_dir = run / "irl/rewards/me/seed-0"
+    before = sha256_dir(parent_dir)
+    res = invoke("refine", cfg, "-q")
+    assert res.exit_code == 3  # no triage yet: a clear data error
+    assert "no triage log" in res.output
+    assert invoke("triage", cfg, "--oracle", "ground_truth", "-q").exit_code == 0
+    res = invoke("refine", cfg, "-q")
+    assert res.exit_code == 0, res.output
+    assert sha256_dir(parent_dir) == before  # the parent is untouched
+    child = load_reward(run / "refine/reward")
+    parent = load_reward(parent_dir)
+    h = torch.randn(64, parent.head.d)
+    assert torch.equal(child.without_corrections().score_embeddings(h), parent.score_embeddings(h))
+    assert not torch.equal(child.score_embeddings(h), parent.score_embeddings(h))
+    (step,) = child.meta["lineage"]
+    assert step["cycle"] == 1 and step["parent_sha256"] == before
+    for key in ("audit", "triage"):
+        assert step[f"{key}_sha256"] == hashlib.sha256(open(step[key], "rb").read()).hexdigest()
+    # the sentence-transformers export computes the refined reward
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["you are a stupid worthless idiot", "thank you, that was kind"]
+    st = SentenceTransformer(str(run / "refine/reward/sentence-transformer"), device="cpu")
+    exported = torch.as_tensor(st.encode(texts))[:, 0]
+    assert torch.allclose(exported, child.score(texts).float(), atol=1e-4)
+
+
+def test_a_triage_log_of_another_audit_is_refused(audited, tmp_path):
+    cfg, run = audited
+    log = run / "triage" / "triage.jsonl"
+    if not log.exists():
+        assert invoke("triage", cfg, "--oracle", "ground_truth", "-q").exit_code == 0
+    line = json.loads(log.read_text().splitlines()[0])
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps(line | {"audit_sha256": "0" * 64}) + "\n")
+    with pytest.raises(DataError, match="another audit"):
+        read_log(other, line["audit_sha256"])
