@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from pipeline.artifacts import StageRun, require_stage, run_stage, write_json
-from pipeline.audit.common import sha256_dir, triage_path
+from pipeline.audit.common import judge_for, sha256_dir, triage_path
 from pipeline.audit.probes import NEUTRAL
 from pipeline.audit.triage import file_sha256, load_findings, read_log
 from pipeline.config import ExperimentConfig, to_dict
@@ -93,14 +93,11 @@ def _refine(run, cfg, findings, accepted, parent_path, audit_dir, tpath, summary
     h_pos = emb.embed(train["chosen"].tolist()).clone()
     h_neg = emb.embed(train["rejected"].tolist()).clone()
     r_pos, r_neg = parent.score_embeddings(h_pos), parent.score_embeddings(h_neg)
-    outputs = pd.concat(
-        [
-            pd.DataFrame({"text": train["chosen"], "toxic": train["chosen_toxic"]}),
-            pd.DataFrame({"text": train["rejected"], "toxic": train["rejected_toxic"]}),
-        ]
-    ).drop_duplicates("text")
-    clean = outputs.loc[~outputs["toxic"].astype(bool), "text"].tolist()
-    toxic = outputs.loc[outputs["toxic"].astype(bool), "text"].tolist()
+    # the failure pairs' references: training outputs, labelled by the audit's own judge
+    outputs = list(dict.fromkeys(train["chosen"].tolist() + train["rejected"].tolist()))
+    verdict, _ = judge_for(cfg, summary["judge"])(outputs)
+    clean = [t for t, v in zip(outputs, verdict, strict=True) if not v]
+    toxic = [t for t, v in zip(outputs, verdict, strict=True) if v]
     r = random.Random(rf.seed)
     fail_pos, fail_neg, inv_a, inv_b = [], [], [], []
     for row in findings[findings["finding_id"].isin(accepted)].itertuples(index=False):
