@@ -32,6 +32,17 @@ def _kind(method: str) -> str:
     return "fa" if row.failure_aware else "matched"
 
 
+def _kinds_and_title(fig, methods: list[str], title: str) -> None:
+    """The legend of the method kinds present, in one row at the top right, level with the
+    left-aligned title."""
+    present = dict.fromkeys(_kind(m) for m in methods)
+    handles = [
+        pyplot().Rectangle((0, 0), 1, 1, color=KINDS[k][0], label=KINDS[k][1]) for k in present
+    ]
+    fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10, x=0.02, ha="left")
+
+
 def plot_metric_bars(metrics: dict, path: Path) -> Path | None:
     """One panel per test metric that any method has (metrics.json "methods"): a bar per method
     at its mean over seeds, each seed a dot, the value written above the bar. Every axis spans
@@ -77,18 +88,11 @@ def plot_metric_bars(metrics: dict, path: Path) -> Path | None:
         ax.set_title(label, fontsize=10)
         ax.set_ylim(lo, hi * 1.12)  # room for the values above full bars
         ax.grid(axis="y", alpha=0.3)
-    present = dict.fromkeys(_kind(m) for m in methods)
-    handles = [
-        pyplot().Rectangle((0, 0), 1, 1, color=KINDS[k][0], label=KINDS[k][1]) for k in present
-    ]
-    # one row at the top right, level with the left-aligned title
-    fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=8, frameon=False)
-    fig.suptitle(
+    _kinds_and_title(
+        fig,
+        methods,
         f"{metrics['run']}: test metrics by method (bars: mean over {n_seeds} seed(s); dots: "
         "each seed)",
-        fontsize=10,
-        x=0.02,
-        ha="left",
     )
     return save_figure(fig, path)
 
@@ -136,17 +140,11 @@ def plot_seed_dispersion(metrics: dict, path: Path) -> Path | None:
         ax.set_ylim(0.0, 2.0)
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    present = dict.fromkeys(_kind(m) for m in methods)
-    handles = [
-        pyplot().Rectangle((0, 0), 1, 1, color=KINDS[k][0], label=KINDS[k][1]) for k in present
-    ]
-    fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=8, frameon=False)
-    fig.suptitle(
+    _kinds_and_title(
+        fig,
+        methods,
         f"{metrics['run']}: seed dispersion (Corollary 1), {n_seeds} seeds; "
         "lower is less ambiguous",
-        fontsize=10,
-        x=0.02,
-        ha="left",
     )
     return save_figure(fig, path)
 
