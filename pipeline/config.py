@@ -791,6 +791,11 @@ class RefineSection(Section):
     )
     penalty: float = _f(1e-3, "mu: the ||w_C||^2 penalty that keeps the correction small.", ge=0)
     seed: int = _f(0, "Seed of the correction's init and of the failure pairs' references.")
+    accumulate: bool = _f(
+        True,
+        "Train on the accepted findings of every earlier refinement in the reward's lineage "
+        "too (their files, checked by sha256), so a new correction does not undo an old one.",
+    )
 
 
 # ------------------------------------------------------------------------------ top level

@@ -83,6 +83,25 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
     )  # fmt: skip
 
 
+def earlier_findings(lineage: list[dict]) -> list[tuple[pd.DataFrame, dict]]:
+    """(findings, accepted decisions) of each refinement in `lineage`, read from the files its
+    steps name and checked against the sha256 they recorded."""
+    out = []
+    for step in lineage:
+        audit, log_path = Path(step["audit"]), Path(step["triage"])
+        for path, key in ((audit, "audit_sha256"), (log_path, "triage_sha256")):
+            if not path.is_file() or file_sha256(path) != step[key]:
+                raise DataError(
+                    f"cycle {step['cycle']}'s {path.name} ({path}) is gone or changed since it was "
+                    "refined on",
+                    hint="restore it, or set refine.accumulate: false to train on this audit alone",
+                )
+        decided = read_log(log_path, step["audit_sha256"])
+        accepted = {k: d for k, d in decided.items() if d.decision in ("accept", "relabel")}
+        out.append((pd.read_parquet(audit), accepted))
+    return out
+
+
 def _refine(run, cfg, findings, accepted, parent_path, audit_dir, tpath, summary, irl_dir):
     rf = cfg.refine
     parent = load_reward(parent_path)
@@ -100,8 +119,15 @@ def _refine(run, cfg, findings, accepted, parent_path, audit_dir, tpath, summary
     toxic = [t for t, v in zip(outputs, verdict, strict=True) if v]
     r = random.Random(rf.seed)
     fail_pos, fail_neg, inv_a, inv_b = [], [], [], []
-    for row in findings[findings["finding_id"].isin(accepted)].itertuples(index=False):
-        d = accepted[row.finding_id]
+    sets = [(findings, accepted)]
+    if rf.accumulate:  # every earlier cycle's accepted findings too, so none is undone
+        sets = earlier_findings(parent.meta.get("lineage", [])) + sets
+    rows = [
+        (row, acc[row.finding_id])
+        for df, acc in sets
+        for row in df[df["finding_id"].isin(acc)].itertuples(index=False)
+    ]
+    for row, d in rows:
         if row.kind == NEUTRAL and d.decision == "accept":
             inv_a.append(row.text)
             inv_b.append(row.source)
@@ -148,6 +174,7 @@ def _refine(run, cfg, findings, accepted, parent_path, audit_dir, tpath, summary
             "failure_pairs": len(fail_pos),
             "invariance_pairs": len(inv_a),
             "accepted": len(accepted),
+            "accepted_with_earlier_cycles": len(rows),
             **{k: v for k, v in to_dict(rf).items() if k not in ("triage",)},
         },
     }
