@@ -102,3 +102,27 @@ def test_a_triage_log_of_another_audit_is_refused(audited, tmp_path):
     other.write_text(json.dumps(line | {"audit_sha256": "0" * 64}) + "\n")
     with pytest.raises(DataError, match="another audit"):
         read_log(other, line["audit_sha256"])
+
+
+def test_the_flywheel_runs_cycles_whose_lineage_accumulates(audited):
+    cfg, run = audited
+    res = invoke("flywheel", cfg, "--cycles", "2", "--oracle", "ground_truth", "-q")
+    assert res.exit_code == 0, res.output
+    fw = run / "flywheel"
+    last = load_reward(fw / "cycle-2" / "refine" / "reward")
+    assert [s["cycle"] for s in last.meta["lineage"]] == [1, 2]
+    assert last.meta["lineage"][1]["parent_sha256"] == sha256_dir(
+        fw / "cycle-1" / "refine" / "reward"
+    )
+    report = json.loads((fw / "report" / "flywheel.json").read_text())
+    assert [v["version"] for v in report["versions"]] == [0, 1, 2]
+    assert all(v["fresh_finding_rate"] is not None for v in report["versions"])
+    assert (fw / "report" / "flywheel.png").stat().st_size > 10_000
+    # an earlier cycle's findings changed after the fact: accumulating refuses, naming it
+    from pipeline.stages.refine import earlier_findings
+
+    findings = fw / "cycle-1" / "audit" / "findings.parquet"
+    findings.chmod(0o644)
+    findings.write_bytes(findings.read_bytes() + b"x")
+    with pytest.raises(DataError, match="gone or changed"):
+        earlier_findings(last.meta["lineage"])
