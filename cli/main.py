@@ -325,6 +325,11 @@ def triage(
             "--import", help="Read the decisions of a CSV made by --export.", show_default=False
         ),
     ] = None,
+    serve: Annotated[
+        bool,
+        typer.Option("--serve", help="Serve the triage web page on 127.0.0.1 (extra fairl[ui])."),
+    ] = False,
+    port: Annotated[int, typer.Option("--port", help="The page's port.")] = 7860,
     who: Annotated[
         str | None,
         typer.Option("--who", help="Who decides (default: the user name).", show_default=False),
@@ -337,14 +342,16 @@ def triage(
 
     def go() -> Path:
         cfg = _load(config, config_opt, set_)
-        chosen = [x for x in (oracle, export, import_) if x is not None]
+        chosen = [x for x in (oracle, export, import_) if x is not None] + ([1] if serve else [])
         if len(chosen) != 1:
             raise ConfigError(
-                "fairl triage needs exactly one of --oracle, --export, --import",
-                hint="e.g. fairl triage CONFIG --oracle ground_truth",
+                "fairl triage needs exactly one of --serve, --oracle, --export, --import",
+                hint="e.g. fairl triage CONFIG --serve, or --oracle ground_truth",
             )
         from pipeline.stages import triage as stage  # pandas and the scorers
 
+        if serve:
+            return stage.serve(cfg, port, who)
         if oracle is not None:
             return stage.oracle(cfg, oracle)
         if export is not None:

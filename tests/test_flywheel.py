@@ -126,3 +126,34 @@ def test_the_flywheel_runs_cycles_whose_lineage_accumulates(audited):
     findings.write_bytes(findings.read_bytes() + b"x")
     with pytest.raises(DataError, match="gone or changed"):
         earlier_findings(last.meta["lineage"])
+
+
+def test_the_triage_page_loads_decides_and_saves(audited, tmp_path):
+    from pipeline.audit.page import ALL, TriagePage, build, diff_spans
+
+    _, run = audited
+    log = tmp_path / "page.jsonl"
+    page = TriagePage(run / "audit", log, who="tester")
+    assert page.families()[0] == ALL and len(page.table()) == len(page.findings)
+    first = page.next_undecided()
+    shown = page.show(first)
+    assert shown["id"] == first and shown["spans"] and "reward" in shown["details"]
+    second = page.decide(first, "accept")
+    third = page.decide(second, "relabel-toxic")
+    assert third not in (first, second)
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [(r["finding_id"], r["decision"], r["label"], r["via"]) for r in rows] == [
+        (first, "accept", None, "web"),
+        (second, "relabel", "toxic", "web"),
+    ]
+    assert page.table().set_index("finding_id").loc[second, "decision"] == "relabel (toxic)"
+    # a page opened again reads the decisions back
+    assert TriagePage(run / "audit", log).next_undecided() == third
+    with pytest.raises(DataError, match="relabel needs a label"):
+        page.decide(third, "relabel")
+    assert diff_spans("we went home", "we went home today") == [
+        ("we went home ", None),
+        ("today ", "added"),
+    ]
+    gr = pytest.importorskip("gradio", reason="the page's layout needs the ui extra (gradio)")
+    assert isinstance(build(page), gr.Blocks)

@@ -11,6 +11,8 @@ import numpy as np
 
 from pipeline.artifacts import require_stage
 from pipeline.audit.common import Judge, judge_for, triage_path
+from pipeline.audit.page import TriagePage
+from pipeline.audit.page import serve as serve_page
 from pipeline.audit.triage import (
     append,
     export_csv,
@@ -20,6 +22,7 @@ from pipeline.audit.triage import (
     read_log,
 )
 from pipeline.config import ExperimentConfig
+from pipeline.errors import FairlError
 
 log = logging.getLogger("fairl.triage")
 
@@ -59,3 +62,19 @@ def import_(cfg: ExperimentConfig, src: Path, who: str | None = None) -> Path:
     n = append(path, import_csv(src, findings, sha, who))
     log.info("triage: %d decisions read from %s", n, src)
     return path
+
+
+def serve(cfg: ExperimentConfig, port: int, who: str | None = None) -> Path:
+    """The triage web page (pipeline.audit.page), until interrupted."""
+    try:
+        import gradio  # noqa: F401  (the optional extra)
+    except ImportError:
+        raise FairlError(
+            "the triage page needs Gradio", hint="pip install 'fairl[ui]' (or: pip install gradio)"
+        ) from None
+    audit_dir = cfg.stage_dir("audit")
+    require_stage(audit_dir, "audit", "audit")
+    page = TriagePage(audit_dir, triage_path(cfg), who)
+    log.info("triage: serving %d findings on http://127.0.0.1:%d/", len(page.findings), port)
+    serve_page(page, port=port, block=True)
+    return triage_path(cfg)
