@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from pipeline.audit.common import sha256_dir
-from pipeline.audit.triage import read_log
+from pipeline.audit.triage import load_findings, read_log
 from pipeline.errors import DataError
 from pipeline.irl.reward import load_reward
 
@@ -157,3 +157,33 @@ def test_the_triage_page_loads_decides_and_saves(audited, tmp_path):
     ]
     gr = pytest.importorskip("gradio", reason="the page's layout needs the ui extra (gradio)")
     assert isinstance(build(page), gr.Blocks)
+
+
+def test_bad_inputs_are_clear_errors_and_nothing_published_is_touched(audited, tmp_path):
+    import shutil
+
+    cfg, run = audited
+    before = {p.name: p.read_bytes() for p in (run / "audit").iterdir() if p.is_file()}
+    # a reward whose encoder is not the run's
+    other = tmp_path / "other-reward"
+    shutil.copytree(run / "irl/rewards/me/seed-0", other)
+    meta = json.loads((other / "reward.json").read_text())
+    meta["encoder"]["name"] = "someone/another-encoder"
+    (other / "reward.json").write_text(json.dumps(meta))
+    res = invoke("audit", cfg, "--set", f"audit.reward={other}", "-q")
+    assert res.exit_code == 2 and "embeds with 'someone/another-encoder'" in res.output
+    # a triage that accepts nothing, and one of another audit
+    _, sha = load_findings(run / "audit")
+    rejected = tmp_path / "rejected.jsonl"
+    first = pd.read_parquet(run / "audit/findings.parquet")["finding_id"].iloc[0]
+    line = {"finding_id": first, "decision": "reject", "label": None, "who": "t",
+            "when": "2026-01-01T00:00:00+00:00", "via": "csv", "audit_sha256": sha}  # fmt: skip
+    rejected.write_text(json.dumps(line) + "\n")
+    res = invoke("refine", cfg, "--set", f"refine.triage={rejected}", "-q")
+    assert res.exit_code == 3 and "accepts no finding" in res.output
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_text(json.dumps(line | {"decision": "accept", "audit_sha256": "f" * 64}) + "\n")
+    res = invoke("refine", cfg, "--set", f"refine.triage={foreign}", "-q")
+    assert res.exit_code == 3 and "another audit" in res.output
+    after = {p.name: p.read_bytes() for p in (run / "audit").iterdir() if p.is_file()}
+    assert after == before

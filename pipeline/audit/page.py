@@ -58,12 +58,11 @@ class TriagePage:
     def table(self, family: str = ALL) -> pd.DataFrame:
         """The findings (of one family), with the decision in force on each."""
         df = self.findings if family == ALL else self.findings[self.findings["family"] == family]
-        out = df[["finding_id", "family", "text", "reward", "judge_score", "gap"]].copy()
-        out["text"] = out["text"].str.strip()
-        out["decision"] = [
-            self._label(self.decided.get(f)) for f in df["finding_id"]
-        ]  # fmt: skip
-        return out.round(3)
+        out = df[["finding_id", "family"]].copy()
+        out["decision"] = [self._label(self.decided.get(f)) for f in df["finding_id"]]
+        out["gap"] = df["gap"].round(2)
+        out["text"] = df["text"].str.strip()  # last: the widest, it wraps
+        return out
 
     @staticmethod
     def _label(d) -> str:
