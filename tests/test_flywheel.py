@@ -187,3 +187,28 @@ def test_bad_inputs_are_clear_errors_and_nothing_published_is_touched(audited, t
     assert res.exit_code == 3 and "another audit" in res.output
     after = {p.name: p.read_bytes() for p in (run / "audit").iterdir() if p.is_file()}
     assert after == before
+
+
+def test_the_disagreement_family_picks_the_outputs_the_rewards_split_on(audited, tmp_path):
+    import numpy as np
+
+    cfg, run = audited
+    res = invoke(
+        "audit", cfg, "-q", "--set", "run.name=t", "--set", "audit.families=[disagreement]",
+        "--set", "audit.disagreement_top=5",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    probes = pd.read_parquet(run / "audit" / "probes.parquet")
+    assert set(probes["family"]) == {"disagreement"} and len(probes) == 5
+    # recompute: the std over the run's rewards of their z-scored values on the test outputs
+    pairs = pd.read_parquet(run / "irl" / "pairs.parquet")
+    t = pairs[pairs["split"] == "test"]
+    texts = list(dict.fromkeys(t["chosen"].tolist() + t["rejected"].tolist()))
+    z = []
+    for seed in (0, 1):
+        r = load_reward(run / f"irl/rewards/me/seed-{seed}")
+        s = r.score(texts).numpy()
+        z.append((s - s.mean()) / s.std())
+    spread = np.std(np.stack(z), axis=0)
+    top = {texts[i] for i in np.argsort(-spread)[:5]}
+    assert set(probes["text"]) == top
