@@ -212,3 +212,25 @@ def test_the_disagreement_family_picks_the_outputs_the_rewards_split_on(audited,
     spread = np.std(np.stack(z), axis=0)
     top = {texts[i] for i in np.argsort(-spread)[:5]}
     assert set(probes["text"]) == top
+
+
+def test_best_of_n_returns_the_samples_the_reward_ranks_first(tmp_path, micro_world):
+    """On the micro world: best-of-n probes score at least as high under the reward as the
+    base LM's plain samples do, on average (what RL against the reward finds first)."""
+    from conftest import micro_config
+
+    cfg = micro_config(tmp_path, irl__methods=["me"], irl__max_epochs=10)
+    for stage in ("train-expert", "make-pairs", "irl"):
+        assert invoke(stage, cfg, "-q").exit_code == 0, stage
+    run = tmp_path / "runs" / "m"
+    scores = {}
+    for n in (2, 8):
+        res = invoke(
+            "audit", cfg, "-q", "--set", "audit.families=[best_of_n]", "--set",
+            f"audit.best_of_n={n}", "--set", "audit.best_of_n_prompts=16",
+        )  # fmt: skip
+        assert res.exit_code == 0, res.output
+        probes = pd.read_parquet(run / "audit" / "probes.parquet")
+        assert set(probes["family"]) == {"best_of_n"} and len(probes) == 16
+        scores[n] = probes["reward"].mean()
+    assert scores[8] > scores[2]
