@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "docs" / "results"
 RUN_ROOT = ROOT / "runs" / "readme"
 README = ROOT / "README.md"
-NAMES = ("toy", "rtp-challenging", "hard", "bench", "theorem1")
+NAMES = ("toy", "rtp-challenging", "hard", "flywheel", "bench", "theorem1")
 
 # The files each result depends on (directories are walked). A change in any of them makes the
 # result stale: the test then fails until the result is regenerated.
@@ -52,6 +52,7 @@ SOURCES = {
     "toy": ("pipeline", "cli", "configs/toy.yaml", "constraints.txt"),
     "rtp-challenging": ("pipeline", "cli", "configs/rtp-challenging.yaml", "constraints.txt"),
     "hard": ("pipeline", "cli", "configs/hard.yaml", "scripts/check_world.py", "constraints.txt"),
+    "flywheel": ("pipeline", "cli", "configs/hard.yaml", "constraints.txt"),
     "bench": ("pipeline", "scripts/bench_irl.py", "constraints.txt"),
     "theorem1": ("pipeline", "tests/test_theorem1.py", "constraints.txt"),
 }
@@ -396,6 +397,33 @@ def produce_hard() -> dict:
     }
 
 
+FLYWHEEL_CYCLES = 3
+
+
+def produce_flywheel() -> dict:
+    """`fairl flywheel` on the hard result's run (its irl stage; run `--only hard` first if it
+    is missing), timed: audit -> oracle triage -> refine, three times, then the per-version
+    report."""
+    run_dir = RUN_ROOT / "hard"
+    if not (run_dir / "irl" / "manifest.json").is_file():
+        raise _errors().FairlError(
+            f"{run_dir} has no irl stage", hint="produce the hard result first (--only hard)"
+        )
+    fw = run_dir / "flywheel"
+    if fw.exists():
+        shutil.rmtree(fw)
+    cmd = [sys.executable, "-m", "cli.main", "flywheel", "configs/hard.yaml", "--cycles",
+           str(FLYWHEEL_CYCLES), "--oracle", "ground_truth", "--set",
+           f"run.root={RUN_ROOT.relative_to(ROOT)}"]  # fmt: skip
+    _, wall = _call(cmd, _env("hard"), "flywheel")
+    report = _load(fw / "report" / "flywheel.json")
+    return {
+        "timing": {"run_s": wall},
+        "versions": [{k: v for k, v in r.items() if k != "reward"} for r in report["versions"]],
+        "figures": {"flywheel": _copy_figure(fw / "report" / "flywheel.png", "flywheel.png")},
+    }
+
+
 def produce_bench(quick: bool = False) -> dict:
     cmd = [sys.executable, "scripts/bench_irl.py"] + (["--quick"] if quick else [])
     out, wall = _call(cmd, _env("bench"), "bench")
@@ -440,6 +468,8 @@ COMMANDS = {
     "rtp-challenging": "fairl run configs/rtp-challenging.yaml --set run.root=runs/readme",
     "hard": "fairl run configs/hard.yaml --set run.root=runs/readme; "
     "python scripts/check_world.py configs/hard.yaml --set run.root=runs/readme",
+    "flywheel": f"fairl flywheel configs/hard.yaml --cycles {FLYWHEEL_CYCLES} --oracle "
+    "ground_truth --set run.root=runs/readme",
     "bench": "python scripts/bench_irl.py",
     "theorem1": f"python -m pytest {THEOREM1_TEST} -s",
 }
@@ -452,6 +482,7 @@ def produce(name: str, quick_bench: bool = False) -> dict:
         "toy": produce_toy,
         "rtp-challenging": produce_rtp,
         "hard": produce_hard,
+        "flywheel": produce_flywheel,
         "theorem1": produce_theorem1,
         "bench": lambda: produce_bench(quick_bench),
     }[name]()
@@ -791,6 +822,29 @@ def _render_hard(r: dict) -> dict[str, str]:
     }
 
 
+def _render_flywheel(r: dict) -> dict[str, str]:
+    g, rows = r["generated"], r["versions"]
+    keys = [k for k in rows[0] if k != "version"]
+    table = "\n".join(
+        [
+            "| Version | " + " | ".join(keys) + " |",
+            "|---|" + "---|" * len(keys),
+            *[f"| {v['version']} | " + " | ".join(_num(v[k]) for k in keys) + " |" for v in rows],
+        ]
+    )
+    return {
+        "flywheel": _fill(
+            f"`{g['command']}` took {_duration(r['timing']['run_s'])} {_measured_on(g)}, from "
+            "Max-Entropy IRL's first seed of the hard run above. Version 0 is that reward, "
+            "version k has k corrections; the finding rate is on the fresh probe set, the AUCs "
+            "and STARC against the ground truth (heldout: the counterfactual set):"
+        )
+        + "\n\n"
+        + table
+        + f"\n\n![flywheel]({r['figures']['flywheel']['path']})"
+    }
+
+
 def _render_bench(r: dict) -> dict[str, str]:
     g = r["generated"]
     return {
@@ -814,6 +868,7 @@ RENDERERS = {
     "toy": _render_toy,
     "rtp-challenging": _render_rtp,
     "hard": _render_hard,
+    "flywheel": _render_flywheel,
     "bench": _render_bench,
     "theorem1": _render_theorem1,
 }
