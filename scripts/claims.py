@@ -42,7 +42,6 @@ import datetime as _dt
 import importlib.util
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -516,18 +515,6 @@ CLAIMS = {
 
 
 # -------------------------------------------------------------------------------- running
-def _env() -> dict:
-    return {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "MPLBACKEND": "Agg",
-        "PYTHONPATH": str(ROOT),
-    }
-
-
 def _command(name: str) -> list[str]:
     verb, config, five_rl_seeds, _ = EXPERIMENTS[name]
     cmd = [sys.executable, "-m", "cli.main", verb, config, "-q"]
@@ -562,7 +549,7 @@ def run_all(resume: bool) -> tuple[dict[str, str | None], dict[str, float]]:
         cmd = _command(name)
         print(f"claims: {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        r = subprocess.run(cmd, cwd=ROOT, env=_env())
+        r = subprocess.run(cmd, cwd=ROOT, env=_readme_results().offline_env())
         walls[name] = round(time.perf_counter() - t0, 1)
         if r.returncode != 0:
             raise SystemExit(f"claims: {name} failed (exit {r.returncode}); fix it and re-run "

@@ -150,12 +150,11 @@ def _provenance(name: str, command: str, files: dict[str, str]) -> dict:
 
 
 # ------------------------------------------------------------------------------ running
-def _env(name: str) -> dict:
-    cache = RUN_ROOT / "cache" / name
-    return {
+def offline_env(cache: Path | None = None) -> dict:
+    """The environment of a child fairl process: offline, this checkout's pipeline, and, given
+    `cache`, its own FAIRL_CACHE (scripts/claims.py uses it without one)."""
+    env = {
         **os.environ,
-        "FAIRL_CACHE": str(cache),
-        "HF_DATASETS_CACHE": str(cache / "hf-datasets"),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
@@ -163,6 +162,13 @@ def _env(name: str) -> dict:
         "MPLBACKEND": "Agg",
         "PYTHONPATH": str(ROOT),
     }
+    if cache is not None:
+        env.update({"FAIRL_CACHE": str(cache), "HF_DATASETS_CACHE": str(cache / "hf-datasets")})
+    return env
+
+
+def _env(name: str) -> dict:
+    return offline_env(RUN_ROOT / "cache" / name)
 
 
 def _call(cmd: list[str], env: dict, what: str) -> tuple[str, float]:
