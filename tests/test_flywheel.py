@@ -234,3 +234,20 @@ def test_best_of_n_returns_the_samples_the_reward_ranks_first(tmp_path, micro_wo
         assert set(probes["family"]) == {"best_of_n"} and len(probes) == 16
         scores[n] = probes["reward"].mean()
     assert scores[8] > scores[2]
+
+
+def test_another_reward_can_be_the_judge(audited):
+    cfg, run = audited
+    judge = run / "irl/rewards/me/seed-1"
+    res = invoke(
+        "audit", cfg, "-q", "--set", f"audit.judge={judge}", "--set",
+        "audit.families=[cue, insert_toxic]",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads((run / "audit" / "audit.json").read_text())
+    assert summary["judge"] == str(judge) and summary["n_valid"] > 0
+    probes = pd.read_parquet(run / "audit" / "probes.parquet")
+    # the judge's verdicts are a reward's, thresholded: scores are -R, verdicts follow them
+    assert probes["judge_toxic"].any() and (~probes["judge_toxic"]).any()
+    res = invoke("audit", cfg, "-q", "--set", "audit.judge=/nonexistent/reward")
+    assert res.exit_code == 2 and "neither ground_truth nor a reward directory" in res.output
