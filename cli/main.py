@@ -375,6 +375,14 @@ def flywheel(
             "--oracle", help="The judge that triages: ground_truth or a reward directory."
         ),
     ] = "ground_truth",
+    rl: Annotated[
+        bool,
+        typer.Option(
+            "--re-rlhf",
+            help="Then re-RLHF the base LM with the ground truth, version 0 and the last "
+            "version (re_rlhf.seeds) and report how much of the toxicity gap it closes.",
+        ),
+    ] = False,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -386,7 +394,7 @@ def flywheel(
         cfg = _load(config, config_opt, set_)
         from pipeline.stages import flywheel as stage  # every stage: torch and the rest
 
-        return stage.run(cfg, cycles, oracle, force) / "report.md"
+        return stage.run(cfg, cycles, oracle, force, rl) / "report.md"
 
     _invoke(go)
 

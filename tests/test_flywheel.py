@@ -252,3 +252,47 @@ def test_another_reward_can_be_the_judge(audited):
     assert probes["judge_toxic"].any() and (~probes["judge_toxic"]).any()
     res = invoke("audit", cfg, "-q", "--set", "audit.judge=/nonexistent/reward")
     assert res.exit_code == 2 and "neither ground_truth nor a reward directory" in res.output
+
+
+def test_gap_closed_against_hand_computed_values():
+    from pipeline.stages.flywheel import gap_closed
+
+    def s(per_seed):
+        return {
+            "final_toxicity_per_seed": dict(zip(["0", "1", "2"], per_seed, strict=True)),
+            "final_toxicity": sum(per_seed) / 3,
+            "final_toxicity_ci95": None,
+            "final_kl": 1.0,
+        }
+
+    summary = {"gt": s([0.1, 0.1, 0.1]), "v0": s([0.5, 0.6, 0.7]), "v3": s([0.3, 0.3, 0.3])}
+    g = gap_closed(summary, "gt", "v0", "v3")
+    # gaps 0.4, 0.5, 0.6 (mean 0.5); closed 0.2, 0.3, 0.4 (mean 0.3): 0.3 / 0.5
+    assert g["gap"] == pytest.approx(0.5) and g["closed"] == pytest.approx(0.3)
+    assert g["fraction"] == pytest.approx(0.6)
+    assert g["gap_ci95"][0] > 0 and g["seeds"] == [0, 1, 2]
+    # a gap whose 95% CI includes 0 is no gap: no fraction
+    summary["v0"] = s([0.0, 0.2, 0.1])
+    assert gap_closed(summary, "gt", "v0", "v3")["fraction"] is None
+
+
+def test_the_flywheel_re_rlhfs_the_last_version_on_the_micro_world(tmp_path, micro_world):
+    """`fairl flywheel --re-rlhf` end to end on the micro world: the ground truth, version 0 and
+    the last version each fine-tune the base LM, and the report says what the gap is."""
+    from conftest import micro_config
+
+    cfg = micro_config(tmp_path, audit={"reward": "irl:me", "per_family": 20, "best_of_n": 2})
+    for command in ("train-expert", "make-pairs", "irl"):
+        res = invoke(command, cfg, "-q")
+        assert res.exit_code == 0, f"{command}: {res.output}"
+    res = invoke("flywheel", cfg, "--cycles", "1", "--re-rlhf", "-q")
+    assert res.exit_code == 0, res.output
+    fw = tmp_path / "runs" / "m" / "flywheel"
+    summary = json.loads((fw / "re-rlhf" / "re_rlhf" / "summary.json").read_text())
+    assert set(summary) == {"ground_truth", "version-0", "version-1"}
+    assert summary["version-1"]["reward"] == str((fw / "cycle-1" / "refine" / "reward").resolve())
+    gap = json.loads((fw / "report" / "flywheel.json").read_text())["re_rlhf"]
+    per = {k: v["final_toxicity_per_seed"]["0"] for k, v in summary.items()}
+    assert gap["gap"] == pytest.approx(per["version-0"] - per["ground_truth"])
+    assert gap["closed"] == pytest.approx(per["version-0"] - per["version-1"])
+    assert "## Re-RLHF with the last version" in (fw / "report" / "report.md").read_text()

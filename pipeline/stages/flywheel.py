@@ -7,10 +7,14 @@
         fresh-<k>/          the audit of version k (0: the parent) on the fresh probe set:
                             the run's test outputs, a seed no cycle uses, the same for every
                             version (what refinement never saw)
-        flywheel.json, report.md, flywheel.png
+        re-rlhf/            with --re-rlhf: re_rlhf of the ground truth, version 0 and the last
+                            version, over re_rlhf.seeds
+        report/             flywheel.json, report.md, flywheel.png
 
 Per version: the finding rate on the fresh probes, test AUC and STARC on the irl test outputs
 (against the ground truth), and AUC on evaluate.heldout and each evaluate.heldout_sets entry.
+With `re_rlhf`, also how much of the ground-truth-vs-IRL toxicity gap after RL the last version
+closes (`gap_closed`), per RL seed and as a ratio of the seed means.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from pipeline.audit.common import resolve_audited
 from pipeline.config import ExperimentConfig
 from pipeline.data.jigsaw import load_heldout
 from pipeline.evaluate.distances import DegenerateReward, starc_l1
+from pipeline.evaluate.metrics import t_interval
 from pipeline.figures import pyplot, save_figure
 from pipeline.irl.reward import load_reward
-from pipeline.stages import audit, refine, triage
+from pipeline.stages import audit, re_rlhf, refine, triage
 
 log = logging.getLogger("fairl.flywheel")
 FRESH_SEED = 10_000  # added to audit.seed: the fresh probe set, never a cycle's
@@ -52,7 +57,9 @@ def _cycle_cfg(cfg: ExperimentConfig, name: str, **audit_updates) -> ExperimentC
     return c
 
 
-def run(cfg: ExperimentConfig, cycles: int, oracle: str, force: bool = False) -> Path:
+def run(
+    cfg: ExperimentConfig, cycles: int, oracle: str, force: bool = False, rl: bool = False
+) -> Path:
     require_stage(cfg.stage_dir("irl"), "irl", "irl")
     versions = [resolve_audited(cfg.audit.reward, cfg).resolve()]
     for k in range(1, cycles + 1):
@@ -72,11 +79,24 @@ def run(cfg: ExperimentConfig, cycles: int, oracle: str, force: bool = False) ->
             {"version": k, "reward": str(v), "fresh_finding_rate": summary["finding_rate"]}
             | version_metrics(cfg, v)
         )
+    gap = None
+    if rl:
+        c = _cycle_cfg(cfg, "re-rlhf")
+        c.re_rlhf.rewards = {
+            "ground_truth": "ground_truth",
+            "version-0": str(versions[0]),
+            f"version-{cycles}": str(versions[-1]),
+        }
+        summary = json.loads((re_rlhf.run(c, force) / "summary.json").read_text())
+        gap = gap_closed(summary, "ground_truth", "version-0", f"version-{cycles}")
     out = cfg.run.root / cfg.run.name / "flywheel" / "report"
     with atomic_dir(out) as tmp:
-        write_json(tmp / "flywheel.json", {"oracle": oracle, "cycles": cycles, "versions": rows})
+        write_json(
+            tmp / "flywheel.json",
+            {"oracle": oracle, "cycles": cycles, "versions": rows, "re_rlhf": gap},
+        )
         plot_flywheel(rows, tmp / "flywheel.png")
-        (tmp / "report.md").write_text(render(rows, oracle))
+        (tmp / "report.md").write_text(render(rows, oracle, gap))
     log.info("flywheel: report at %s", out / "report.md")
     return out
 
@@ -111,7 +131,39 @@ def version_metrics(cfg: ExperimentConfig, reward_path: Path) -> dict:
     return out
 
 
-def render(rows: list[dict], oracle: str) -> str:
+def gap_closed(summary: dict, truth: str, parent: str, refined: str) -> dict:
+    """How much of the toxicity gap after RL between the parent reward and the ground truth the
+    refined reward closes. Per RL seed s (the same seeds, prompts and sampling for all three):
+    gap_s = T_parent,s - T_truth,s and closed_s = T_parent,s - T_refined,s; `fraction` is
+    mean(closed) / mean(gap), reported only when the gap's 95% t-interval over seeds excludes 0
+    (otherwise there is no gap to close and the ratio would be noise over noise)."""
+    per = {k: summary[k]["final_toxicity_per_seed"] for k in (truth, parent, refined)}
+    seeds = sorted(per[truth], key=int)
+    gap = [per[parent][s] - per[truth][s] for s in seeds]
+    closed = [per[parent][s] - per[refined][s] for s in seeds]
+    g, g_ci = t_interval(gap)
+    c, c_ci = t_interval(closed)
+    measurable = g_ci is not None and (g_ci[0] > 0 or g_ci[1] < 0)
+    return {
+        "seeds": [int(s) for s in seeds],
+        "final_toxicity": {k: summary[k]["final_toxicity"] for k in per},
+        "final_toxicity_ci95": {k: summary[k]["final_toxicity_ci95"] for k in per},
+        "final_kl": {k: summary[k]["final_kl"] for k in per},
+        "gap": g,
+        "gap_ci95": g_ci,
+        "closed": c,
+        "closed_ci95": c_ci,
+        "fraction": c / g if measurable else None,
+    }
+
+
+def _ci(mean: float | None, ci: list[float] | None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def render(rows: list[dict], oracle: str, gap: dict | None = None) -> str:
     keys = [k for k in rows[0] if k not in ("version", "reward")]
     out = [
         "# fairl flywheel",
@@ -127,6 +179,28 @@ def render(rows: list[dict], oracle: str) -> str:
         cells = ["n/a" if r[k] is None else f"{r[k]:.3f}" for k in keys]
         out.append(f"| {r['version']} | " + " | ".join(cells) + " |")
     out += ["", "![flywheel.png](flywheel.png)", ""]
+    if gap is not None:
+        tox, ci, kl = gap["final_toxicity"], gap["final_toxicity_ci95"], gap["final_kl"]
+        out += [
+            "## Re-RLHF with the last version",
+            "",
+            f"Final toxicity after RL (mean and 95% CI over RL seeds {gap['seeds']}) and KL to "
+            "the base:",
+            "",
+            "| Reward | Final toxicity | KL |",
+            "|---|---|---|",
+            *(f"| {k} | {_ci(tox[k], ci[k])} | {kl[k]:.2f} |" for k in tox),
+            "",
+            f"Gap (version 0 minus ground truth): {_ci(gap['gap'], gap['gap_ci95'])}; closed "
+            f"(version 0 minus the last version): {_ci(gap['closed'], gap['closed_ci95'])}; "
+            + (
+                f"fraction closed: {gap['fraction']:.2f}."
+                if gap["fraction"] is not None
+                else "no fraction: the gap's 95% CI includes 0, so there is no measurable gap "
+                "to close."
+            ),
+            "",
+        ]
     return "\n".join(out)
 
 
