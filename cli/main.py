@@ -383,18 +383,26 @@ def flywheel(
             "version (re_rlhf.seeds) and report how much of the toxicity gap it closes.",
         ),
     ] = False,
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            help="Its directory under runs/<name>/: another name keeps several flywheels of one "
+            "run side by side (other audit.seed / refine.seed, another oracle).",
+        ),
+    ] = "flywheel",
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Audit, triage (by the oracle) and refine the reward audit.reward, `--cycles` times; then
-    a report over the versions (runs/<name>/flywheel/report/)."""
+    a report over the versions (runs/<name>/<out>/report/)."""
     _setup_logging(quiet)
 
     def go() -> Path:
         cfg = _load(config, config_opt, set_)
         from pipeline.stages import flywheel as stage  # every stage: torch and the rest
 
-        return stage.run(cfg, cycles, oracle, force, rl) / "report.md"
+        return stage.run(cfg, cycles, oracle, force, rl, out) / "report.md"
 
     _invoke(go)
 

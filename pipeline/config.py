@@ -205,6 +205,15 @@ def _plain_name(value: Any) -> str:
 PlainName = Annotated[str, BeforeValidator(_plain_name)]
 
 
+def plain_name(value: str, what: str) -> str:
+    """`value` if it is a plain name (what a directory of a run may be called), else a
+    ConfigError naming `what`: for names given on the command line rather than in a config."""
+    try:
+        return _plain_name(value)
+    except ValueError as e:
+        raise ConfigError(f"{what}: {e}") from None
+
+
 # ------------------------------------------------------------------------------------ run
 class RunSection(Section):
     name: PlainName = _f(

@@ -404,29 +404,50 @@ def produce_hard() -> dict:
 
 
 FLYWHEEL_CYCLES = 3
+FLYWHEEL_SEEDS = (0, 1, 2)  # seed k: audit.seed 100k, refine.seed k, in flywheel[-seed<k>]/
+
+
+def _flywheel_args(k: int) -> list[str]:
+    if k == 0:
+        return ["--re-rlhf"]  # re-RLHF with the first seed's last version
+    return ["--out", f"flywheel-seed{k}", "--set", f"audit.seed={100 * k}",
+            "--set", f"refine.seed={k}"]  # fmt: skip
 
 
 def produce_flywheel() -> dict:
     """`fairl flywheel` on the hard result's run (its irl stage; run `--only hard` first if it
     is missing), timed: audit -> oracle triage -> refine, three times, then the per-version
-    report."""
+    report; once per flywheel seed (other probes, another correction init), the first with
+    --re-rlhf."""
     run_dir = RUN_ROOT / "hard"
     if not (run_dir / "irl" / "manifest.json").is_file():
         raise _errors().FairlError(
             f"{run_dir} has no irl stage", hint="produce the hard result first (--only hard)"
         )
-    fw = run_dir / "flywheel"
-    if fw.exists():
-        shutil.rmtree(fw)
-    cmd = [sys.executable, "-m", "cli.main", "flywheel", "configs/hard.yaml", "--cycles",
-           str(FLYWHEEL_CYCLES), "--oracle", "ground_truth", "--set",
-           f"run.root={RUN_ROOT.relative_to(ROOT)}"]  # fmt: skip
-    _, wall = _call(cmd, _env("hard"), "flywheel")
-    report = _load(fw / "report" / "flywheel.json")
+    seeds, walls = {}, {}
+    for k in FLYWHEEL_SEEDS:
+        fw = run_dir / ("flywheel" if k == 0 else f"flywheel-seed{k}")
+        if fw.exists():
+            shutil.rmtree(fw)
+        cmd = [sys.executable, "-m", "cli.main", "flywheel", "configs/hard.yaml", "--cycles",
+               str(FLYWHEEL_CYCLES), "--oracle", "ground_truth", "--set",
+               f"run.root={RUN_ROOT.relative_to(ROOT)}", *_flywheel_args(k)]  # fmt: skip
+        _, walls[k] = _call(cmd, _env("hard"), f"flywheel seed {k}")
+        report = _load(fw / "report" / "flywheel.json")
+        seeds[k] = report
+    first, fw0 = seeds[FLYWHEEL_SEEDS[0]], run_dir / "flywheel"
     return {
-        "timing": {"run_s": wall},
-        "versions": [{k: v for k, v in r.items() if k != "reward"} for r in report["versions"]],
-        "figures": {"flywheel": _copy_figure(fw / "report" / "flywheel.png", "flywheel.png")},
+        "timing": {"run_s": walls[0], "seed_run_s": {str(k): w for k, w in walls.items()}},
+        "versions": [{k: v for k, v in r.items() if k != "reward"} for r in first["versions"]],
+        "seeds": {
+            str(k): {
+                "first": {a: b for a, b in r["versions"][0].items() if a != "reward"},
+                "last": {a: b for a, b in r["versions"][-1].items() if a != "reward"},
+            }
+            for k, r in seeds.items()
+        },
+        "re_rlhf": first["re_rlhf"],
+        "figures": {"flywheel": _copy_figure(fw0 / "report" / "flywheel.png", "flywheel.png")},
     }
 
 
@@ -475,7 +496,7 @@ COMMANDS = {
     "hard": "fairl run configs/hard.yaml --set run.root=runs/readme; "
     "python scripts/check_world.py configs/hard.yaml --set run.root=runs/readme",
     "flywheel": f"fairl flywheel configs/hard.yaml --cycles {FLYWHEEL_CYCLES} --oracle "
-    "ground_truth --set run.root=runs/readme",
+    "ground_truth --set run.root=runs/readme --re-rlhf",
     "bench": "python scripts/bench_irl.py",
     "theorem1": f"python -m pytest {THEOREM1_TEST} -s",
 }
@@ -838,6 +859,39 @@ def _render_flywheel(r: dict) -> dict[str, str]:
             *[f"| {v['version']} | " + " | ".join(_num(v[k]) for k in keys) + " |" for v in rows],
         ]
     )
+    by_seed = "\n".join(
+        [
+            "| Flywheel seed | " + " | ".join(keys) + " |",
+            "|---|" + "---|" * len(keys),
+            *[
+                f"| {k} | "
+                + " | ".join(f"{_num(s['first'][m])} → {_num(s['last'][m])}" for m in keys)
+                + " |"
+                for k, s in r["seeds"].items()
+            ],
+        ]
+    )
+    gap = r["re_rlhf"]
+    tox, ci, kl = gap["final_toxicity"], gap["final_toxicity_ci95"], gap["final_kl"]
+    rl = "\n".join(
+        [
+            "| Reward | Final toxicity (95% CI) | KL to the base |",
+            "|---|---|---|",
+            *[
+                f"| {k} | {_num(tox[k])}"
+                + (f" [{_num(ci[k][0])}, {_num(ci[k][1])}]" if ci[k] else "")
+                + f" | {kl[k]:.2f} |"
+                for k in tox
+            ],
+        ]
+    )
+    g_ci = gap["gap_ci95"]
+    verdict = (
+        f"the last version closes {gap['fraction']:.0%} of it"
+        if gap["fraction"] is not None
+        else "its 95% CI includes 0, so there is no measurable gap to close"
+    )
+    seeds_t = ", ".join(_duration(w) for w in r["timing"]["seed_run_s"].values())
     return {
         "flywheel": _fill(
             f"`{g['command']}` took {_duration(r['timing']['run_s'])} {_measured_on(g)}, from "
@@ -847,7 +901,28 @@ def _render_flywheel(r: dict) -> dict[str, str]:
         )
         + "\n\n"
         + table
-        + f"\n\n![flywheel]({r['figures']['flywheel']['path']})"
+        + f"\n\n![flywheel]({r['figures']['flywheel']['path']})\n\n"
+        + _fill(
+            "The same flywheel with other probe draws and correction inits (`--out "
+            "flywheel-seed<k> --set audit.seed=<100k> --set refine.seed=<k>`; "
+            f"{seeds_t}), version 0 → version {FLYWHEEL_CYCLES}:"
+        )
+        + "\n\n"
+        + by_seed
+        + "\n\n"
+        + _fill(
+            f"Re-RLHF of the base LM (`--re-rlhf`, RL seeds {gap['seeds']}) with the ground "
+            f"truth, version 0 and version {FLYWHEEL_CYCLES}:"
+        )
+        + "\n\n"
+        + rl
+        + "\n\n"
+        + _fill(
+            f"The ground-truth-vs-IRL gap in final toxicity (version 0 minus ground truth, per "
+            f"RL seed) is {_num(gap['gap'])}"
+            + (f" [{_num(g_ci[0])}, {_num(g_ci[1])}]" if g_ci else "")
+            + f": {verdict}."
+        ),
     }
 
 

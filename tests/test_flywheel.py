@@ -126,6 +126,10 @@ def test_the_flywheel_runs_cycles_whose_lineage_accumulates(audited):
     findings.write_bytes(findings.read_bytes() + b"x")
     with pytest.raises(DataError, match="gone or changed"):
         earlier_findings(last.meta["lineage"])
+    # --out names a directory beside the stages, never a stage's or a path
+    for bad, why in (("irl", "is a stage's directory"), ("../x", "contains '/'")):
+        res = invoke("flywheel", cfg, "--out", bad, "-q")
+        assert res.exit_code == 2 and why in res.output, res.output
 
 
 def test_the_triage_page_loads_decides_and_saves(audited, tmp_path):

@@ -30,8 +30,9 @@ from sklearn.metrics import roc_auc_score
 from pipeline import world
 from pipeline.artifacts import atomic_dir, require_stage, write_json
 from pipeline.audit.common import resolve_audited
-from pipeline.config import ExperimentConfig
+from pipeline.config import STAGES, ExperimentConfig, plain_name
 from pipeline.data.jigsaw import load_heldout
+from pipeline.errors import ConfigError
 from pipeline.evaluate.distances import DegenerateReward, starc_l1
 from pipeline.evaluate.metrics import t_interval
 from pipeline.figures import pyplot, save_figure
@@ -42,9 +43,10 @@ log = logging.getLogger("fairl.flywheel")
 FRESH_SEED = 10_000  # added to audit.seed: the fresh probe set, never a cycle's
 
 
-def _cycle_cfg(cfg: ExperimentConfig, name: str, **audit_updates) -> ExperimentConfig:
-    """The config of one cycle's (or fresh audit's) run directory, its irl linked in."""
-    root = cfg.run.root / cfg.run.name / "flywheel"
+def _cycle_cfg(cfg: ExperimentConfig, out: str, name: str, **audit_updates) -> ExperimentConfig:
+    """The config of one cycle's (or fresh audit's) run directory under runs/<name>/<out>/,
+    the run's irl linked in."""
+    root = cfg.run.root / cfg.run.name / out
     d = root / name
     d.mkdir(parents=True, exist_ok=True)
     link = d / "irl"
@@ -58,21 +60,33 @@ def _cycle_cfg(cfg: ExperimentConfig, name: str, **audit_updates) -> ExperimentC
 
 
 def run(
-    cfg: ExperimentConfig, cycles: int, oracle: str, force: bool = False, rl: bool = False
+    cfg: ExperimentConfig,
+    cycles: int,
+    oracle: str,
+    force: bool = False,
+    rl: bool = False,
+    out: str = "flywheel",
 ) -> Path:
+    """The cycles, fresh audits, optional re-RLHF and report under runs/<name>/<out>/ (another
+    `out`: several flywheels of one run side by side, e.g. other audit or refine seeds)."""
+    out = plain_name(out, "the flywheel's directory name")
+    if out in (*STAGES, "audit", "triage", "refine", "sweep"):
+        raise ConfigError(
+            f"the flywheel's directory name {out!r} is a stage's directory",
+            hint="pick another name, e.g. flywheel-seed1",
+        )
     require_stage(cfg.stage_dir("irl"), "irl", "irl")
     versions = [resolve_audited(cfg.audit.reward, cfg).resolve()]
     for k in range(1, cycles + 1):
         log.info("flywheel: cycle %d of %d, auditing %s", k, cycles, versions[-1])
-        ck = _cycle_cfg(cfg, f"cycle-{k}", reward=str(versions[-1]), seed=cfg.audit.seed + k)
+        ck = _cycle_cfg(cfg, out, f"cycle-{k}", reward=str(versions[-1]), seed=cfg.audit.seed + k)
         audit.run(ck, force)
         triage.oracle(ck, oracle)
-        out = refine.run(ck, force)
-        versions.append((out / "reward").resolve())
+        versions.append((refine.run(ck, force) / "reward").resolve())
     rows = []
     for k, v in enumerate(versions):
         fresh = _cycle_cfg(
-            cfg, f"fresh-{k}", reward=str(v), sources="test", seed=cfg.audit.seed + FRESH_SEED
+            cfg, out, f"fresh-{k}", reward=str(v), sources="test", seed=cfg.audit.seed + FRESH_SEED
         )
         summary = json.loads((audit.run(fresh, force) / "audit.json").read_text())
         rows.append(
@@ -81,7 +95,7 @@ def run(
         )
     gap = None
     if rl:
-        c = _cycle_cfg(cfg, "re-rlhf")
+        c = _cycle_cfg(cfg, out, "re-rlhf")
         c.re_rlhf.rewards = {
             "ground_truth": "ground_truth",
             "version-0": str(versions[0]),
@@ -89,16 +103,16 @@ def run(
         }
         summary = json.loads((re_rlhf.run(c, force) / "summary.json").read_text())
         gap = gap_closed(summary, "ground_truth", "version-0", f"version-{cycles}")
-    out = cfg.run.root / cfg.run.name / "flywheel" / "report"
-    with atomic_dir(out) as tmp:
+    report = cfg.run.root / cfg.run.name / out / "report"
+    with atomic_dir(report) as tmp:
         write_json(
             tmp / "flywheel.json",
             {"oracle": oracle, "cycles": cycles, "versions": rows, "re_rlhf": gap},
         )
         plot_flywheel(rows, tmp / "flywheel.png")
         (tmp / "report.md").write_text(render(rows, oracle, gap))
-    log.info("flywheel: report at %s", out / "report.md")
-    return out
+    log.info("flywheel: report at %s", report / "report.md")
+    return report
 
 
 def version_metrics(cfg: ExperimentConfig, reward_path: Path) -> dict:
