@@ -773,7 +773,7 @@ class AuditSection(Section):
                         "reward is the probe.", gt=1)  # fmt: skip
     best_of_n_prompts: int = _f(64, "best_of_n: prompts (the run's evaluation prompts).", gt=0)
     disagreement_top: int = _f(
-        100, "disagreement: the outputs on which the run's rewards disagree most.", gt=0
+        100, "disagreement: the sources (audit.sources) the run's rewards disagree on most.", gt=0
     )
     seed: int = _f(0, "Seed of the probe draw (a fresh probe set: another seed).")
 

@@ -414,6 +414,10 @@ def _flywheel_args(k: int) -> list[str]:
             "--set", f"refine.seed={k}"]  # fmt: skip
 
 
+def _metrics(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("reward", "fresh_probes")}
+
+
 def produce_flywheel() -> dict:
     """`fairl flywheel` on the hard result's run (its irl stage; run `--only hard` first if it
     is missing), timed: audit -> oracle triage -> refine, three times, then the per-version
@@ -438,11 +442,14 @@ def produce_flywheel() -> dict:
     first, fw0 = seeds[FLYWHEEL_SEEDS[0]], run_dir / "flywheel"
     return {
         "timing": {"run_s": walls[0], "seed_run_s": {str(k): w for k, w in walls.items()}},
-        "versions": [{k: v for k, v in r.items() if k != "reward"} for r in first["versions"]],
+        "versions": [_metrics(r) for r in first["versions"]],
+        "fresh_probes": {
+            str(k): [r["fresh_probes"] for r in rep["versions"]] for k, rep in seeds.items()
+        },
         "seeds": {
             str(k): {
-                "first": {a: b for a, b in r["versions"][0].items() if a != "reward"},
-                "last": {a: b for a, b in r["versions"][-1].items() if a != "reward"},
+                "first": _metrics(r["versions"][0]),
+                "last": _metrics(r["versions"][-1]),
             }
             for k, r in seeds.items()
         },
@@ -896,8 +903,11 @@ def _render_flywheel(r: dict) -> dict[str, str]:
         "flywheel": _fill(
             f"`{g['command']}` took {_duration(r['timing']['run_s'])} {_measured_on(g)}, from "
             "Max-Entropy IRL's first seed of the hard run above. Version 0 is that reward, "
-            "version k has k corrections; the finding rate is on the fresh probe set, the AUCs "
-            "and STARC against the ground truth (heldout: the counterfactual set):"
+            "version k has k corrections; the finding rate is on the fresh probe set, less any "
+            "probe whose text a cycle trained on ("
+            + ", ".join(map(str, r["fresh_probes"]["0"]))
+            + " valid probes per version), the AUCs and STARC against the ground truth "
+            "(heldout: the counterfactual set):"
         )
         + "\n\n"
         + table

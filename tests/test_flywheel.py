@@ -83,6 +83,20 @@ def test_refine_keeps_the_parent_and_its_lineage_is_checkable(audited, tmp_path)
     assert step["cycle"] == 1 and step["parent_sha256"] == before
     for key in ("audit", "triage"):
         assert step[f"{key}_sha256"] == hashlib.sha256(open(step[key], "rb").read()).hexdigest()
+    # the child fixes what it was trained on: most accepted verdict findings (none, for the parent:
+    # that is what a finding is) now get the judge's verdict at the audit's threshold, and the
+    # accepted neutral edits move the reward less
+    findings = pd.read_parquet(run / "audit/findings.parquet")
+    decided = read_log(run / "triage/triage.jsonl", step["audit_sha256"])
+    acc = findings[findings["finding_id"].map(lambda f: decided[f].decision == "accept")]
+    c = json.loads((run / "audit/audit.json").read_text())["threshold"]
+    verdict = acc[acc["kind"] != "neutral"]
+    now_toxic = child.score(verdict["text"].tolist()).numpy() <= c
+    assert len(verdict) >= 5 and (now_toxic == verdict["judge_toxic"].to_numpy()).mean() > 0.5
+    neutral = acc[acc["kind"] == "neutral"]
+    gap = child.score(neutral["text"].tolist()) - child.score(neutral["source"].tolist())
+    parent_gap = parent.score(neutral["text"].tolist()) - parent.score(neutral["source"].tolist())
+    assert len(neutral) >= 1 and gap.abs().mean() < 0.5 * parent_gap.abs().mean()
     # the sentence-transformers export computes the refined reward
     from sentence_transformers import SentenceTransformer
 
@@ -102,6 +116,53 @@ def test_a_triage_log_of_another_audit_is_refused(audited, tmp_path):
     other.write_text(json.dumps(line | {"audit_sha256": "0" * 64}) + "\n")
     with pytest.raises(DataError, match="another audit"):
         read_log(other, line["audit_sha256"])
+    # fairl triage on an audit redone since: the old log is kept beside a new one
+    from pipeline.audit.triage import start_log
+
+    assert start_log(other, line["audit_sha256"]) == {} and not other.exists()
+    assert (tmp_path / "other.000000000000.jsonl").read_text().startswith("{")
+    # a hand-edited line with an unknown decision is an error, never skipped
+    other.write_text(json.dumps(line | {"decision": "acept"}) + "\n")
+    with pytest.raises(DataError, match="'acept'"):
+        read_log(other, line["audit_sha256"])
+
+
+def test_triage_through_a_spreadsheet(audited, tmp_path):
+    """--export then --import: the decisions filled in reach the log; a UTF-8 BOM is fine; a bad
+    row is an error naming its line, and nothing of the file is appended."""
+    import csv
+
+    cfg, run = audited
+    log = tmp_path / "sheet.jsonl"
+    out = tmp_path / "findings.csv"
+    res = invoke("triage", cfg, "--set", f"refine.triage={log}", "--export", out, "-q")
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    findings = pd.read_parquet(run / "audit/findings.parquet")
+    assert [r["finding_id"] for r in rows] == findings["finding_id"].tolist()
+    rows[0]["decision"], rows[1]["decision"], rows[1]["label"] = "accept", "relabel", "clean"
+
+    def write(rows, path, bom=False):
+        with open(path, "w", newline="", encoding="utf-8-sig" if bom else "utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        return path
+
+    bad = [dict(r) for r in rows]
+    bad[2]["decision"] = "maybe"
+    res = invoke("triage", cfg, "--set", f"refine.triage={log}", "--import",
+                 write(bad, tmp_path / "bad.csv"), "-q")  # fmt: skip
+    assert res.exit_code == 3 and "line 4" in res.output and "'maybe'" in res.output
+    assert not log.exists()  # nothing of a bad file is taken
+    res = invoke("triage", cfg, "--set", f"refine.triage={log}", "--import",
+                 write(rows, tmp_path / "ok.csv", bom=True), "--who", "ana", "-q")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    got = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [(g["finding_id"], g["decision"], g["label"], g["who"], g["via"]) for g in got] == [
+        (rows[0]["finding_id"], "accept", None, "ana", "csv"),
+        (rows[1]["finding_id"], "relabel", "clean", "ana", "csv"),
+    ]
 
 
 def test_the_flywheel_runs_cycles_whose_lineage_accumulates(audited):
@@ -155,6 +216,13 @@ def test_the_triage_page_loads_decides_and_saves(audited, tmp_path):
     assert TriagePage(run / "audit", log).next_undecided() == third
     with pytest.raises(DataError, match="relabel needs a label"):
         page.decide(third, "relabel")
+    with pytest.raises(DataError, match="no finding 'nope'"):
+        page.show("nope")
+    # with a family filter on, the next finding shown is of that family
+    fam = page.findings["family"].iloc[-1]
+    in_fam = page.table(fam)["finding_id"].tolist()
+    nxt = page.decide(page.next_undecided(fam), "reject", fam)
+    assert nxt is None or nxt in in_fam
     assert diff_spans("we went home", "we went home today") == [
         ("we went home ", None),
         ("today ", "added"),
@@ -200,14 +268,15 @@ def test_the_disagreement_family_picks_the_outputs_the_rewards_split_on(audited,
     cfg, run = audited
     res = invoke(
         "audit", cfg, "-q", "--set", "run.name=t", "--set", "audit.families=[disagreement]",
-        "--set", "audit.disagreement_top=5",
+        "--set", "audit.disagreement_top=5", "--set", "audit.sources=train",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     probes = pd.read_parquet(run / "audit" / "probes.parquet")
     assert set(probes["family"]) == {"disagreement"} and len(probes) == 5
-    # recompute: the std over the run's rewards of their z-scored values on the test outputs
+    # recompute: the std over the run's rewards of their z-scored values on the sources (the
+    # training outputs: a cycle never trains on the test outputs the fresh audits probe)
     pairs = pd.read_parquet(run / "irl" / "pairs.parquet")
-    t = pairs[pairs["split"] == "test"]
+    t = pairs[pairs["split"] == "train"]
     texts = list(dict.fromkeys(t["chosen"].tolist() + t["rejected"].tolist()))
     z = []
     for seed in (0, 1):
@@ -300,3 +369,36 @@ def test_the_flywheel_re_rlhfs_the_last_version_on_the_micro_world(tmp_path, mic
     assert gap["gap"] == pytest.approx(per["version-0"] - per["ground_truth"])
     assert gap["closed"] == pytest.approx(per["version-0"] - per["version-1"])
     assert "## Re-RLHF with the last version" in (fw / "report" / "report.md").read_text()
+
+
+def test_refine_never_replaces_its_own_parent(audited, tmp_path):
+    """Auditing this run's refine output and refining again would publish the child over its
+    parent: refused, and the version on disk is kept."""
+    import shutil
+
+    cfg, run = audited
+    root = tmp_path / "runs"
+    shutil.copytree(run, root / "t", symlinks=True)
+    args = ("--set", f"run.root={root}", "-q")
+    assert invoke("triage", cfg, "--oracle", "ground_truth", *args).exit_code == 0
+    assert invoke("refine", cfg, *args).exit_code == 0
+    version = root / "t" / "refine" / "reward"
+    before = sha256_dir(version)
+    res = invoke("audit", cfg, "--set", f"audit.reward={version}", *args)
+    assert res.exit_code == 0, res.output
+    # the redone audit starts a new triage log; the earlier one is kept beside it
+    log = root / "t" / "triage" / "triage.jsonl"
+    kept, old = set((root / "t" / "triage").glob("triage.*.jsonl")), log.read_bytes()
+    assert invoke("triage", cfg, "--oracle", "ground_truth", *args).exit_code == 0
+    (new,) = set((root / "t" / "triage").glob("triage.*.jsonl")) - kept
+    assert new.read_bytes() == old and log.read_bytes() != old
+    res = invoke("refine", cfg, *args)
+    assert res.exit_code == 2 and "is this run's refine output" in res.output, res.output
+    assert sha256_dir(version) == before
+    # another oracle decides again what the first one decided (the last decision counts)
+    judge = run / "irl/rewards/me/seed-1"
+    assert invoke("triage", cfg, "--oracle", judge, *args).exit_code == 0
+    findings, sha = load_findings(root / "t" / "audit")
+    in_force = read_log(log, sha)
+    assert set(in_force) == set(findings["finding_id"])
+    assert {d.who for d in in_force.values()} == {f"oracle:{judge}"}

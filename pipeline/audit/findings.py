@@ -88,7 +88,8 @@ def occlusion(
     for i, t in enumerate(texts):
         spans = list(_WORD.finditer(t))
         for m in spans:
-            variants.append((t[: m.start()] + t[m.end() :]).replace("  ", " "))
+            # the word and the spaces around it become one space; the rest of the text is kept
+            variants.append((t[: m.start()].rstrip(" ") + " " + t[m.end() :].lstrip(" ")).strip())
             owners.append(i)
             words.append(m.group(0).strip(".,!?;:").lower())
     if not variants:

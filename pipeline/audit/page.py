@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.audit.triage import append, load_findings, make_decision, read_log
-from pipeline.errors import FairlError
+from pipeline.errors import DataError, FairlError
 
 ALL = "all families"
 SHORTCUTS = {"a": "accept", "r": "reject", "t": "relabel-toxic", "c": "relabel-clean", "n": "next"}
@@ -82,6 +82,8 @@ class TriagePage:
         """What the page shows of one finding."""
         if finding_id is None:
             return {"id": None, "title": "Every finding is decided.", "spans": [], "details": ""}
+        if finding_id not in set(self.findings["finding_id"]):
+            raise DataError(f"no finding {finding_id!r} in this audit")
         row = self.findings.set_index("finding_id").loc[finding_id]
         spans = diff_spans(row["source"], row["text"]) if row["source"] else [(row["text"], None)]
         details = (
@@ -94,9 +96,9 @@ class TriagePage:
         )
         return {"id": finding_id, "title": finding_id, "spans": spans, "details": details}
 
-    def decide(self, finding_id: str | None, action: str) -> str | None:
+    def decide(self, finding_id: str | None, action: str, family: str = ALL) -> str | None:
         """Record `action` (accept, reject, relabel-toxic, relabel-clean) on the finding, append
-        it to the log, and return the next undecided finding."""
+        it to the log, and return the next undecided finding (of `family`: the page's filter)."""
         if finding_id is None:
             raise FairlError("no finding is shown", hint="every finding is decided")
         decision, _, label = action.partition("-")
@@ -105,7 +107,7 @@ class TriagePage:
         )
         append(self.log_path, [d])
         self.decided[finding_id] = d
-        return self.next_undecided(after=finding_id)
+        return self.next_undecided(family, after=finding_id)
 
 
 def build(page: TriagePage):
@@ -151,7 +153,7 @@ def build(page: TriagePage):
         )
         for action, btn in buttons.items():
             btn.click(
-                lambda fid, fam, a=action: render(page.decide(fid, a), fam),
+                lambda fid, fam, a=action: render(page.decide(fid, a, fam), fam),
                 [current, family],
                 outputs,
             )

@@ -9,6 +9,8 @@ Every way in (the web page, a CSV file, an oracle judge) appends to one log,
 
 The last decision on a finding counts (a person may change their mind; the log keeps both).
 A decision on a finding of another audit is refused: findings are identified by their audit.
+When the audit is redone (other probes, another reward), `start_log` moves the old log aside,
+named by the audit it decided on, and a new one begins: nothing decided is lost.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import datetime as _dt
 import getpass
 import hashlib
 import json
+import logging
+import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +32,7 @@ import pandas as pd
 from pipeline.audit.probes import NEUTRAL
 from pipeline.errors import DataError
 
+log = logging.getLogger("fairl.triage")
 DECISIONS = ("accept", "reject", "relabel")
 LABELS = ("toxic", "clean")
 CSV_COLUMNS = ("finding_id", "family", "kind", "text", "source", "edit", "reward", "judge_score",
@@ -86,6 +91,11 @@ def make_decision(
         )
     if decision not in DECISIONS:
         raise DataError(f"decision {decision!r} is not one of {', '.join(DECISIONS)}")
+    if label and decision != "relabel":
+        raise DataError(
+            f"a label ({label!r}) goes with the decision relabel only, not {decision}",
+            hint="leave the label empty, or make the decision relabel",
+        )
     if decision == "relabel" and label not in LABELS:
         raise DataError(
             f"a relabel needs a label ({' or '.join(LABELS)}), got {label!r}",
@@ -115,9 +125,19 @@ def append(path: Path, decisions: Iterable[Decision]) -> int:
     return n
 
 
+class OtherAudit(DataError):
+    """A triage log of another audit than the one at hand."""
+
+    def __init__(self, message: str, other_sha: str, hint: str):
+        super().__init__(message, hint=hint)
+        self.other_sha = other_sha
+
+
 def read_log(path: Path, audit_sha: str) -> dict[str, Decision]:
     """The decisions in force (the last one per finding) of the audit `audit_sha`. A line of
-    another audit is an error naming the line: a triage belongs to one audit."""
+    another audit is an error naming the line (`OtherAudit`): a triage belongs to one audit. A
+    line that is no decision (a hand edit gone wrong: an unknown decision, a relabel without a
+    label) is an error too, never skipped."""
     out: dict[str, Decision] = {}
     if not Path(path).is_file():
         return out
@@ -129,13 +149,41 @@ def read_log(path: Path, audit_sha: str) -> dict[str, Decision]:
         except (ValueError, TypeError) as e:
             raise DataError(f"{path}:{i} is not a triage decision ({e})") from None
         if d.audit_sha256 != audit_sha:
-            raise DataError(
+            raise OtherAudit(
                 f"{path}:{i} decides on another audit (findings sha256 {d.audit_sha256[:12]}, "
                 f"this audit's {audit_sha[:12]})",
-                hint="triage the audit the log was made for, or start a new triage log",
+                d.audit_sha256,
+                hint="run `fairl triage` on this audit (it starts a new log and keeps the old "
+                "one beside it)",
+            )
+        if d.decision not in DECISIONS or (d.decision == "relabel") != (d.label in LABELS):
+            raise DataError(
+                f"{path}:{i}: decision {d.decision!r} with label {d.label!r} is not a triage "
+                f"decision (one of {', '.join(DECISIONS)}; a label, {' or '.join(LABELS)}, "
+                "with relabel only)"
             )
         out[d.finding_id] = d
     return out
+
+
+def start_log(path: Path, audit_sha: str) -> dict[str, Decision]:
+    """`read_log`, except that a log of another audit (the audit was redone since) is moved
+    aside to `<stem>.<its audit sha256[:12]>[-n].jsonl` beside it and a new log begins."""
+    try:
+        return read_log(path, audit_sha)
+    except OtherAudit as e:
+        path = Path(path)
+        dest = path.with_name(f"{path.stem}.{e.other_sha[:12]}.jsonl")
+        n = 1
+        while dest.exists():
+            dest = path.with_name(f"{path.stem}.{e.other_sha[:12]}-{n}.jsonl")
+            n += 1
+        os.replace(path, dest)
+        log.warning(
+            "triage: %s decided on an earlier audit (findings %s): kept as %s; a new log begins",
+            path, e.other_sha[:12], dest.name,
+        )  # fmt: skip
+        return {}
 
 
 # ------------------------------------------------------------------------------ the ways in
@@ -168,7 +216,9 @@ def oracle_decisions(
 def export_csv(findings: pd.DataFrame, decided: dict[str, Decision], path: Path) -> Path:
     """The findings as a spreadsheet: decision and label columns to fill in (pre-filled with
     the decisions in force)."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
         for row in findings.itertuples(index=False):
@@ -176,19 +226,23 @@ def export_csv(findings: pd.DataFrame, decided: dict[str, Decision], path: Path)
             values = [getattr(row, c) for c in CSV_COLUMNS[:-2]]
             values = [f"{v:.6g}" if isinstance(v, (float, np.floating)) else v for v in values]
             w.writerow([*values, d.decision if d else "", (d.label or "") if d else ""])
-    return Path(path)
+    os.replace(tmp, path)  # a spreadsheet open on the old file never sees a half-written one
+    return path
 
 
 def import_csv(
     path: Path, findings: pd.DataFrame, audit_sha: str, who: str | None = None
 ) -> list[Decision]:
     """The decisions filled in a spreadsheet made by `export_csv` (rows left blank are
-    undecided). Every row is checked before any is taken."""
+    undecided). Every row is checked before any is taken. A UTF-8 byte-order mark (what
+    spreadsheets write as "CSV UTF-8") is read as such."""
     try:
-        rows = list(csv.DictReader(open(path, newline="", encoding="utf-8")))  # noqa: SIM115
-    except (OSError, UnicodeDecodeError) as e:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows, columns = list(reader), reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"cannot read {path}: {e}") from None
-    if rows and not {"finding_id", "decision"} <= set(rows[0]):
+    if not {"finding_id", "decision"} <= set(columns):
         raise DataError(
             f"{path} has no finding_id and decision columns",
             hint="fill in the file `fairl triage --export` wrote",

@@ -12,7 +12,8 @@ trained so that R = R_P + C satisfies the accepted audit findings, FA-IRL's way 
 
 with l_ME Eq. 2 at tau and l_fail Eq. 2 at tau_fail < tau (the stricter failure temperature),
 sigma the std of R_P on the training outputs. C starts at exactly 0 (its output layer is zero),
-so the first step moves away from the parent, and an empty finding set trains nothing new.
+so R starts as R_P; with no finding the pairs' term alone still moves C (it refits the pairs),
+which is why `fairl refine` refuses a triage that accepts nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pipeline.errors import FairlError
 from pipeline.irl.heads import RewardHead
 from pipeline.irl.objectives import max_entropy_loss
 
@@ -115,6 +117,11 @@ def train_correction(
     log = []
     for _ in range(epochs):
         loss, parts = correction_loss(head, params, data, tau, tau_fail, lambda_f, lambda_i, mu)
+        if not torch.isfinite(loss):
+            raise FairlError(
+                f"the correction's loss is {float(loss)} at epoch {len(log)}",
+                hint="lower refine.lr, or raise refine.tau_fail",
+            )
         opt.zero_grad()
         loss.backward()
         opt.step()

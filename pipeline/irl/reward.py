@@ -67,6 +67,10 @@ class RewardModel:
         """This reward with only its first `keep` corrections: `keep=k` is the version k
         refinements in, `keep=0` the reward `fairl irl` trained. Scores equal to that version's
         own (the same parameters folded the same way)."""
+        if not 0 <= keep <= len(self.corrections):
+            raise ValueError(
+                f"keep={keep}: this reward has versions 0 to {len(self.corrections)} (corrections)"
+            )
         meta = dict(self.meta)
         if "lineage" in meta:
             meta["lineage"] = meta["lineage"][:keep]

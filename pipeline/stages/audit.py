@@ -67,6 +67,10 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
     config = {
         "audit": to_dict(au),
         "reward_sha256": sha256_dir(reward_path),
+        # a reward as the judge: its identity too (the path alone could hold another version)
+        "judge_sha256": sha256_dir(Path(au.judge))
+        if (Path(au.judge) / "reward.json").is_file()
+        else None,
         "ground_truth": to_dict(cfg.ground_truth),
         "base_model": base_model,
     }
@@ -123,7 +127,7 @@ def _audit(run, cfg, reward: RewardModel, reward_path, irl_dir, families, base_m
         with run.timed("best_of_n"):
             probes += _best_of_n(cfg, base_model, score)
     if "disagreement" in families:
-        probes += _disagreement(cfg, irl_dir, outputs("test"), embedder)
+        probes += _disagreement(cfg, irl_dir, sources, embedder)
     if not probes:
         raise FairlError("the audit made no probe", hint="check audit.families and the run's pairs")
     table = pd.DataFrame([p.__dict__ for p in probes])
@@ -210,8 +214,9 @@ def _best_of_n(cfg, base_model: str, score) -> list[Probe]:
 
 
 def _disagreement(cfg, irl_dir: Path, texts: list[str], embedder) -> list[Probe]:
-    """The test outputs on which the run's rewards (every method and seed) disagree most: the
-    std over rewards of each reward's z-scored value."""
+    """The sources (audit.sources: the run's train or test outputs) on which the run's rewards
+    (every method and seed) disagree most: the std over rewards of each reward's z-scored
+    value."""
     summary = json.loads((irl_dir / "summary.json").read_text())
     h = embedder.embed(texts)
     z = []
@@ -271,7 +276,7 @@ def _report(summary: dict, rates: pd.DataFrame, worst: pd.DataFrame, attribution
         "",
         "R(text) minus R(text without the word), averaged over the findings holding it.",
         "",
-        "| Word | Effect | Findings |",
+        "| Word | Mean effect | Occurrences |",
         "|---|---|---|",
         *[f"| `{w}` | {e:+.3f} | {c} |" for w, e, c in attribution.itertuples(index=False)],
         "",

@@ -9,12 +9,13 @@
                             version (what refinement never saw)
         re-rlhf/            with --re-rlhf: re_rlhf of the ground truth, version 0 and the last
                             version, over re_rlhf.seeds
-        report/             flywheel.json, report.md, flywheel.png
+        report/             flywheel.json, report.md, flywheel.png, manifest.json
 
-Per version: the finding rate on the fresh probes, test AUC and STARC on the irl test outputs
-(against the ground truth), and AUC on evaluate.heldout and each evaluate.heldout_sets entry.
-With `re_rlhf`, also how much of the ground-truth-vs-IRL toxicity gap after RL the last version
-closes (`gap_closed`), per RL seed and as a ratio of the seed means.
+Per version: the finding rate on the fresh probes (those whose text no cycle trained on), test
+AUC and STARC on the irl test outputs (against the ground truth), and AUC on evaluate.heldout
+and each evaluate.heldout_sets entry. With `re_rlhf`, also how much of the ground-truth-vs-IRL
+toxicity gap after RL the last version closes (`gap_closed`), per RL seed and as a ratio of the
+seed means.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from pipeline import world
-from pipeline.artifacts import atomic_dir, require_stage, write_json
-from pipeline.audit.common import resolve_audited
+from pipeline.artifacts import require_stage, stage_run, write_json, write_text
+from pipeline.audit.common import resolve_audited, sha256_dir
 from pipeline.config import STAGES, ExperimentConfig, plain_name
 from pipeline.data.jigsaw import load_heldout
 from pipeline.errors import ConfigError
@@ -38,6 +39,7 @@ from pipeline.evaluate.metrics import t_interval
 from pipeline.figures import pyplot, save_figure
 from pipeline.irl.reward import load_reward
 from pipeline.stages import audit, re_rlhf, refine, triage
+from pipeline.stages.refine import earlier_findings
 
 log = logging.getLogger("fairl.flywheel")
 FRESH_SEED = 10_000  # added to audit.seed: the fresh probe set, never a cycle's
@@ -54,6 +56,7 @@ def _cycle_cfg(cfg: ExperimentConfig, out: str, name: str, **audit_updates) -> E
         link.symlink_to(Path("..") / ".." / "irl", target_is_directory=True)
     c = cfg.model_copy(deep=True)
     c.run.root, c.run.name = root, name
+    c.refine.triage = None  # each cycle its own log (runs/.../cycle-<k>/triage/triage.jsonl)
     for k, v in audit_updates.items():
         setattr(c.audit, k, v)
     return c
@@ -83,14 +86,29 @@ def run(
         audit.run(ck, force)
         triage.oracle(ck, oracle)
         versions.append((refine.run(ck, force) / "reward").resolve())
+    # every text a cycle trained on (accepted findings and their neutral sources): a fresh probe
+    # that happens to be one of them (the world's grammar repeats sentences) is not fresh
+    trained = {
+        t
+        for df, accepted in earlier_findings(load_reward(versions[-1]).meta.get("lineage", []))
+        for col in ("text", "source")
+        for t in df.loc[df["finding_id"].isin(accepted), col]
+        if t
+    }
     rows = []
     for k, v in enumerate(versions):
         fresh = _cycle_cfg(
             cfg, out, f"fresh-{k}", reward=str(v), sources="test", seed=cfg.audit.seed + FRESH_SEED
         )
-        summary = json.loads((audit.run(fresh, force) / "audit.json").read_text())
+        probes = pd.read_parquet(audit.run(fresh, force) / "probes.parquet")
+        unseen = probes[probes["valid"] & ~probes["text"].isin(trained)]
         rows.append(
-            {"version": k, "reward": str(v), "fresh_finding_rate": summary["finding_rate"]}
+            {
+                "version": k,
+                "reward": str(v),
+                "fresh_probes": len(unseen),
+                "fresh_finding_rate": float(unseen["finding"].mean()) if len(unseen) else None,
+            }
             | version_metrics(cfg, v)
         )
     gap = None
@@ -103,14 +121,21 @@ def run(
         }
         summary = json.loads((re_rlhf.run(c, force) / "summary.json").read_text())
         gap = gap_closed(summary, "ground_truth", "version-0", f"version-{cycles}")
-    report = cfg.run.root / cfg.run.name / out / "report"
-    with atomic_dir(report) as tmp:
+    config = {
+        "oracle": oracle,
+        "cycles": cycles,
+        "re_rlhf": rl,
+        "versions": [{"path": str(v), "sha256": sha256_dir(v)} for v in versions],
+    }
+    with stage_run("report", cfg.run.root / cfg.run.name / out, config, {}, cfg.run.seed,
+                   force=True, log=log.info) as run_:  # fmt: skip
         write_json(
-            tmp / "flywheel.json",
+            run_.path("flywheel.json"),
             {"oracle": oracle, "cycles": cycles, "versions": rows, "re_rlhf": gap},
         )
-        plot_flywheel(rows, tmp / "flywheel.png")
-        (tmp / "report.md").write_text(render(rows, oracle, gap))
+        plot_flywheel(rows, run_.path("flywheel.png"))
+        write_text(run_.path("report.md"), render(rows, oracle, gap))
+    report = cfg.run.root / cfg.run.name / out / "report"
     log.info("flywheel: report at %s", report / "report.md")
     return report
 
@@ -178,13 +203,16 @@ def _ci(mean: float | None, ci: list[float] | None) -> str:
 
 
 def render(rows: list[dict], oracle: str, gap: dict | None = None) -> str:
-    keys = [k for k in rows[0] if k not in ("version", "reward")]
+    keys = [k for k in rows[0] if k not in ("version", "reward", "fresh_probes")]
     out = [
         "# fairl flywheel",
         "",
         f"Oracle: `{oracle}`. Version 0 is the audited reward; version k has k corrections. "
-        "The finding rate is on the fresh probe set (the run's test outputs, a seed no cycle "
-        "used); AUC and STARC against the ground truth.",
+        "The finding rate is on the fresh probe set (edits of the run's test outputs with a seed "
+        "no cycle used, best-of-n and disagreement outputs), less any probe whose text a cycle "
+        "trained on (valid fresh probes per version: "
+        + ", ".join(str(r["fresh_probes"]) for r in rows)
+        + "); AUC and STARC against the ground truth.",
         "",
         "| Version | " + " | ".join(keys) + " |",
         "|---|" + "---|" * len(keys),
@@ -219,7 +247,7 @@ def render(rows: list[dict], oracle: str, gap: dict | None = None) -> str:
 
 
 def plot_flywheel(rows: list[dict], path: Path) -> Path:
-    keys = [k for k in rows[0] if k not in ("version", "reward")]
+    keys = [k for k in rows[0] if k not in ("version", "reward", "fresh_probes")]
     fig, axes = pyplot().subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
     x = [r["version"] for r in rows]
     for ax, k in zip(axes[0], keys, strict=True):

@@ -34,7 +34,7 @@ from pipeline.audit.common import judge_for, sha256_dir, triage_path
 from pipeline.audit.probes import NEUTRAL
 from pipeline.audit.triage import file_sha256, load_findings, read_log
 from pipeline.config import ExperimentConfig, to_dict
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 from pipeline.irl.heads import make_head
 from pipeline.irl.refine import CorrectionData, train_correction
 from pipeline.irl.reward import RewardModel, load_reward
@@ -60,7 +60,15 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
             hint="refine needs at least one accepted or relabelled finding",
         )
     summary = json.loads((audit_dir / "audit.json").read_text())
-    parent_path = Path(summary["reward"])
+    parent_path = Path(summary["reward"]).resolve()
+    own = cfg.stage_dir("refine").resolve()
+    if parent_path == own or own in parent_path.parents:
+        raise ConfigError(
+            f"the audited reward {parent_path} is this run's refine output, which refine would "
+            "replace with its own child",
+            hint="refine it in another run (--set run.name=...), or run the cycles with "
+            "`fairl flywheel`, which gives each version its own directory",
+        )
     if sha256_dir(parent_path) != summary["reward_sha256"]:
         raise DataError(
             f"the audited reward {parent_path} changed since the audit",
@@ -162,11 +170,11 @@ def _refine(run, cfg, findings, accepted, parent_path, audit_dir, tpath, summary
     lineage = list(parent.meta.get("lineage", []))
     step = {
         "cycle": len(lineage) + 1,
-        "parent": str(parent_path),
+        "parent": str(parent_path),  # resolved: the lineage reads the same from any directory
         "parent_sha256": sha256_dir(parent_path),
-        "audit": str(audit_dir / "findings.parquet"),
+        "audit": str((audit_dir / "findings.parquet").resolve()),
         "audit_sha256": file_sha256(audit_dir / "findings.parquet"),
-        "triage": str(tpath),
+        "triage": str(Path(tpath).resolve()),
         "triage_sha256": file_sha256(tpath),
         "trained": {
             "correction": {"head": head.kind, "hidden": rf.hidden if head.kind == "mlp" else 0},
