@@ -6,7 +6,7 @@ run one way, down:
 - a library never imports a stage;
 - a stage never imports another stage, except the chains: pipeline/stages/run.py (`fairl run`,
   whose recipe is the other stages in order) and pipeline/stages/flywheel.py (`fairl flywheel`:
-  audit, triage, refine);
+  audit, triage, refine, and re_rlhf with --re-rlhf);
 - core imports neither a library nor a stage (pipeline/__init__.py may re-export library
   symbols lazily: imports inside its module-level `__getattr__` are allowed);
 - nothing in pipeline/ imports cli;
@@ -46,7 +46,7 @@ FAIRL_PACKAGES = ("pipeline", "cli")
 
 STAGES = "pipeline.stages"
 CHAIN = "pipeline.stages.run"  # `fairl run`: may import the other stages, and only it
-FLYWHEEL = "pipeline.stages.flywheel"  # `fairl flywheel`: its recipe is audit, triage, refine
+FLYWHEEL = "pipeline.stages.flywheel"  # `fairl flywheel`: its recipe: audit, triage, refine, re_rlhf
 LIBRARIES = (
     "pipeline.data",
     "pipeline.policy",
