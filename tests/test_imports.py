@@ -46,7 +46,7 @@ FAIRL_PACKAGES = ("pipeline", "cli")
 
 STAGES = "pipeline.stages"
 CHAIN = "pipeline.stages.run"  # `fairl run`: may import the other stages, and only it
-FLYWHEEL = "pipeline.stages.flywheel"  # `fairl flywheel`: its recipe: audit, triage, refine, re_rlhf
+FLYWHEEL = "pipeline.stages.flywheel"  # `fairl flywheel`: audit, triage, refine, re_rlhf
 LIBRARIES = (
     "pipeline.data",
     "pipeline.policy",
