@@ -1,9 +1,11 @@
 """Loading policies (by hub name or local path, pipeline.hub) and sampling from them.
 
 PAD must differ from EOS (docs/ppo.md, detail 8): if a tokenizer has no pad token, or uses EOS
-as pad (Pythia, SmolLM2), a dedicated `<|pad|>` token is added and the embeddings resized (its
-new rows are initialised from a fixed seed, so every process and every restart holds the same
-model). PAD is never a response token: sampling suppresses it and every logprob excludes it, so a
+as pad (Pythia, SmolLM2), a dedicated `<|pad|>` token is added. The embedding matrix only ever
+grows for it: where the matrix already has spare rows past the tokenizer (Pythia's 50304 rows
+for 50277 tokens), PAD takes the first spare row; otherwise the embeddings are resized (the new
+rows initialised from a fixed seed, so every process and every restart holds the same model).
+PAD is never a response token: sampling suppresses it and every logprob excludes it, so a
 response is exactly the tokens up to and including its first EOS. Prompts are left-padded and,
 when too long, truncated from the left (the end of a prompt is what the response continues);
 position ids follow the attention mask. Dropout is switched off (docs/ppo.md, detail 10).
@@ -53,9 +55,13 @@ def load_policy(name_or_path: str, what: str = "policy"):
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, dtype=torch.float32)
     if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
         tok.add_special_tokens({"pad_token": PAD_TOKEN})
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(0)  # the same new rows in every process and restart
-            model.resize_token_embeddings(len(tok), mean_resizing=False)
+        # grow only: a matrix padded beyond the tokenizer (Pythia: 50304 rows for 50277 tokens)
+        # already has a spare row for PAD, and shrinking it would drop trained rows' neighbours
+        # and change the model's shapes
+        if len(tok) > model.get_input_embeddings().weight.shape[0]:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(0)  # the same new rows in every process
+                model.resize_token_embeddings(len(tok), mean_resizing=False)
         log.info("%s: added a pad token distinct from EOS (id %d)", what, tok.pad_token_id)
     model.config.pad_token_id = tok.pad_token_id
     if model.generation_config is not None:
