@@ -42,3 +42,11 @@ def test_the_pad_token_never_shrinks_a_pythia_shaped_embedding_matrix(tmp_path):
     assert torch.equal(loaded.get_input_embeddings().weight, before_in)
     assert torch.equal(loaded.get_output_embeddings().weight, before_out)
     assert loaded.config.pad_token_id == 50277 and loaded.config.vocab_size == 50304
+    # sampling never yields PAD or a spare row (no text decodes to them)
+    from pipeline.policy.models import sample
+
+    with torch.no_grad():
+        loaded.get_output_embeddings().weight[50277:] = 0.0
+        loaded.get_output_embeddings().weight[50277:, 0] = 100.0  # make the spare rows likely
+    *_, resp, mask, _ = sample(loaded, ltok, ["w1 w2", "w3"], 6, 1.0, 1.0, seed=0)
+    assert (resp[mask] < 50277).all()

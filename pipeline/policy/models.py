@@ -135,7 +135,8 @@ def sample(
         max_new_tokens=max_new_tokens,
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
-        suppress_tokens=[tok.pad_token_id],
+        # PAD, and any row past the tokenizer (Pythia's spare rows: no text decodes to them)
+        suppress_tokens=[tok.pad_token_id, *range(len(tok), model.config.vocab_size)],
     )
     resp = out[:, enc["input_ids"].shape[1] :]
     is_eos = resp == tok.eos_token_id
