@@ -102,6 +102,12 @@ def batch_seed(seed: int, *keys) -> int:
 
 
 @torch.no_grad()
+def _rows(model) -> int:
+    """Rows of the output embedding matrix: the ids the model can emit."""
+    out = model.get_output_embeddings()
+    return out.weight.shape[0] if out is not None else model.get_input_embeddings().weight.shape[0]
+
+
 def sample(
     model,
     tok,
@@ -136,7 +142,7 @@ def sample(
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
         # PAD, and any row past the tokenizer (Pythia's spare rows: no text decodes to them)
-        suppress_tokens=[tok.pad_token_id, *range(len(tok), model.config.vocab_size)],
+        suppress_tokens=[tok.pad_token_id, *range(len(tok), _rows(model))],
     )
     resp = out[:, enc["input_ids"].shape[1] :]
     is_eos = resp == tok.eos_token_id
