@@ -24,13 +24,16 @@ from pipeline.config import (
     STAGES,
     AuditSection,
     EvaluateSection,
+    GroundTruthSection,
     IRLSection,
     MakePairsSection,
+    PromptsSection,
     RefineSection,
     ReRLHFSection,
     RunSection,
     SweepSection,
     TrainExpertSection,
+    WorldSection,
     describe_section,
     load_config,
 )
@@ -49,7 +52,7 @@ app = typer.Typer(
     "Stages chain through files: train-expert -> make-pairs -> irl -> evaluate -> re-rlhf, "
     "each writing runs/<run.name>/<stage>/ with a manifest.json.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -84,9 +87,41 @@ ForceOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
 
 
+# the sections every stage reads beside its own
+SHARED_SECTIONS = (
+    (RunSection, "run"),
+    (WorldSection, "world"),
+    (GroundTruthSection, "ground_truth"),
+    (PromptsSection, "prompts"),
+)
+
+
 def _epilog(section_cls, name: str) -> str:
-    keys = describe_section(RunSection, "run") + describe_section(section_cls, name)
-    return "Config keys (YAML section, or --set key=value):\n\n" + "\n\n".join(keys)
+    keys = [k for cls, n in SHARED_SECTIONS for k in describe_section(cls, n)]
+    keys += describe_section(section_cls, name)
+    return "Config keys (YAML section, or --set key=value; defaults as YAML):\n\n" + "\n\n".join(
+        keys
+    )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        typer.echo(f"fairl {metadata.version('fairl')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool | None,
+        typer.Option(
+            "--version", help="Print fairl's version and exit.", callback=_version, is_eager=True
+        ),
+    ] = None,
+) -> None:
+    """Audit RLHF-aligned language models with Failure-Aware Inverse RL (FA-IRL)."""
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -237,6 +272,14 @@ def run_all(
     config: ConfigArg = None,
     config_opt: ConfigOpt = None,
     set_: SetOpt = None,
+    defaults: Annotated[
+        bool,
+        typer.Option(
+            "--defaults",
+            help="Run without a config file: every stage on the paper defaults (hub models and "
+            "data, hours on a GPU).",
+        ),
+    ] = False,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -244,6 +287,12 @@ def run_all(
     _setup_logging(quiet)
 
     def chain() -> None:
+        if config is None and config_opt is None and not defaults:
+            raise ConfigError(
+                "fairl run needs a config file",
+                hint="fairl run configs/toy.yaml (offline, minutes), or --defaults for every "
+                "stage on the paper's defaults",
+            )
         cfg = _load(config, config_opt, set_)
         from pipeline.stages import run as pipeline_run  # every stage: torch and the rest
 
@@ -258,6 +307,16 @@ def run_all(
             typer.echo(f"report: {outputs['evaluate'] / 'report.md'}")
 
     _invoke(chain)
+
+
+@app.command("env")
+def env() -> None:
+    """Print versions, devices, threads and cache paths (paste it into a bug report)."""
+    import yaml
+
+    from pipeline.env import environment  # imports torch: not at the top (--help)
+
+    typer.echo(yaml.safe_dump(environment(), sort_keys=False, width=100).rstrip())
 
 
 @app.command(

@@ -1109,8 +1109,25 @@ def describe_section(model: type[BaseModel], prefix: str) -> list[str]:
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             out.extend(describe_section(ann, key))
             continue
-        default = field.default
-        if isinstance(default, Path):
-            default = str(default)
-        out.append(f"{key} = {default!r}: {field.description or ''}")
+        default = field.get_default(call_default_factory=True)
+        out.append(f"{key} = {yaml_value(default)}: {field.description or ''}")
     return out
+
+
+def yaml_value(value: Any) -> str:
+    """`value` as it is written in YAML or after `--set key=` (`null`, not Python's `None`):
+    what `--help` prints, so a default copied from it means the same thing."""
+    if isinstance(value, BaseModel):
+        value = to_dict(value)
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return v
+
+    text = yaml.safe_dump(plain(value), default_flow_style=True, width=10**6, sort_keys=False)
+    return text.strip().removesuffix("...").strip()

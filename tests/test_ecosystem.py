@@ -50,3 +50,56 @@ def test_the_pad_token_never_shrinks_a_pythia_shaped_embedding_matrix(tmp_path):
         loaded.get_output_embeddings().weight[50277:, 0] = 100.0  # make the spare rows likely
     *_, resp, mask, _ = sample(loaded, ltok, ["w1 w2", "w3"], 6, 1.0, 1.0, seed=0)
     assert (resp[mask] < 50277).all()
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_version_env_and_completion():
+    from importlib import metadata
+
+    import yaml
+
+    res = _cli("--version")
+    assert res.exit_code == 0 and res.output.strip() == f"fairl {metadata.version('fairl')}"
+    res = _cli("env")
+    assert res.exit_code == 0, res.output
+    env = yaml.safe_load(res.output)
+    assert env["packages"]["torch"] == torch.__version__
+    assert env["devices"]["cuda"] == torch.cuda.is_available()
+    assert {"fairl", "hf_hub"} <= set(env["caches"])
+    assert "--install-completion" in _cli("--help").output
+
+
+def test_help_lists_every_key_with_yaml_defaults():
+    """Each stage's --help names the shared sections' keys too, and prints defaults as YAML: a
+    default copied into --set means what it says (`null`, never the path 'None')."""
+    from pipeline.config import ExperimentConfig, describe_section, load_config
+
+    for command, section in (("irl", "irl"), ("evaluate", "evaluate"), ("re-rlhf", "re_rlhf")):
+        out = " ".join(_cli(command, "--help").output.split())
+        for shared in ("run.root", "world.kind", "ground_truth.kind", "prompts.source"):
+            assert f"{shared} =" in out, (command, shared)
+        cls = ExperimentConfig.model_fields[section].annotation
+        for line in describe_section(cls, section):
+            assert line.split(" = ")[0] + " =" in out, (command, line)
+        assert "= None" not in out and "= 'None'" not in out
+    out = " ".join(_cli("evaluate", "--help").output.split())
+    assert "evaluate.heldout = null:" in out
+    # copied back through --set, the printed default is the default
+    assert load_config(None, ["evaluate.heldout=null"]).evaluate.heldout is None
+
+
+def test_run_needs_a_config_or_defaults(tmp_path):
+    res = _cli("run")
+    assert res.exit_code == 2 and "needs a config file" in res.output and "--defaults" in res.output
+    # --defaults goes on, here to the first stage's missing input
+    stages = ("--set", "run.stages=[evaluate]")
+    res = _cli("run", "--defaults", "--set", f"run.root={tmp_path}", *stages)
+    assert res.exit_code == 4 and "fairl irl" in res.output, res.output

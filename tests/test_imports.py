@@ -68,6 +68,7 @@ CORE = (
     "pipeline.hub",
     "pipeline.seeds",
     "pipeline.figures",
+    "pipeline.env",
 )
 LAZY_CLI = "cli/main.py"  # may import fairl modules inside functions (fast `--help`)
 PACKAGE_INIT = "pipeline/__init__.py"  # may import libraries inside its `__getattr__`
