@@ -103,3 +103,71 @@ def test_run_needs_a_config_or_defaults(tmp_path):
     stages = ("--set", "run.stages=[evaluate]")
     res = _cli("run", "--defaults", "--set", f"run.root={tmp_path}", *stages)
     assert res.exit_code == 4 and "fairl irl" in res.output, res.output
+
+
+# -------------------------------------------------------------------------------- pairs for TRL
+def test_trl_columns_share_a_prompt_only_when_both_sides_answer_it():
+    import pandas as pd
+
+    from pipeline.data.pairs import trl_columns
+
+    same = pd.DataFrame({"prompt": ["p1 ", "p2 "], "chosen": ["a", "b"], "rejected": ["c", "d"]})
+    assert trl_columns(same).to_dict("list") == {
+        "prompt": ["p1 ", "p2 "], "chosen": ["a", "b"], "rejected": ["c", "d"]
+    }  # fmt: skip
+    per_side = same.assign(chosen_prompt=["p1 ", None], rejected_prompt=["q1 ", "p2 "])
+    assert trl_columns(per_side).to_dict("list") == {
+        "chosen": ["p1 a", "p2 b"], "rejected": ["q1 c", "p2 d"]
+    }  # fmt: skip
+
+
+def test_published_pairs_train_trl_reward_and_dpo_trainers(tmp_path, micro_world):
+    """make-pairs on the micro world publishes train/test apart (parquet per split and a
+    DatasetDict); TRL's RewardTrainer and DPOTrainer each take a step on `train` as it is; the
+    expert's generation_config is the sampling fairl evaluated it with."""
+    import pandas as pd
+    from conftest import micro_config
+    from datasets import load_from_disk
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        GenerationConfig,
+    )
+    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
+
+    cfg = micro_config(tmp_path)
+    for command in ("train-expert", "make-pairs"):
+        res = _cli(command, cfg, "-q")
+        assert res.exit_code == 0, res.output
+    run = tmp_path / "runs" / "m"
+    gen = GenerationConfig.from_pretrained(run / "train_expert" / "model")
+    assert gen.do_sample and gen.top_k == 0 and gen.max_new_tokens == 12
+    assert gen.temperature == 1.0 and gen.suppress_tokens == [gen.pad_token_id]
+
+    pairs = pd.read_parquet(run / "make_pairs" / "pairs.parquet")
+    ds = load_from_disk(str(run / "make_pairs" / "trl"))
+    assert set(ds) == {"train", "test"} and ds["train"].column_names == ["prompt", "chosen",
+                                                                          "rejected"]  # fmt: skip
+    for split in ("train", "test"):
+        part = pairs[pairs["split"] == split]
+        assert ds[split]["chosen"] == part["chosen"].tolist()
+        assert pd.read_parquet(run / "make_pairs" / f"{split}.parquet")["prompt"].tolist() == (
+            part["prompt"].tolist()
+        )
+    train = ds["train"].select(range(8))
+    base = str(micro_world.base_lm)
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    common = {"output_dir": str(tmp_path / "trl"), "max_steps": 1, "per_device_train_batch_size": 4,
+              "use_cpu": True, "bf16": False, "report_to": [], "save_strategy": "no",
+              "logging_steps": 1}  # fmt: skip
+
+    rm = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    rm.config.pad_token_id = tok.pad_token_id
+    out = RewardTrainer(rm, RewardConfig(**common), train_dataset=train, processing_class=tok)
+    assert out.train().global_step == 1
+
+    lm = AutoModelForCausalLM.from_pretrained(base)
+    out = DPOTrainer(lm, args=DPOConfig(**common), train_dataset=train, processing_class=tok)
+    assert out.train().global_step == 1

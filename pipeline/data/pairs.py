@@ -24,6 +24,15 @@ by-prompt carve would hold out a whole prompt, far more than the fraction, or no
 part is then carved by pair. `PairSet.split_rule` records which rule made each part, and the
 rule is logged.
 
+TRL. `write_trl_splits` publishes the pairs in TRL's preference format, one split per file
+(`train.parquet`, `test.parquet`) and as a `datasets.DatasetDict` (`trl/`), so that TRL's
+RewardTrainer and DPOTrainer train on `train` as it is and never see a test pair. When every
+pair's two completions answer one prompt, the columns are `prompt`, `chosen`, `rejected`
+(explicit prompt). When they answer different prompts (the RealToxicityPrompts continuations:
+`chosen_prompt` / `rejected_prompt`), a shared `prompt` would be wrong for one side, so there is
+no `prompt` column and each side carries its own: `chosen` = chosen_prompt + chosen, `rejected`
+= rejected_prompt + rejected (TRL's implicit-prompt format).
+
 Nulls: a null text is always an error. A null or non-finite (inf) score or label is an error
 by default (`irl.null_scores: error`); `drop` removes those rows and says how many.
 Messages name records by their 1-based line in a JSONL file and their 1-based row in a
@@ -371,3 +380,37 @@ def _rows(idx: list, unit: str = "row", limit: int = 8) -> str:
     shown = ", ".join(str(i) for i in idx[:limit])
     more = f", ... ({len(idx)} in all)" if len(idx) > limit else ""
     return f"{unit}{'s' if len(idx) > 1 else ''} {shown}{more}"
+
+
+def trl_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """The pairs in TRL's preference format (module docstring): explicit prompt when both sides
+    share it, else implicit (each side's own prompt prepended)."""
+    prompt = df["prompt"].fillna("") if "prompt" in df else pd.Series("", index=df.index)
+    sides = {
+        side: df[f"{side}_prompt"].fillna(prompt) if f"{side}_prompt" in df else prompt
+        for side in ("chosen", "rejected")
+    }
+    if (sides["chosen"] == sides["rejected"]).all():
+        return pd.DataFrame(
+            {"prompt": sides["chosen"], "chosen": df["chosen"], "rejected": df["rejected"]}
+        ).reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            "chosen": sides["chosen"] + df["chosen"],
+            "rejected": sides["rejected"] + df["rejected"],
+        }
+    ).reset_index(drop=True)
+
+
+def write_trl_splits(df: pd.DataFrame, out_dir: Path) -> dict[str, int]:
+    """`train.parquet`, `test.parquet` and `trl/` (a DatasetDict with those splits) in
+    `out_dir`; returns the pairs per split."""
+    from datasets import Dataset, DatasetDict  # heavy, needed here only
+
+    splits = {}
+    for name in ("train", "test"):
+        part = trl_columns(df[df["split"] == name])
+        part.to_parquet(Path(out_dir) / f"{name}.parquet", index=False)
+        splits[name] = Dataset.from_pandas(part, preserve_index=False)
+    DatasetDict(splits).save_to_disk(str(Path(out_dir) / "trl"))
+    return {k: len(v) for k, v in splits.items()}

@@ -9,7 +9,9 @@ source: generate  One completion from the base model (o-, `rejected`) and one fr
                   with seeds derived from their index and written one file each, so an
                   interrupted run resumes and yields exactly the pairs of an uninterrupted one.
 
-Writes `runs/<name>/make_pairs/pairs.parquet` (+ pairs.jsonl for reading) and summary.json.
+Writes `runs/<name>/make_pairs/pairs.parquet` (+ pairs.jsonl for reading) and summary.json, and
+the pairs in TRL's preference format (pipeline.data.pairs.write_trl_splits): `train.parquet`,
+`test.parquet` and `trl/` (a DatasetDict), so TRL trainers never see a test pair.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pipeline.artifacts import (
     write_json,
 )
 from pipeline.config import ExperimentConfig, fingerprint, to_dict
-from pipeline.data.pairs import swap_sides
+from pipeline.data.pairs import swap_sides, write_trl_splits
 from pipeline.data.prompts import prompts_config, select_prompts
 from pipeline.data.rtp import load_rtp, pairs_from_continuations
 from pipeline.data.splits import carve
@@ -62,6 +64,7 @@ def _from_dataset(cfg: ExperimentConfig, force: bool) -> Path:
         df, stats = pairs_from_continuations(load_rtp(files), mp.dataset, cfg.run.seed)
         df.to_parquet(run.path("pairs.parquet"), index=False)
         df.to_json(run.path("pairs.jsonl"), orient="records", lines=True, force_ascii=False)
+        write_trl_splits(df, run.work_dir)  # train.parquet, test.parquet, trl/ (for TRL)
         write_json(run.path("summary.json"), stats)
         log.info(
             "make-pairs: %d pairs (%d train, %d test) from %d records; %s",
@@ -116,6 +119,7 @@ def _generate(cfg: ExperimentConfig, force: bool) -> Path:
         df["split"] = np.where(held, "test", "train")
         df.to_parquet(run.path("pairs.parquet"), index=False)
         df.to_json(run.path("pairs.jsonl"), orient="records", lines=True, force_ascii=False)
+        write_trl_splits(df, run.work_dir)  # train.parquet, test.parquet, trl/ (for TRL)
         stats = {
             "pairs": len(df),
             "flipped": int(flipped.sum()),

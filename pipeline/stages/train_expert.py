@@ -80,6 +80,18 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
                 )
         if not run.is_main:
             return  # other ranks trained with rank 0; rank 0 writes and evaluates
+        # the sampling fairl evaluates the expert with (pipeline.policy.models.sample), so that
+        # `generate()` on the saved model reproduces it: no top-k, PAD suppressed
+        expert.generation_config.update(
+            do_sample=True,
+            temperature=te.generation.temperature,
+            top_p=te.generation.top_p,
+            top_k=0,
+            max_new_tokens=te.generation.max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            suppress_tokens=[tok.pad_token_id],
+        )
         expert.save_pretrained(str(run.path("model")))
         tok.save_pretrained(str(run.path("model")))
         # 3. Base vs expert on the held-out prompts, same sampling seeds.
