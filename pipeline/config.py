@@ -33,6 +33,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -228,6 +229,28 @@ class RunSection(Section):
         "Stages `fairl run` chains, in pipeline order. Default: every stage whose section "
         "appears in the config file.",
     )
+    report_to: list[Literal["none", "tensorboard", "wandb", "trackio"]] = _f(
+        ["none"],
+        "Experiment trackers each stage's metrics also go to (accelerate's trackers; TRL's "
+        "report_to for GRPO/RLOO), besides metrics.jsonl: none, or any of tensorboard (event "
+        "files in <stage>/tracking/), wandb, trackio. Not part of a stage's fingerprint: a "
+        "stage already done is not logged again (--force).",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _none_alone(self) -> RunSection:
+        if "none" in self.report_to and len(self.report_to) > 1:
+            raise ValueError("report_to: `none` cannot be combined with a tracker")
+        return self
+
+    @property
+    def trackers(self) -> list[str]:
+        return [t for t in self.report_to if t != "none"]
 
 
 # ------------------------------------------------------------------------ offline world

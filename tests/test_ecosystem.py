@@ -171,3 +171,44 @@ def test_published_pairs_train_trl_reward_and_dpo_trainers(tmp_path, micro_world
     lm = AutoModelForCausalLM.from_pretrained(base)
     out = DPOTrainer(lm, args=DPOConfig(**common), train_dataset=train, processing_class=tok)
     assert out.train().global_step == 1
+
+
+# ------------------------------------------------------------------------------------- tracking
+def test_report_to_tensorboard_writes_events_tensorboard_reads(tmp_path, micro_world):
+    """run.report_to=tensorboard: PPO, IRL and evaluate scalars in event files that
+    tensorboard's own reader loads; metrics.jsonl is still written."""
+    from conftest import micro_config
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = micro_config(tmp_path, run__report_to="tensorboard", irl__methods=["me"])
+    for command in ("train-expert", "make-pairs", "irl", "evaluate"):
+        res = _cli(command, cfg, "-q")
+        assert res.exit_code == 0, res.output
+    run = tmp_path / "runs" / "m"
+
+    def tags(stage: str) -> set[str]:
+        events = list((run / stage / "tracking").rglob("events.out.tfevents.*"))
+        assert events, f"{stage} wrote no event file"
+        out = set()
+        for e in events:
+            acc = EventAccumulator(str(e))
+            acc.Reload()
+            out |= set(acc.Tags()["scalars"])
+        return out
+
+    assert {"ppo/kl", "ppo/score", "ppo/pg_loss", "ppo/entropy"} <= tags("train_expert")
+    assert "method=me/seed=0/irl/val_loss" in tags("irl")
+    assert "method=me/evaluate/test/auc" in tags("evaluate")
+    assert (run / "irl" / "metrics.jsonl").stat().st_size > 0
+
+
+def test_report_to_refuses_none_with_a_tracker():
+    import pytest
+
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+
+    assert load_config(None, ["run.report_to=tensorboard"]).run.trackers == ["tensorboard"]
+    assert load_config(None, []).run.trackers == []
+    with pytest.raises(ConfigError, match="none"):
+        load_config(None, ["run.report_to=[none, wandb]"])

@@ -137,8 +137,12 @@ def train_trl(
     work_dir: Path,
     sink: MetricsSink,
     namespace: str = "trl",
+    report_to: Sequence[str] = (),
 ):
-    """GRPO or RLOO through TRL, with the same reward interface. Returns (model, tokenizer)."""
+    """GRPO or RLOO through TRL, with the same reward interface. Returns (model, tokenizer).
+    `report_to` (run.report_to's trackers) goes to TRL, which logs to them live (tensorboard:
+    under <work_dir>/trl/runs/); the metrics sink then gets TRL's log history for
+    metrics.jsonl only, so no tracker sees a value twice. TRL's progress bar is on."""
     from datasets import Dataset  # TRL's path only: imported on first use
 
     model, tok = load_policy(base_model)
@@ -157,7 +161,8 @@ def train_trl(
         beta=trl_cfg.beta,
         max_steps=trl_cfg.steps,
         logging_steps=1,
-        report_to=[],
+        report_to=list(report_to),
+        disable_tqdm=False,
         save_strategy="no",
         seed=seed,
         data_seed=seed,
@@ -182,8 +187,13 @@ def train_trl(
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback  # TRL path only
 
+    class Bar(ProgressCallback):  # the progress bar without its dump of every log dict
+        def on_log(self, *args, **kwargs):
+            pass
+
     for cb in (PrinterCallback, ProgressCallback):  # their dict dumps duplicate our metrics sink
         trainer.remove_callback(cb)
+    trainer.add_callback(Bar())
     trainer.train()
     sink.rewind(0, namespace)  # this run starts afresh: rows of a killed one are replaced
     for i, row in enumerate(trainer.state.log_history):
@@ -194,6 +204,7 @@ def train_trl(
                 for k, v in row.items()
                 if isinstance(v, (int, float)) and k != "step"
             },
+            track=not report_to,  # TRL logged these to the trackers itself
         )
     return trainer.model.eval(), tok
 

@@ -50,6 +50,7 @@ from pipeline.evaluate.plots import (
 )
 from pipeline.evaluate.report import render_report
 from pipeline.irl.reward import RewardModel, reward_dir
+from pipeline.metrics import stage_sink
 
 log = logging.getLogger("fairl.evaluate")
 
@@ -127,6 +128,10 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
             **evaluate_rewards(inputs, comparisons),
         }
         write_json(run.path("metrics.json"), metrics)
+        # the final metrics to the trackers (run.report_to): each method's mean over seeds
+        with stage_sink(run, cfg.run.trackers, cfg.run.name, jsonl=False) as sink:
+            for method, m in metrics["methods"].items():
+                sink.log(0, {f"evaluate/{k}": v for k, v in m["mean"].items()}, method=method)
 
         # 6. The plots and report.md.
         plots = []

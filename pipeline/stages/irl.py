@@ -34,7 +34,7 @@ from pipeline.irl.heads import make_head
 from pipeline.irl.methods import method_spec
 from pipeline.irl.plots import plot_training_curves
 from pipeline.irl.reward import RewardModel, reward_dir
-from pipeline.metrics import MetricsSink
+from pipeline.metrics import stage_sink
 from pipeline.seeds import derive_seed
 
 log = logging.getLogger("fairl.irl")
@@ -141,7 +141,7 @@ def _fit(run: StageRun, cfg: ExperimentConfig, pairs: PairSet, specs, embedder: 
         lr=irl.lr, batch_size=irl.batch_size, max_epochs=irl.max_epochs, patience=irl.patience
     )
     log.info("irl: training %d methods x %d seeds (%s head)", len(specs), len(irl.seeds), irl.head)
-    with run.timed("train"), MetricsSink(run.path("metrics.jsonl")) as sink:
+    with run.timed("train"), stage_sink(run, cfg.run.trackers, cfg.run.name) as sink:
         trained = train_bank(data, specs, irl.seeds, head, optim, sink=sink)
 
     # 4. Save each reward: safetensors + JSON, and a plain sentence-transformers export.

@@ -28,7 +28,7 @@ from pipeline.errors import ConfigError, FairlError
 from pipeline.evaluate.metrics import t_interval
 from pipeline.hub import model_inputs, resolve_model
 from pipeline.irl.reward import reward_dir
-from pipeline.metrics import MetricsSink
+from pipeline.metrics import MetricsSink, stage_sink
 from pipeline.policy.models import load_policy
 from pipeline.policy.plots import plot_curves
 from pipeline.policy.rl import discard_checkpoints, measure_toxicity, train_ppo, train_trl
@@ -129,7 +129,7 @@ def _re_rlhf(run: StageRun, cfg, base, rewards, train_prompts, eval_prompts, gt)
         return m
 
     start = {**measure(base_model, base_tok), "kl_to_base": 0.0}  # the base, at KL 0 to itself
-    with MetricsSink(run.path("metrics.jsonl")) as sink:
+    with stage_sink(run, cfg.run.trackers, cfg.run.name) as sink:
         for name, spec, seed in jobs:
             work = _work_dir(run, name, seed)
             if _is_done(curves, name, seed):
@@ -181,6 +181,7 @@ def _re_rlhf(run: StageRun, cfg, base, rewards, train_prompts, eval_prompts, gt)
                     work,
                     sink,
                     namespace=namespace,
+                    report_to=cfg.run.trackers,
                 )
                 points.append({"step": rr.trl.steps, **measure(model, tok, reference=base_model)})
             entry = curves.setdefault(name, {"reward": spec, "seeds": {}})

@@ -19,7 +19,7 @@ from pipeline.artifacts import StageRun, run_stage, write_json
 from pipeline.config import ExperimentConfig, to_dict
 from pipeline.data.prompts import prompts_config, select_prompts
 from pipeline.hub import model_inputs, resolve_model
-from pipeline.metrics import MetricsSink
+from pipeline.metrics import stage_sink
 from pipeline.policy.models import load_policy
 from pipeline.policy.plots import plot_rl_curves
 from pipeline.policy.rl import discard_checkpoints, measure_toxicity, train_ppo, train_trl
@@ -50,8 +50,7 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
             len(eval_prompts),
         )
         # 2. RL against the ground truth (resumes from the work directory's checkpoint).
-        sink_path = run.path("metrics.jsonl") if run.is_main else None
-        with MetricsSink(sink_path) as sink, run.timed("train"):
+        with stage_sink(run, cfg.run.trackers, cfg.run.name) as sink, run.timed("train"):
             if te.algorithm == "ppo":
                 trainer = train_ppo(
                     base,
@@ -77,6 +76,7 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
                     run.work_dir,
                     sink,
                     namespace=te.algorithm,
+                    report_to=cfg.run.trackers,
                 )
         if not run.is_main:
             return  # other ranks trained with rank 0; rank 0 writes and evaluates
