@@ -130,6 +130,11 @@ def test_sentence_transformers_export_reproduces_the_scores(tmp_path, head_kind)
     plain = st.encode(TEXTS, convert_to_tensor=True)[:, 0]
     ours = r.score(TEXTS)
     torch.testing.assert_close(plain, ours, **SCORE_TOL)
+    # never a sequence classifier with a freshly initialised head: transformers refuses it
+    from transformers import AutoModelForSequenceClassification
+
+    with pytest.raises((OSError, ValueError), match="config.json"):
+        AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "st"))
 
 
 def test_hard_linked_exports_do_not_share_their_heads(tmp_path):
@@ -140,8 +145,8 @@ def test_hard_linked_exports_do_not_share_their_heads(tmp_path):
     a.export_sentence_transformers(tmp_path / "a", enc)
     b.export_sentence_transformers(tmp_path / "b", enc, link_from=tmp_path / "a")
     assert (
-        os.stat(tmp_path / "a" / "model.safetensors").st_ino
-        == os.stat(tmp_path / "b" / "model.safetensors").st_ino
+        os.stat(tmp_path / "a" / "0_Transformer" / "model.safetensors").st_ino
+        == os.stat(tmp_path / "b" / "0_Transformer" / "model.safetensors").st_ino
     )
     sa = SentenceTransformer(str(tmp_path / "a"), device="cpu").encode(
         TEXTS, convert_to_tensor=True

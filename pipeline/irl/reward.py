@@ -229,6 +229,7 @@ class RewardModel:
             else:
                 encoder = SentenceTransformer(str(encoder_dir), device="cpu")
                 SentenceTransformer(modules=[*encoder, *dense], device="cpu").save(str(tmp))
+                _transformer_into_subfolder(tmp)
             (tmp / "README.md").unlink(
                 missing_ok=True
             )  # may be a hard link: never write through it
@@ -239,6 +240,31 @@ class RewardModel:
                     text=self.meta.get("text", "completion"),
                 )
             )
+
+
+TRANSFORMER_DIR = "0_Transformer"
+
+
+def _transformer_into_subfolder(export: Path) -> None:
+    """Move the encoder's Transformer module out of the export's top directory into
+    `0_Transformer/`. With a config.json on top, `AutoModelForSequenceClassification` (and so
+    TRL, handed the path) would "load" the export as a classifier with a freshly initialised
+    head whose outputs have nothing to do with the reward; without one it refuses, loudly.
+    sentence-transformers finds the module through modules.json either way."""
+    modules = json.loads((export / "modules.json").read_text())
+    top = [m for m in modules if m["path"] in ("", ".")]
+    if not top:
+        return
+    keep = {"modules.json", "config_sentence_transformers.json", "README.md"}
+    keep |= {m["path"] for m in modules if m["path"] not in ("", ".")}
+    sub = export / TRANSFORMER_DIR
+    sub.mkdir()
+    for f in list(export.iterdir()):
+        if f.name not in keep and f != sub:
+            f.rename(sub / f.name)
+    for m in top:
+        m["path"] = TRANSFORMER_DIR
+    (export / "modules.json").write_text(json.dumps(modules, indent=2))
 
 
 def _link_or_copy(src: str, dst: str) -> None:
