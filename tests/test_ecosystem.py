@@ -212,3 +212,63 @@ def test_report_to_refuses_none_with_a_tracker():
     assert load_config(None, []).run.trackers == []
     with pytest.raises(ConfigError, match="none"):
         load_config(None, ["run.report_to=[none, wandb]"])
+
+
+def test_a_reward_as_a_trl_reward_function_drives_a_grpo_step(tmp_path, micro_world):
+    """pipeline.reward_function(path) scores like the reward, and GRPOTrainer takes a step with
+    it as its only reward function (the step's logged reward is the function's mean)."""
+    import yaml
+    from conftest import make_pairs_records, small_config, write_jsonl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    import pipeline
+
+    cfg = small_config(tmp_path, write_jsonl(tmp_path / "p.jsonl", make_pairs_records(80)),
+                       methods=["me"])  # fmt: skip
+    doc = yaml.safe_load(cfg.read_text())
+    doc["irl"]["seeds"] = [0]
+    cfg.write_text(yaml.safe_dump(doc))
+    assert _cli("irl", cfg, "-q").exit_code == 0
+    path = tmp_path / "runs" / "t" / "irl" / "rewards" / "me" / "seed-0"
+    f = pipeline.reward_function(path)
+    texts = ["you are an idiot", "have a lovely day"]
+    got = f(prompts=["a", "b"], completions=texts)
+    assert got == pipeline.load_reward(path).score(texts).double().tolist()
+    assert f(completions=[[{"role": "assistant", "content": texts[0]}]]) == got[:1]
+
+    base = str(micro_world.base_lm)
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    seen = []
+
+    def spy(prompts=None, completions=None, **kw):
+        out = f(prompts=prompts, completions=completions, **kw)
+        seen.extend(out)
+        return out
+
+    spy.__name__ = f.__name__
+    trainer = GRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(base),
+        reward_funcs=[spy],
+        args=GRPOConfig(
+            output_dir=str(tmp_path / "grpo"),
+            max_steps=1,
+            use_cpu=True,
+            bf16=False,
+            disable_dropout=True,
+            per_device_train_batch_size=4,
+            num_generations=4,
+            max_completion_length=8,
+            report_to=[],
+            save_strategy="no",
+            logging_steps=1,
+        ),  # fmt: skip
+        train_dataset=Dataset.from_dict({"prompt": ["the weather is", "you are"] * 4}),
+        processing_class=tok,
+    )
+    assert trainer.train().global_step == 1 and len(seen) >= 4
+    logged = [r for r in trainer.state.log_history if "reward" in r]
+    (row,) = logged  # TRL names the function in its log, and its mean is the step's reward
+    assert abs(row[f"rewards/{f.__name__}/mean"] - sum(seen) / len(seen)) < 1e-6

@@ -375,3 +375,25 @@ def _check_params(file: Path, head: RewardHead, prefix: str, params: dict) -> No
 def load_reward(path: Path) -> RewardModel:
     """Load a reward saved by `fairl irl` (the directory holding reward.json)."""
     return RewardModel.load(path)
+
+
+def reward_function(path: str | Path, batch_size: int = 64):
+    """The reward at `path` as a TRL reward function: `f(prompts, completions, **kwargs)` ->
+    one float per completion, as GRPOTrainer and RLOOTrainer call it
+    (`GRPOTrainer(reward_funcs=[reward_function(path)], ...)`). Conversational completions
+    (lists of messages) are scored on their last message's content; a reward trained on
+    prompt+completion gets the prompts prepended. Its `__name__` names it in TRL's logs."""
+    reward = load_reward(Path(path))
+
+    def text(x) -> str:
+        if isinstance(x, list):  # conversational: [{"role": ..., "content": ...}, ...]
+            return x[-1]["content"] if x else ""
+        return x
+
+    def fairl_reward(prompts=None, completions=None, **_) -> list[float]:
+        completions = [text(c) for c in completions]
+        ps = [text(p) for p in prompts] if prompts is not None else None
+        return reward.score(completions, ps, batch_size).double().tolist()
+
+    fairl_reward.__name__ = f"fairl_{reward.meta.get('method', 'reward')}"
+    return fairl_reward
