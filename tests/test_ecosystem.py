@@ -3,7 +3,12 @@ that other libraries load."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
+
+from pipeline.errors import FairlError
 
 
 def test_the_pad_token_never_shrinks_a_pythia_shaped_embedding_matrix(tmp_path):
@@ -203,8 +208,6 @@ def test_report_to_tensorboard_writes_events_tensorboard_reads(tmp_path, micro_w
 
 
 def test_report_to_refuses_none_with_a_tracker():
-    import pytest
-
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
 
@@ -272,3 +275,72 @@ def test_a_reward_as_a_trl_reward_function_drives_a_grpo_step(tmp_path, micro_wo
     logged = [r for r in trainer.state.log_history if "reward" in r]
     (row,) = logged  # TRL names the function in its log, and its mean is the step's reward
     assert abs(row[f"rewards/{f.__name__}/mean"] - sum(seen) / len(seen)) < 1e-6
+
+
+# ---------------------------------------------------------------------------- rewards on the hub
+def test_push_then_load_by_repo_id_from_a_local_hub_cache(tmp_path, monkeypatch):
+    """`fairl push` uploads the reward, its export and a model card (nothing written into the
+    run); the same files laid out as the hub cache holds them load by repo id, offline."""
+    import shutil
+
+    import huggingface_hub
+    import yaml
+    from conftest import make_pairs_records, small_config, write_jsonl
+    from huggingface_hub import constants
+
+    import pipeline
+
+    cfg = small_config(tmp_path, write_jsonl(tmp_path / "p.jsonl", make_pairs_records(80)),
+                       methods=["me"])  # fmt: skip
+    doc = yaml.safe_load(cfg.read_text())
+    doc["irl"]["seeds"] = [0]
+    cfg.write_text(yaml.safe_dump(doc))
+    assert _cli("irl", cfg, "-q").exit_code == 0
+    path = tmp_path / "runs" / "t" / "irl" / "rewards" / "me" / "seed-0"
+    card = (path / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: fairl\n") and "| method | me |" in card
+    before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+    uploaded = {}
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kw):
+            uploaded["repo"] = repo_id
+
+        def upload_folder(self, repo_id, folder_path, allow_patterns, **kw):
+            import fnmatch
+
+            for f in Path(folder_path).rglob("*"):
+                rel = f.relative_to(folder_path).as_posix()
+                if f.is_file() and any(fnmatch.fnmatch(rel, p) for p in allow_patterns):
+                    uploaded[rel] = f.read_bytes()
+
+        def upload_file(self, path_or_fileobj, path_in_repo, repo_id, **kw):
+            uploaded[path_in_repo] = path_or_fileobj
+            return "https://hf.co/me/toxicity-reward/commit/0"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    res = _cli("push", path, "me/toxicity-reward")
+    assert res.exit_code == 0 and "commit" in res.output, res.output
+    assert uploaded["repo"] == "me/toxicity-reward"
+    assert {"reward.json", "reward.safetensors", "README.md"} <= set(uploaded)
+    assert any(k.startswith("sentence-transformer/") for k in uploaded)
+    assert uploaded["README.md"].decode() == card
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
+
+    # the hub cache layout: models--<org>--<name>/snapshots/<commit>/..., refs/main
+    cache = tmp_path / "hub"
+    snap = cache / "models--me--toxicity-reward" / "snapshots" / ("0" * 40)
+    for rel in ("reward.json", "reward.safetensors", "README.md"):
+        (snap / rel).parent.mkdir(parents=True, exist_ok=True)
+        (snap / rel).write_bytes(uploaded[rel])
+    (cache / "models--me--toxicity-reward" / "refs").mkdir()
+    (cache / "models--me--toxicity-reward" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    got = pipeline.load_reward("me/toxicity-reward")
+    texts = ["you are an idiot", "have a lovely day"]
+    assert torch.equal(got.score(texts), pipeline.load_reward(path).score(texts))
+    shutil.rmtree(cache)
+    with pytest.raises(FairlError, match="cannot be fetched"):
+        pipeline.load_reward("me/toxicity-reward")

@@ -29,9 +29,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.artifacts import atomic_dir, atomic_path, write_json
+from pipeline.artifacts import atomic_dir, atomic_path, write_json, write_text
 from pipeline.embed import Embedder
 from pipeline.errors import FairlError, MissingArtifactError
+from pipeline.hub import download_reward, is_repo_id
 from pipeline.irl.heads import RewardHead, make_head
 
 FORMAT = "fairl-reward"
@@ -136,6 +137,11 @@ class RewardModel:
                 **({"corrections": corrections} if corrections else {}),
             },
         )
+        write_text(path / "README.md", self.card())
+
+    def card(self) -> str:
+        """This reward's model card (README.md): `model_card` of its description."""
+        return model_card({**self.head.describe(), **self.meta})
 
     @classmethod
     def load(cls, path: Path) -> RewardModel:
@@ -372,9 +378,58 @@ def _check_params(file: Path, head: RewardHead, prefix: str, params: dict) -> No
             raise _damaged(file, f"holds non-finite values (NaN or inf) in {prefix}.{name}")
 
 
-def load_reward(path: Path) -> RewardModel:
-    """Load a reward saved by `fairl irl` (the directory holding reward.json)."""
-    return RewardModel.load(path)
+def load_reward(path: Path | str, revision: str | None = None) -> RewardModel:
+    """Load a reward saved by `fairl irl` or `fairl refine` (the directory holding
+    reward.json), or one pushed to the hub by `fairl push` (its repo id, `org/name`)."""
+    if is_repo_id(str(path)):
+        path = download_reward(str(path), revision)
+    return RewardModel.load(Path(path))
+
+
+def model_card(meta: dict) -> str:
+    """README.md of a reward directory (and of its hub repo): YAML metadata for the hub, then
+    what the reward is, how it was trained, and how to load it."""
+    import yaml  # light; pyyaml is a dependency anyway
+
+    enc = meta.get("encoder", {})
+    tr = meta.get("training", {})
+    front = {
+        "library_name": "fairl",
+        "tags": ["fairl", "reward-model", "inverse-reinforcement-learning", "fa-irl"],
+        "base_model": enc.get("name"),
+        "model-index": None,
+    }
+    front = {k: v for k, v in front.items() if v is not None}
+    lineage = meta.get("lineage", [])
+    rows = [
+        ("method", meta.get("method")),
+        ("seed", meta.get("seed")),
+        ("head", f"{meta.get('head')} (hidden {meta.get('hidden', 0)})"),
+        ("encoder", f"{enc.get('name')} (file fingerprint {enc.get('fingerprint')})"),
+        ("input text", meta.get("text", "completion")),
+        ("training pairs", meta.get("pairs")),
+        ("best epoch / epochs run", f"{tr.get('best_epoch')} / {tr.get('epochs_run')}"),
+        ("best validation loss", tr.get("best_val_loss")),
+        ("refinements (fairl refine)", len(lineage)),
+    ]
+    name = f"{meta.get('method')}, seed {meta.get('seed')}"
+    return (
+        "---\n"
+        + yaml.safe_dump(front, sort_keys=False)
+        + "---\n\n"
+        + f"# fairl reward ({name})\n\n"
+        + "A reward recovered by inverse RL with fairl (Failure-Aware IRL): R(o) = R_D(h(o)) + "
+        "R_F(h(o)) on a frozen sentence encoder h, higher is better.\n\n"
+        + "| | |\n|---|---|\n"
+        + "".join(f"| {k} | {v} |\n" for k, v in rows)
+        + "\n```python\nimport pipeline  # pip install fairl\n\n"
+        'reward = pipeline.load_reward("<this directory or repo id>")\n'
+        "scores = reward.score(texts)            # one reward per completion\n"
+        'reward_fn = pipeline.reward_function("<this directory or repo id>")  # for TRL\n```\n\n'
+        "`sentence-transformer/` (where present) computes the same scores with "
+        "sentence-transformers alone: `SentenceTransformer(path).encode(texts)[:, 0]`. It is "
+        "not a sequence classifier.\n"
+    )
 
 
 def reward_function(path: str | Path, batch_size: int = 64):
