@@ -385,7 +385,7 @@ class PPOSection(Section):
     normalize_reward: Literal["auto", "always", "never"] = _f(
         "auto",
         "Normalise the score to mean 0 / std 1 on reference-policy samples: auto = for "
-        "learned rewards only (their scale is arbitrary).",
+        "learned rewards and hub reward models only (hf:..., their scale is arbitrary).",
     )
     normalize_samples: int = _f(128, "Reference samples used for that normalisation.", gt=1)
     missing_eos_penalty: float | None = _f(None, "Subtract this from responses that never end.")
@@ -687,8 +687,10 @@ class ReRLHFSection(Section):
     base_model: str | None = _f(None, "Base LM to fine-tune; default train_expert.base_model.")
     rewards: dict[PlainName, str] = _f(
         {"ground_truth": "ground_truth", "fa-irl": "irl:fa-me-margin", "irl": "irl:me"},
-        "name -> reward: `ground_truth`, `irl:<method>` (this run's irl, first seed), or a "
-        "reward directory. Each name becomes re_rlhf/runs/<name>/, so it is a plain name as "
+        "name -> reward: `ground_truth`, `irl:<method>` (this run's irl, first seed), a "
+        "reward directory (a refined one too), or a hub sequence-classification model, "
+        "`hf:<model>` (one output) or `hf:<model>#<label>` (that class's raw logit). Each name "
+        "becomes re_rlhf/runs/<name>/, so it is a plain name as "
         "for run.name.",
     )
     seeds: list[int] = _f(

@@ -8,6 +8,10 @@
                      reward = log((1 - p) / p), the logit of "not offensive"; toxic = p > 0.5.
     lexicon          the offline world's exact ground truth (pipeline.world.grammar).
     learned          a reward saved by `fairl irl` (a reward directory): reward only.
+    hf-reward        any hub sequence-classification model as a reward (`hf:<model>`, or
+                     `hf:<model>#<label>` for a classifier): its single logit, or the raw
+                     logit of <label>; reward only (re_rlhf.rewards, and evaluate beside the
+                     recovered rewards).
 
 RL stages optimise any of them; evaluation uses the toxicity and label a ground truth gives.
 """
@@ -123,22 +127,74 @@ class HFClassifierScorer(Scorer):
     def describe(self):
         return {"kind": self.name, "model": self.model_name}
 
-    @torch.no_grad()
     def score(self, texts):
-        logits = []
-        with using_model_threads(self.model, "ground-truth classifier"):
-            for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(
-                    list(texts[i : i + self.batch_size]),
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                )
-                logits.append(self.model(**enc).logits.float())
-        z = torch.cat(logits) if logits else torch.empty(0, 2)
+        z = _logits(self.model, self.tokenizer, texts, self.batch_size, self.max_length)
         p = torch.softmax(z, -1)[:, self.toxic_idx].numpy().astype(float)
         return Scores(reward=z[:, self.reward_idx].numpy().astype(float), toxicity=p, toxic=p > 0.5)
+
+
+@torch.no_grad()
+def _logits(model, tokenizer, texts, batch_size: int, max_length: int) -> torch.Tensor:
+    """[n, num_labels] float logits of a sequence classifier, in batches."""
+    out = []
+    with using_model_threads(model, "sequence classifier"):
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(
+                list(texts[i : i + batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            out.append(model(**enc).logits.float())
+    return torch.cat(out) if out else torch.empty(0, model.config.num_labels)
+
+
+class HubRewardScorer(Scorer):
+    """A hub (or local) sequence-classification model as a reward: `hf:<model>` for a reward
+    model with one output, `hf:<model>#<label>` for a classifier (the raw logit of <label>,
+    e.g. `hf:s-nlp/roberta_toxicity_classifier#neutral`)."""
+
+    name = "hf-reward"
+
+    def __init__(self, spec: str, batch_size: int = 32, max_length: int = 128):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer  # heavy
+
+        model, _, label = spec.removeprefix("hf:").partition("#")
+        path = resolve_model(model, "reward model")
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, trust_remote_code=False
+        ).eval()
+        if self.tokenizer.pad_token is None:  # decoder reward models: pad with EOS, as TRL does
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        labels = {str(v).lower(): int(k) for k, v in self.model.config.id2label.items()}
+        n = self.model.config.num_labels
+        if label:
+            if label.lower() not in labels:
+                raise ConfigError(
+                    f"reward {spec!r}: {model} has no label {label!r}; its labels are "
+                    f"{sorted(labels)}",
+                    hint=f"hf:{model}#<one of them>",
+                )
+            self.idx = labels[label.lower()]
+        elif n == 1:
+            self.idx = 0
+        else:
+            raise ConfigError(
+                f"reward {spec!r}: {model} has {n} outputs ({sorted(labels)}): which is the "
+                "reward?",
+                hint=f"name its label: hf:{model}#<label> (the raw logit of that class)",
+            )
+        self.spec, self.batch_size, self.max_length = spec, batch_size, max_length
+
+    def describe(self):
+        return {"kind": self.name, "model": self.spec}
+
+    def score(self, texts):
+        z = _logits(self.model, self.tokenizer, texts, self.batch_size, self.max_length)
+        return Scores(reward=z[:, self.idx].numpy().astype(float))
 
 
 class LearnedRewardScorer(Scorer):
@@ -174,13 +230,17 @@ def make_scorer(gt) -> Scorer:
 
 
 def reward_scorer(spec: str, ground_truth: Scorer) -> Scorer:
-    """`ground_truth` (or `gt`) -> the ground truth itself; anything else is a reward directory."""
+    """`ground_truth` (or `gt`) -> the ground truth itself; `hf:<model>[#<label>]` -> a hub
+    sequence-classification model; anything else is a reward directory."""
     if spec in ("ground_truth", "gt"):
         return ground_truth
+    if spec.startswith("hf:"):
+        return HubRewardScorer(spec)
     p = Path(spec)
     if not (p / "reward.json").is_file():
         raise FairlError(
-            f"reward {spec!r} is neither 'ground_truth' nor a fairl reward directory",
-            hint="point to runs/<name>/irl/rewards/<method>/seed-<s>",
+            f"reward {spec!r} is neither 'ground_truth', `hf:<model>` nor a fairl reward directory",
+            hint="point to runs/<name>/irl/rewards/<method>/seed-<s>, or a hub reward model as "
+            "hf:<org>/<name>",
         )
     return LearnedRewardScorer(p)

@@ -344,3 +344,29 @@ def test_push_then_load_by_repo_id_from_a_local_hub_cache(tmp_path, monkeypatch)
     shutil.rmtree(cache)
     with pytest.raises(FairlError, match="cannot be fetched"):
         pipeline.load_reward("me/toxicity-reward")
+
+
+def test_a_hub_classifier_and_a_hub_reward_model_as_re_rlhf_rewards(tmp_path, micro_world):
+    """`hf:<model>#<label>` (a classifier's class logit) fine-tunes the base LM in re-rlhf like
+    any reward; `hf:<model>` is a one-output reward model's logit; a classifier named without
+    its label is a config error that lists the labels."""
+    import json
+
+    from conftest import micro_config
+    from tiny_models import build_roberta_classifier
+
+    from pipeline.scorers import HubRewardScorer, reward_scorer
+
+    clf = build_roberta_classifier(tmp_path / "clf")
+    rm = build_roberta_classifier(tmp_path / "rm", labels=("score",))
+    texts = ["you are an idiot", "have a lovely day"]
+    one = reward_scorer(f"hf:{rm}", None).score(texts).reward
+    assert one.shape == (2,) and one[0] != one[1]
+    with pytest.raises(FairlError, match=r"'neutral', 'toxic'"):
+        HubRewardScorer(f"hf:{clf}")
+    cfg = micro_config(tmp_path, re_rlhf__rewards={"clf": f"hf:{clf}#neutral"})
+    res = _cli("re-rlhf", cfg, "-q")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "runs/m/re_rlhf/summary.json").read_text())
+    assert summary["clf"]["reward"] == f"hf:{clf}#neutral"
+    assert summary["clf"]["final_kl"] > 0  # it moved the policy

@@ -43,7 +43,8 @@ def score_fn_for(scorer: Scorer) -> Callable[[list[str]], torch.Tensor]:
 
 
 def should_normalise(setting: str, scorer: Scorer) -> bool:
-    return setting == "always" or (setting == "auto" and scorer.name == "learned")
+    # auto: the rewards whose scale is arbitrary (recovered, or another project's reward model)
+    return setting == "always" or (setting == "auto" and scorer.name in ("learned", "hf-reward"))
 
 
 def train_ppo(
