@@ -1,6 +1,7 @@
 """Ranks of a data-parallel launch (torchrun): who writes, and the barriers between them.
 
-Stages run on every rank of a data-parallel launch (train-expert, re-rlhf) or on rank 0 only;
+Stages run on every rank of a data-parallel launch (train-expert, make-pairs, re-rlhf) or on
+rank 0 only;
 rank 0 alone writes and publishes (pipeline.artifacts). torch is imported inside the functions
 that need it, only once a launch is distributed: `fairl --help` and single-process runs of the
 stages that need no torch do not pay for it.
@@ -16,6 +17,11 @@ from datetime import timedelta
 def distributed_rank() -> int:
     """This process's rank under torchrun / accelerate launch (0 when not distributed)."""
     return int(os.environ.get("RANK", "0")) if is_distributed() else 0
+
+
+def world_size() -> int:
+    """The number of ranks of this launch (1 when not distributed)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) if is_distributed() else 1
 
 
 def is_distributed() -> bool:
@@ -76,7 +82,7 @@ def rank_barrier_group():
 # Stages that train on every rank of a data-parallel launch; the others run on rank 0 alone
 # (their inputs are small, or they are evaluation) while the other ranks wait at the next
 # barrier.
-DATA_PARALLEL_STAGES = ("train_expert", "re_rlhf")
+DATA_PARALLEL_STAGES = ("train_expert", "make_pairs", "re_rlhf")
 
 
 def runs_on_this_rank(stage: str) -> bool:

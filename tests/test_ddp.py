@@ -52,7 +52,8 @@ def test_fairl_run_data_parallel_with_torchrun_publishes_once_and_waits_for_rank
     tmp_path, micro_world
 ):
     """`fairl run` on two CPU ranks: rank 0 writes every artifact, rank 1 trains alongside it in
-    the data-parallel stages and waits while rank 0 alone runs make-pairs, irl and evaluate.
+    the data-parallel stages (make-pairs: its share of the batches) and waits while rank 0
+    alone runs irl and evaluate.
     The second launch changes irl: rank 1 must not read the stale irl output for re-rlhf."""
     from conftest import micro_config
 
@@ -94,3 +95,28 @@ def test_fairl_run_data_parallel_with_torchrun_publishes_once_and_waits_for_rank
 
     now = hash_inputs({"reward:fa-irl": root / "irl" / "rewards" / "fa-me-margin" / "seed-0"})
     assert irl_hashes["reward:fa-irl"] == now["reward:fa-irl"]  # re-rlhf used the new reward
+
+
+def test_make_pairs_on_two_ranks_gives_the_pairs_of_one_process(tmp_path, micro_world):
+    """make-pairs under torchrun: each rank samples its share of the batches (their seeds come
+    from the batch index), rank 0 gathers them: the very pairs one process makes."""
+    import pandas as pd
+    from conftest import micro_config
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    def cfg(root):
+        gen = {"max_new_tokens": 8, "batch_size": 16}
+        return micro_config(root, make_pairs__expert_model="world", make_pairs__n_pairs=96,
+                            make_pairs__generation=gen)  # fmt: skip
+
+    one = CliRunner().invoke(app, ["make-pairs", str(cfg(tmp_path / "one")), "-q"])
+    assert one.exit_code == 0, one.output
+    proc = _torchrun_fairl("make-pairs", str(cfg(tmp_path / "two")), "-q")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    a = pd.read_parquet(tmp_path / "one/runs/m/make_pairs/pairs.parquet")
+    b = pd.read_parquet(tmp_path / "two/runs/m/make_pairs/pairs.parquet")
+    pd.testing.assert_frame_equal(a, b)
+    summary = json.loads((tmp_path / "two/runs/m/make_pairs/summary.json").read_text())
+    assert summary["pairs_sampled_by_rank"] == {"0": 48, "1": 48}  # 6 batches of 16, 3 each

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,8 @@ from pipeline.data.pairs import swap_sides, write_trl_splits
 from pipeline.data.prompts import prompts_config, select_prompts
 from pipeline.data.rtp import load_rtp, pairs_from_continuations
 from pipeline.data.splits import carve
-from pipeline.errors import ConfigError
+from pipeline.distributed import distributed_rank, wait_for_all_ranks, world_size
+from pipeline.errors import ConfigError, FairlError
 from pipeline.hub import model_inputs, resolve_model
 from pipeline.policy.models import batch_seed, load_policy, sample
 from pipeline.scorers import make_scorer
@@ -61,6 +63,8 @@ def _from_dataset(cfg: ExperimentConfig, force: bool) -> Path:
     config = {"make_pairs": fingerprint(mp), "run.seed": cfg.run.seed}
 
     def recipe(run: StageRun) -> None:
+        if not run.is_main:
+            return  # pairing scored records is quick: rank 0 alone
         df, stats = pairs_from_continuations(load_rtp(files), mp.dataset, cfg.run.seed)
         df.to_parquet(run.path("pairs.parquet"), index=False)
         df.to_json(run.path("pairs.jsonl"), orient="records", lines=True, force_ascii=False)
@@ -105,6 +109,9 @@ def _generate(cfg: ExperimentConfig, force: bool) -> Path:
     def recipe(run: StageRun) -> None:
         # 3. Sample and score, batch by batch (resumable).
         rows = _sample_batches(run, prompts, base, expert, gt, mp.generation, cfg.run.seed)
+        if not run.is_main:
+            return  # this rank sampled its share of the batches; rank 0 writes the pairs
+        by_rank = Counter(str(r.pop("_rank", "earlier run")) for r in rows)
         # 4. Split train / test by prompt, write the pairs and their statistics.
         df = pd.DataFrame(rows)
         # Preference noise: a seeded fraction of pairs flipped (annotators disagree too).
@@ -126,6 +133,7 @@ def _generate(cfg: ExperimentConfig, force: bool) -> Path:
             "n_train": int((df["split"] == "train").sum()),
             "n_test": int((df["split"] == "test").sum()),
             "split": rule,
+            "pairs_sampled_by_rank": dict(sorted(by_rank.items())),
             "toxic_rate_chosen": float(df["chosen_toxic"].mean()),
             "toxic_rate_rejected": float(df["rejected_toxic"].mean()),
             "base_model": base,
@@ -174,14 +182,19 @@ def _sample_batches(
     """One completion of the base model (o-, `rejected`) and one of the expert (o+, `chosen`) per
     prompt, scored by the ground truth. Each batch is sampled with a seed derived from its
     index and written to a file of its own, so a resumed run samples only the batches missing
-    and yields exactly the pairs of an uninterrupted one."""
+    and yields exactly the pairs of an uninterrupted one. Under a data-parallel launch, rank r
+    samples the batches b with b % world_size == r (the same seeds, so the same pairs as one
+    process), every rank writes its own files, and rank 0 reads them all after a barrier; the
+    other ranks return nothing."""
     batches = [prompts[i : i + gen.batch_size] for i in range(0, len(prompts), gen.batch_size)]
-    out_dir = run.path("batches", "x").parent
+    out_dir = run.work_dir / "batches"
+    out_dir.mkdir(parents=True, exist_ok=True)
     done = {
         b: _read_batch(out_dir / f"{b:06d}.jsonl", len(batches[b])) for b in range(len(batches))
     }
-    todo = [b for b, rows in done.items() if rows is None]
-    if len(todo) < len(batches):
+    rank, ranks = distributed_rank(), world_size()
+    todo = [b for b, rows in done.items() if rows is None and b % ranks == rank]
+    if len(todo) < len(batches) and ranks == 1:
         log.info(
             "make-pairs: %d of %d batches already sampled, resuming",
             len(batches) - len(todo),
@@ -189,7 +202,8 @@ def _sample_batches(
         )
     if todo:
         models = {"base": load_policy(base), "expert": load_policy(expert)}
-        for b in tqdm(todo, desc="make-pairs: sampling", unit="batch", disable=None, leave=False):
+        bar = None if run.is_main else True  # one progress bar: rank 0's
+        for b in tqdm(todo, desc="make-pairs: sampling", unit="batch", disable=bar, leave=False):
             texts = [p.text for p in batches[b]]
             comps = {}
             for name, (model, tok) in models.items():
@@ -214,6 +228,7 @@ def _sample_batches(
                         "rejected": comps["base"][i],
                         "chosen_score": float(s_exp.reward[i]),
                         "rejected_score": float(s_base.reward[i]),
+                        "_rank": rank,  # who sampled it (summary.json), not a pairs column
                     }
                     if s_exp.toxic is not None:
                         row.update(
@@ -224,6 +239,17 @@ def _sample_batches(
                         row[f"rejected_sub_{k}"] = float(s_base.subtypes[k][i])
                     f.write(json.dumps(row) + "\n")
             done[b] = _read_batch(out_dir / f"{b:06d}.jsonl", len(batches[b]))
+    if ranks > 1:
+        wait_for_all_ranks()  # every rank's batches are written
+        if not run.is_main:
+            return []
+        done = {b: _read_batch(out_dir / f"{b:06d}.jsonl", len(batches[b])) for b in done}
+        missing = [b for b, rows in done.items() if rows is None]
+        if missing:
+            raise FairlError(
+                f"make-pairs: batches {missing[:5]} were not written by their ranks",
+                hint="run make-pairs again: it resumes from the batches that were",
+            )
     return [row for b in range(len(batches)) for row in done[b]]
 
 
