@@ -136,13 +136,16 @@ def _setup_logging(quiet: bool) -> None:
     )
     for noisy in ("sentence_transformers", "transformers", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # weight-loading and shard-writing bars of transformers / hub: noise next to our own bars
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # transformers' weight-loading and shard-writing bars and datasets' map bars: noise next to
+    # our own bars. The hub's download bars stay: a first paper run downloads about 1 GB.
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
+        from huggingface_hub.utils import enable_progress_bars
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # transformers' own bars (and, as a side effect, hub's)
+        if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") is None:
+            enable_progress_bars()  # the downloads' bars, unless the user switched them off
     except ImportError:  # pragma: no cover
         pass
 

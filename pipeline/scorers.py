@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from pipeline.errors import ConfigError, FairlError
 from pipeline.hub import resolve_model
@@ -137,8 +138,9 @@ class HFClassifierScorer(Scorer):
 def _logits(model, tokenizer, texts, batch_size: int, max_length: int) -> torch.Tensor:
     """[n, num_labels] float logits of a sequence classifier, in batches."""
     out = []
+    starts = range(0, len(texts), batch_size)
     with using_model_threads(model, "sequence classifier"):
-        for i in range(0, len(texts), batch_size):
+        for i in tqdm(starts, desc="scoring", unit="batch", disable=None, leave=False):
             enc = tokenizer(
                 list(texts[i : i + batch_size]),
                 padding=True,

@@ -370,3 +370,19 @@ def test_a_hub_classifier_and_a_hub_reward_model_as_re_rlhf_rewards(tmp_path, mi
     summary = json.loads((tmp_path / "runs/m/re_rlhf/summary.json").read_text())
     assert summary["clf"]["reward"] == f"hf:{clf}#neutral"
     assert summary["clf"]["final_kl"] > 0  # it moved the policy
+
+
+def test_hub_download_bars_stay_on_and_transformers_loading_bars_go(monkeypatch):
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    import cli.main as cli_main
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    try:
+        cli_main._setup_logging(quiet=True)
+        assert not are_progress_bars_disabled()  # downloads show progress
+        assert not hf_logging.is_progress_bar_enabled()  # weight loading does not
+    finally:
+        hf_logging.enable_progress_bar()
+        enable_progress_bars()

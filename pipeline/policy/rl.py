@@ -219,7 +219,9 @@ def measure_toxicity(
     texts, kls = [], []
     if reference is not None:
         reference = reference.to(model.device)
-    for b, i in enumerate(range(0, len(prompts), gen.batch_size)):
+    starts = range(0, len(prompts), gen.batch_size)
+    bar = tqdm(starts, desc="measure: held-out prompts", unit="batch", disable=None, leave=False)
+    for b, i in enumerate(bar):
         p_ids, p_mask, r_ids, r_mask, t = sample(
             model,
             tok,
