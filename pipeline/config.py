@@ -655,6 +655,13 @@ class EvaluateSection(Section):
         "counterfactual, benign_context, paraphrase): each is scored like heldout, with the "
         "threshold fitted on train, and reported as heldout-<name>/accuracy, f1, auc.",
     )
+    rewards: dict[PlainName, str] = _f(
+        {},
+        "More rewards scored beside the recovered ones, name -> `hf:<model>` / "
+        "`hf:<model>#<label>` (a hub sequence-classification model) or a reward directory (a "
+        "refined version, another run's reward): each is reported as a method of that name "
+        "with one seed, scored on the completions alone.",
+    )
     compare: list[tuple[MethodName, MethodName]] | None = _f(
         None,
         "FA-vs-baseline comparisons (failure slice, disagreement tables, paired differences) as "
@@ -1103,7 +1110,7 @@ ADDED_SETTINGS: dict[type[BaseModel], tuple[str, ...]] = {
     MakePairsSection: ("preference_noise",),
     FailureSection: ("penalty_scale",),
     IRLSection: ("n_pairs", "pair_mix", "subtype"),
-    EvaluateSection: ("heldout_sets",),
+    EvaluateSection: ("heldout_sets", "rewards"),
 }
 
 

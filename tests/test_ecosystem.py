@@ -386,3 +386,35 @@ def test_hub_download_bars_stay_on_and_transformers_loading_bars_go(monkeypatch)
     finally:
         hf_logging.enable_progress_bar()
         enable_progress_bars()
+
+
+def test_evaluate_scores_extra_rewards_beside_the_recovered_ones(tmp_path):
+    """evaluate.rewards: a hub classifier and a reward directory are methods of their own; the
+    run's own reward named again gets exactly its own metrics."""
+    import json
+
+    import yaml
+    from conftest import make_pairs_records, small_config, write_jsonl
+    from tiny_models import build_roberta_classifier
+
+    clf = build_roberta_classifier(tmp_path / "clf")
+    cfg = small_config(tmp_path, write_jsonl(tmp_path / "p.jsonl", make_pairs_records(120)),
+                       methods=["me"])  # fmt: skip
+    doc = yaml.safe_load(cfg.read_text())
+    doc["irl"]["seeds"] = [0]
+    run = tmp_path / "runs" / "t"
+    doc["evaluate"] = {
+        "rewards": {"clf": f"hf:{clf}#neutral", "again": str(run / "irl/rewards/me/seed-0")}
+    }
+    cfg.write_text(yaml.safe_dump(doc))
+    assert _cli("irl", cfg, "-q").exit_code == 0
+    res = _cli("evaluate", cfg, "-q")
+    assert res.exit_code == 0, res.output
+    m = json.loads((run / "evaluate" / "metrics.json").read_text())["methods"]
+    assert {"me", "clf", "again"} <= set(m)
+    for key in ("test/auc", "test/f1", "test/pairwise_accuracy"):
+        assert m["again"]["mean"][key] == pytest.approx(m["me"]["mean"][key], abs=1e-6), key
+    assert 0 <= m["clf"]["mean"]["test/auc"] <= 1
+    # a name irl already uses is refused before any work
+    res = _cli("evaluate", cfg, "--set", 'evaluate.rewards={me: "hf:x/y"}', "--force", "-q")
+    assert res.exit_code == 2 and "a method irl trained" in res.output, res.output

@@ -22,6 +22,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline import world
@@ -51,6 +52,7 @@ from pipeline.evaluate.plots import (
 from pipeline.evaluate.report import render_report
 from pipeline.irl.reward import RewardModel, reward_dir
 from pipeline.metrics import stage_sink
+from pipeline.scorers import reward_scorer
 
 log = logging.getLogger("fairl.evaluate")
 
@@ -74,6 +76,16 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
         load_heldout(p)
     irl_cfg = irl_manifest["config"]["irl"]
     text_mode = irl_cfg["embed"]["text"]
+    trained = {m["method"] for m in summary["models"]}
+    for name, spec in ev.rewards.items():
+        if name in trained or spec in ("ground_truth", "gt"):
+            raise ConfigError(
+                f"evaluate.rewards {name}: {spec!r} "
+                + ("is the name of a method irl trained" if name in trained else "is the truth"),
+                hint="give it another name, and a reward other than the ground truth it is "
+                "measured against",
+            )
+    extra = {name: reward_scorer(spec, None) for name, spec in ev.rewards.items()}
 
     def recipe(run: StageRun) -> None:
         # 2. The pairs irl trained on, with their train / test split.
@@ -106,6 +118,17 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
             )
             for m in summary["models"]
         }
+        for name, scorer in extra.items():  # evaluate.rewards: scored on the texts themselves
+
+            def on(texts, scorer=scorer):
+                return np.asarray(scorer.score(list(texts)).reward, dtype=float)
+
+            scores[(name, 0)] = RewardScores(
+                chosen=on(pairs.df["chosen"]),
+                rejected=on(pairs.df["rejected"]),
+                heldout=on(heldout["text"]) if heldout is not None else None,
+                sets={k: on(df["text"]) for k, df in sets.items()},
+            )
 
         # 5. The metrics: per reward, per method, per comparison (pipeline.evaluate.metrics).
         inputs = EvalInputs(
@@ -157,6 +180,11 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
             "irl": irl_dir,
             "heldout": heldout_path,
             **{f"heldout:{k}": p for k, p in set_paths.items()},
+            **{
+                f"reward:{k}": Path(v.removeprefix("hf:").split("#")[0])
+                for k, v in ev.rewards.items()
+                if Path(v.removeprefix("hf:").split("#")[0]).is_dir()
+            },
         },
         recipe,
         force=force,
