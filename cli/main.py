@@ -188,7 +188,11 @@ def _load(config: Path | None, config_opt: Path | None, overrides: list[str] | N
             f"two configs given: {config} (argument) and {config_opt} (--config)",
             hint="give the config once: as an argument or with --config, not both",
         )
-    return load_config(config_opt or config, overrides or [])
+    cfg = load_config(config_opt or config, overrides or [])
+    from pipeline.runtime import resolve_placement, set_placement  # imports torch (not --help)
+
+    set_placement(resolve_placement(cfg.run.device, cfg.run.precision))
+    return cfg
 
 
 # One table: each command, its stage module (pipeline/stages/<stage>.py), its config section.

@@ -229,6 +229,18 @@ class RunSection(Section):
         "Stages `fairl run` chains, in pipeline order. Default: every stage whose section "
         "appears in the config file.",
     )
+    device: Literal["auto", "cpu", "cuda"] = _f(
+        "auto",
+        "Where the heavy models run: policies (generation, PPO, TRL), the ground-truth "
+        "classifier, hub reward models, the sentence encoder. auto: CUDA when torch sees a GPU. "
+        "The IRL bank and the metrics stay on the CPU for now.",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = _f(
+        "auto",
+        "dtype of inference-only models (make-pairs' and the held-out measurement's policies, "
+        "the ground-truth classifier) and TRL's bf16 flag; training keeps float32 weights. "
+        "auto: bf16 on a GPU that has it, fp32 on the CPU.",
+    )
     report_to: list[Literal["none", "tensorboard", "wandb", "trackio"]] = _f(
         ["none"],
         "Experiment trackers each stage's metrics also go to (accelerate's trackers; TRL's "

@@ -38,7 +38,7 @@ from pipeline.artifacts import atomic_path, dir_digest
 from pipeline.data.pairs import PairSet
 from pipeline.errors import DataError
 from pipeline.hub import cache_root, resolve_encoder
-from pipeline.runtime import using_model_threads
+from pipeline.runtime import placement, using_model_threads
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ class Embedder:
             # sentence-transformers takes seconds to import: only when a text is not cached
             from sentence_transformers import SentenceTransformer
 
-            self._model = SentenceTransformer(str(self.path), device="cpu")
+            # on run.device, in float32: the cached embeddings must not depend on the machine
+            self._model = SentenceTransformer(str(self.path), device=str(placement().device))
             self._model.eval()
         return self._model
 

@@ -26,9 +26,12 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
+
+from pipeline.errors import ConfigError
 
 log = logging.getLogger("fairl.runtime")
 T = TypeVar("T")
@@ -234,3 +237,49 @@ def tune_allocator() -> None:
         libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
     except (OSError, AttributeError):
         pass
+
+
+# ------------------------------------------------------------------------ device and precision
+@dataclass(frozen=True)
+class Placement:
+    """Where the heavy models run (run.device) and the dtype of inference-only models
+    (run.precision). Training keeps float32 weights."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+
+_PLACEMENT = Placement(torch.device("cpu"), torch.float32)
+
+
+def resolve_placement(device: str = "auto", precision: str = "auto") -> Placement:
+    """run.device / run.precision -> a Placement. auto: CUDA when torch sees a GPU, else the
+    CPU; bf16 where the GPU supports it, float32 on the CPU (the CPU path is unchanged). On a
+    GPU, TF32 matmuls are switched on (Ampere and later)."""
+    cuda = torch.cuda.is_available()
+    if device == "cuda" and not cuda:
+        raise ConfigError(
+            "run.device is cuda, but torch sees no GPU",
+            hint="run.device: auto (or cpu); check `fairl env` and CUDA_VISIBLE_DEVICES",
+        )
+    dev = torch.device("cuda" if device == "cuda" or (device == "auto" and cuda) else "cpu")
+    if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("run.precision is bf16, but this GPU has no bf16", hint="use fp32")
+    bf16 = precision == "bf16" or (
+        precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Placement(dev, torch.bfloat16 if bf16 else torch.float32)
+
+
+def set_placement(p: Placement) -> None:
+    """Set the process's placement (the CLI does, from the config, before a stage runs)."""
+    global _PLACEMENT
+    _PLACEMENT = p
+
+
+def placement() -> Placement:
+    """The process's placement: the CPU and float32 unless set_placement said otherwise."""
+    return _PLACEMENT

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from pipeline.errors import ConfigError, FairlError
 from pipeline.hub import resolve_model
 from pipeline.irl.reward import load_reward
-from pipeline.runtime import using_model_threads
+from pipeline.runtime import placement, using_model_threads
 from pipeline.world.grammar import SUBTYPES, lexicon_score
 from pipeline.world.hard import hard_score
 
@@ -111,9 +111,12 @@ class HFClassifierScorer(Scorer):
 
         path = resolve_model(model, "ground-truth classifier")
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, trust_remote_code=False
-        ).eval()
+        place = placement()
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False)
+            .eval()
+            .to(place.device, place.dtype)
+        )
         labels = {str(v).lower(): int(k) for k, v in self.model.config.id2label.items()}
         for what, label in (("reward_label", reward_label), ("toxic_label", toxic_label)):
             if label.lower() not in labels:
@@ -147,8 +150,8 @@ def _logits(model, tokenizer, texts, batch_size: int, max_length: int) -> torch.
                 truncation=True,
                 max_length=max_length,
                 return_tensors="pt",
-            )
-            out.append(model(**enc).logits.float())
+            ).to(model.device)
+            out.append(model(**enc).logits.float().cpu())
     return torch.cat(out) if out else torch.empty(0, model.config.num_labels)
 
 
@@ -165,9 +168,12 @@ class HubRewardScorer(Scorer):
         model, _, label = spec.removeprefix("hf:").partition("#")
         path = resolve_model(model, "reward model")
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, trust_remote_code=False
-        ).eval()
+        place = placement()
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False)
+            .eval()
+            .to(place.device, place.dtype)
+        )
         if self.tokenizer.pad_token is None:  # decoder reward models: pad with EOS, as TRL does
             self.tokenizer.pad_token = self.tokenizer.eos_token
             self.model.config.pad_token_id = self.tokenizer.pad_token_id

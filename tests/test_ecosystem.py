@@ -418,3 +418,50 @@ def test_evaluate_scores_extra_rewards_beside_the_recovered_ones(tmp_path):
     # a name irl already uses is refused before any work
     res = _cli("evaluate", cfg, "--set", 'evaluate.rewards={me: "hf:x/y"}', "--force", "-q")
     assert res.exit_code == 2 and "a method irl trained" in res.output, res.output
+
+
+# ------------------------------------------------------------------------- device and precision
+def test_placement_follows_run_device_and_precision(tmp_path, monkeypatch):
+    """resolve_placement: auto is the CPU in float32 here; a (faked) bf16 GPU gets cuda + bf16
+    + TF32; cuda without a GPU is a config error. Every model a stage loads (policies, the
+    classifier, hub reward models, the encoder) follows the placement: checked on `meta`."""
+    from tiny_models import build_causal_lm, build_roberta_classifier
+
+    from pipeline import runtime
+    from pipeline.embed import Embedder
+    from pipeline.errors import ConfigError
+    from pipeline.policy.models import load_policy
+    from pipeline.scorers import HFClassifierScorer, HubRewardScorer
+
+    assert runtime.resolve_placement() == runtime.Placement(torch.device("cpu"), torch.float32)
+    with pytest.raises(ConfigError, match="no GPU"):
+        runtime.resolve_placement("cuda")
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(torch.cuda, "is_available", lambda: True)
+            m.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+            want = runtime.Placement(torch.device("cuda"), torch.bfloat16)
+            assert runtime.resolve_placement() == want
+            assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+            assert runtime.resolve_placement("auto", "fp32").dtype == torch.float32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+    lm = build_causal_lm("gpt_neox", tmp_path / "lm")
+    clf = build_roberta_classifier(tmp_path / "clf")
+    monkeypatch.setattr(runtime, "_PLACEMENT", runtime.Placement(torch.device("meta"),
+                                                                 torch.bfloat16))  # fmt: skip
+
+    def where(model):
+        return {(p.device.type, p.dtype) for p in model.parameters()}
+
+    assert where(load_policy(str(lm))[0]) == {("meta", torch.float32)}  # trained: float32
+    assert where(load_policy(str(lm), inference=True)[0]) == {("meta", torch.bfloat16)}
+    assert where(HFClassifierScorer(str(clf), "neutral", "toxic").model) == {
+        ("meta", torch.bfloat16)
+    }
+    assert where(HubRewardScorer(f"hf:{clf}#toxic").model) == {("meta", torch.bfloat16)}
+    enc = Embedder("sentence-transformers/all-MiniLM-L6-v2", cache_dir=tmp_path / "cache")
+    assert {d for d, _ in where(enc.model)} == {"meta"}

@@ -21,8 +21,9 @@ def invoke(*args):
 
 def test_every_command_end_to_end_on_the_micro_world(tmp_path, micro_world):
     """Acceptance 2 and 4: the whole pipeline through the CLI; the expert at least halves the
-    ground-truth toxicity of held-out completions (same prompts, same sampling)."""
-    cfg = micro_config(tmp_path)
+    ground-truth toxicity of held-out completions (same prompts, same sampling). With
+    run.device=cpu given explicitly (issue 12: the CPU path is the default's)."""
+    cfg = micro_config(tmp_path, run__device="cpu", run__precision="fp32")
     run = tmp_path / "runs" / "m"
     for command in ("train-expert", "make-pairs", "irl", "evaluate", "re-rlhf"):
         res = invoke(command, cfg)

@@ -22,7 +22,7 @@ import torch
 
 from pipeline.errors import FairlError
 from pipeline.hub import resolve_model
-from pipeline.runtime import apply_threads_for_model
+from pipeline.runtime import apply_threads_for_model, placement
 from pipeline.seeds import derive_seed
 
 log = logging.getLogger("fairl.policy")
@@ -46,8 +46,10 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_policy(name_or_path: str, what: str = "policy"):
-    """(model, tokenizer) ready for sampling and RL: PAD != EOS, left padding, dropout off."""
+def load_policy(name_or_path: str, what: str = "policy", inference: bool = False):
+    """(model, tokenizer) ready for sampling and RL: PAD != EOS, left padding, dropout off, on
+    run.device (pipeline.runtime.placement). `inference`: only sampled from, never trained, so
+    in run.precision's dtype (bf16 on a GPU); otherwise float32."""
     from transformers import AutoModelForCausalLM  # heavy, needed here only: imported on first use
 
     path = resolve_model(name_or_path, what)
@@ -69,6 +71,8 @@ def load_policy(name_or_path: str, what: str = "policy"):
         model.generation_config.eos_token_id = tok.eos_token_id
     disable_dropout(model)
     model.eval()
+    place = placement()
+    model.to(place.device, place.dtype if inference else torch.float32)
     # A tiny policy's kernels are too short to share between threads when the machine is busy
     # (pipeline.runtime); a real one keeps every core. The user's own choice is kept.
     apply_threads_for_model(model, what)

@@ -27,6 +27,7 @@ from pipeline.policy.ppo import (
     reference_reward_norm,
     response_forward,
 )
+from pipeline.runtime import placement
 from pipeline.scorers import Scorer
 
 log = logging.getLogger("fairl.rl")
@@ -35,7 +36,7 @@ log = logging.getLogger("fairl.rl")
 def accelerator():
     from accelerate import Accelerator  # heavy, needed here only: imported on first use
 
-    return Accelerator(cpu=not torch.cuda.is_available())
+    return Accelerator(cpu=placement().device.type == "cpu")  # run.device
 
 
 def score_fn_for(scorer: Scorer) -> Callable[[list[str]], torch.Tensor]:
@@ -150,8 +151,8 @@ def train_trl(
     score_fn = score_fn_for(scorer)
     common = dict(
         output_dir=str(work_dir / "trl"),
-        use_cpu=not torch.cuda.is_available(),
-        bf16=False,
+        use_cpu=placement().device.type == "cpu",  # run.device
+        bf16=placement().dtype == torch.bfloat16,  # run.precision (fp32 on the CPU)
         disable_dropout=True,
         per_device_train_batch_size=trl_cfg.batch_size,
         num_generations=trl_cfg.num_generations,

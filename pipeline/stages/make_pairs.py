@@ -201,7 +201,10 @@ def _sample_batches(
             len(batches),
         )
     if todo:
-        models = {"base": load_policy(base), "expert": load_policy(expert)}
+        models = {
+            "base": load_policy(base, "base model", inference=True),
+            "expert": load_policy(expert, "expert", inference=True),
+        }
         bar = None if run.is_main else True  # one progress bar: rank 0's
         for b in tqdm(todo, desc="make-pairs: sampling", unit="batch", disable=bar, leave=False):
             texts = [p.text for p in batches[b]]
