@@ -336,7 +336,7 @@ def push(
     quiet: QuietOpt = False,
 ) -> None:
     """Upload a reward (weights, reward.json, sentence-transformers export) and its model card
-    to the Hugging Face Hub; `load_reward("org/name")` loads it back. Needs `hf auth login`."""
+    to the Hugging Face Hub; `load_reward("hf:org/name")` loads it back. Needs `hf auth login`."""
     _setup_logging(quiet)
 
     def go() -> str:

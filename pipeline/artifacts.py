@@ -552,7 +552,8 @@ def _secondary_rank_run(
     stage, run_dir, final_dir, fingerprint, config, seed, before: dict | None
 ) -> StageRun:
     """Wait until rank 0 has prepared the work directory for this very config (so checkpoints
-    to resume from are visible to every rank), then share it read-only. `before` is the
+    to resume from are visible to every rank), then share it: read-only, except the files a
+    stage gives each rank to write (make-pairs: its share of `batches/`). `before` is the
     manifest this rank judged stale or forced: only a different one, published meanwhile by
     rank 0, means rank 0 finished without this rank."""
     work_dir = run_dir / f".{stage}.partial"

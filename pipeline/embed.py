@@ -84,7 +84,11 @@ class Embedder:
         self.path = resolve_encoder(encoder)
         self.fingerprint = encoder_fingerprint(self.path)
         self.batch_size = batch_size
-        self.cache = Path(cache_dir or default_cache_dir()) / self.fingerprint
+        # embeddings computed on another device (a GPU, TF32) differ in the last bits: their own
+        # cache, so the CPU's stays what it always was
+        device = placement().device.type
+        key = self.fingerprint if device == "cpu" else f"{self.fingerprint}-{device}"
+        self.cache = Path(cache_dir or default_cache_dir()) / key
         self._model = None
         self._writable = True  # False once the cache directory failed: embed in memory
         self.stats = {"requested": 0, "unique": 0, "cached": 0, "embedded": 0}

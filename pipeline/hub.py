@@ -112,17 +112,15 @@ REWARD_FILES = ["reward.json", "reward.safetensors", "README.md"]
 
 
 def is_repo_id(name: str) -> bool:
-    """`org/name` (and not an existing path): what the hub calls a repo id."""
-    return (
-        name.count("/") == 1
-        and not name.startswith((".", "/", "~"))
-        and not Path(name).expanduser().exists()
-    )
+    """`hf:org/name`: a hub repo, said explicitly (a mistyped local path such as `runs/x`
+    must never be fetched from the hub)."""
+    return name.startswith("hf:") and name[3:].count("/") == 1
 
 
 def download_reward(repo_id: str, revision: str | None = None) -> Path:
     """The local snapshot of a reward pushed to the hub (`fairl push`): its reward.json,
     reward.safetensors and model card, from the hub cache when offline."""
+    repo_id = repo_id.removeprefix("hf:")
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=REWARD_FILES))
     except Exception as e:  # offline without a cached copy, unknown repo, no network

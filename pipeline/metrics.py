@@ -162,12 +162,12 @@ class MetricsSink:
 
 def stage_sink(run, trackers: Sequence[str], run_name: str, jsonl: bool = True) -> MetricsSink:
     """A stage's sink (`run`: its artifacts.StageRun): `metrics.jsonl` in the stage (unless
-    `jsonl` is false) and, on the main rank, the trackers, logging as `<run_name>/<stage>` into
+    `jsonl` is false) and, on the main rank, the trackers, logging as `<run_name>-<stage>` into
     the stage's `tracking/` directory."""
     main = run.is_main
     return MetricsSink(
         run.path("metrics.jsonl") if jsonl and main else None,
         trackers if main else (),
-        f"{run_name}/{run.stage}",
+        f"{run_name}-{run.stage}",  # no '/': wandb and trackio refuse it in a name
         run.work_dir / "tracking",
     )

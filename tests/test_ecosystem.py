@@ -54,7 +54,7 @@ def test_the_pad_token_never_shrinks_a_pythia_shaped_embedding_matrix(tmp_path):
         loaded.get_output_embeddings().weight[50277:] = 0.0
         loaded.get_output_embeddings().weight[50277:, 0] = 100.0  # make the spare rows likely
     *_, resp, mask, _ = sample(loaded, ltok, ["w1 w2", "w3"], 6, 1.0, 1.0, seed=0)
-    assert (resp[mask] < 50277).all()
+    assert (resp[mask.bool()] < 50277).all() and mask.any()
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -238,8 +238,10 @@ def test_a_reward_as_a_trl_reward_function_drives_a_grpo_step(tmp_path, micro_wo
     f = pipeline.reward_function(path)
     texts = ["you are an idiot", "have a lovely day"]
     got = f(prompts=["a", "b"], completions=texts)
-    assert got == pipeline.load_reward(path).score(texts).double().tolist()
-    assert f(completions=[[{"role": "assistant", "content": texts[0]}]]) == got[:1]
+    # the same reward; float32 embeddings of another batch differ in the last bits
+    assert got == pytest.approx(pipeline.load_reward(path).score(texts).tolist(), abs=1e-5)
+    one = f(completions=[[{"role": "assistant", "content": texts[0]}]])
+    assert one == pytest.approx(got[:1], abs=1e-5)
 
     base = str(micro_world.base_lm)
     tok = AutoTokenizer.from_pretrained(base)
@@ -338,11 +340,14 @@ def test_push_then_load_by_repo_id_from_a_local_hub_cache(tmp_path, monkeypatch)
     (cache / "models--me--toxicity-reward" / "refs" / "main").write_text("0" * 40)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    got = pipeline.load_reward("me/toxicity-reward")
+    got = pipeline.load_reward("hf:me/toxicity-reward")
     texts = ["you are an idiot", "have a lovely day"]
     assert torch.equal(got.score(texts), pipeline.load_reward(path).score(texts))
     shutil.rmtree(cache)
     with pytest.raises(FairlError, match="cannot be fetched"):
+        pipeline.load_reward("hf:me/toxicity-reward")
+    # a path that does not exist is never taken for a repo id
+    with pytest.raises(FairlError, match="not a fairl reward directory"):
         pipeline.load_reward("me/toxicity-reward")
 
 

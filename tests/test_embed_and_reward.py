@@ -89,6 +89,7 @@ def test_save_load_round_trip_and_scorer(tmp_path, head_kind, failure):
     r = _reward(head_kind, failure)
     r.save(tmp_path / "r")
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
+        "README.md",  # the model card
         "reward.json",
         "reward.safetensors",
     ]

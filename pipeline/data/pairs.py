@@ -408,8 +408,9 @@ def write_trl_splits(df: pd.DataFrame, out_dir: Path) -> dict[str, int]:
     from datasets import Dataset, DatasetDict  # heavy, needed here only
 
     splits = {}
+    table = trl_columns(df)  # one format for every split, decided on all the pairs
     for name in ("train", "test"):
-        part = trl_columns(df[df["split"] == name])
+        part = table[(df["split"] == name).to_numpy()].reset_index(drop=True)
         part.to_parquet(Path(out_dir) / f"{name}.parquet", index=False)
         splits[name] = Dataset.from_pandas(part, preserve_index=False)
     DatasetDict(splits).save_to_disk(str(Path(out_dir) / "trl"))

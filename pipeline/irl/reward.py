@@ -380,7 +380,7 @@ def _check_params(file: Path, head: RewardHead, prefix: str, params: dict) -> No
 
 def load_reward(path: Path | str, revision: str | None = None) -> RewardModel:
     """Load a reward saved by `fairl irl` or `fairl refine` (the directory holding
-    reward.json), or one pushed to the hub by `fairl push` (its repo id, `org/name`)."""
+    reward.json), or one pushed to the hub by `fairl push` (`hf:org/name`)."""
     if is_repo_id(str(path)):
         path = download_reward(str(path), revision)
     return RewardModel.load(Path(path))
@@ -423,9 +423,9 @@ def model_card(meta: dict) -> str:
         + "| | |\n|---|---|\n"
         + "".join(f"| {k} | {v} |\n" for k, v in rows)
         + "\n```python\nimport pipeline  # pip install fairl\n\n"
-        'reward = pipeline.load_reward("<this directory or repo id>")\n'
+        'reward = pipeline.load_reward("<this directory, or hf:<repo id>>")\n'
         "scores = reward.score(texts)            # one reward per completion\n"
-        'reward_fn = pipeline.reward_function("<this directory or repo id>")  # for TRL\n```\n\n'
+        'reward_fn = pipeline.reward_function("<this directory, or hf:<repo id>>")  # TRL\n```\n\n'
         "`sentence-transformer/` (where present) computes the same scores with "
         "sentence-transformers alone: `SentenceTransformer(path).encode(texts)[:, 0]`. It is "
         "not a sequence classifier.\n"
@@ -438,7 +438,7 @@ def reward_function(path: str | Path, batch_size: int = 64):
     (`GRPOTrainer(reward_funcs=[reward_function(path)], ...)`). Conversational completions
     (lists of messages) are scored on their last message's content; a reward trained on
     prompt+completion gets the prompts prepended. Its `__name__` names it in TRL's logs."""
-    reward = load_reward(Path(path))
+    reward = load_reward(path)
 
     def text(x) -> str:
         if isinstance(x, list):  # conversational: [{"role": ..., "content": ...}, ...]
@@ -448,7 +448,11 @@ def reward_function(path: str | Path, batch_size: int = 64):
     def fairl_reward(prompts=None, completions=None, **_) -> list[float]:
         completions = [text(c) for c in completions]
         ps = [text(p) for p in prompts] if prompts is not None else None
-        return reward.score(completions, ps, batch_size).double().tolist()
+        if reward.meta.get("text") == "prompt+completion":
+            completions = [p + c for p, c in zip(ps or [], completions, strict=True)]
+        # not through the disk cache: RL samples are new texts, one shard per call helps nobody
+        h = reward.embedder(batch_size).embed(completions, cache=False)
+        return reward.score_embeddings(h).double().tolist()
 
     fairl_reward.__name__ = f"fairl_{reward.meta.get('method', 'reward')}"
     return fairl_reward

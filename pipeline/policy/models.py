@@ -105,13 +105,16 @@ def batch_seed(seed: int, *keys) -> int:
     return derive_seed(seed, *keys)
 
 
-@torch.no_grad()
-def _rows(model) -> int:
-    """Rows of the output embedding matrix: the ids the model can emit."""
+def never_emitted(model, tok) -> list[int]:
+    """The ids a response never holds: PAD, and any row of the output matrix past the tokenizer
+    (Pythia's spare rows: no text decodes to them). Sampling suppresses them and every logprob
+    excludes them, so the two agree on the vocabulary."""
     out = model.get_output_embeddings()
-    return out.weight.shape[0] if out is not None else model.get_input_embeddings().weight.shape[0]
+    rows = (out if out is not None else model.get_input_embeddings()).weight.shape[0]
+    return [tok.pad_token_id, *range(len(tok), rows)]
 
 
+@torch.no_grad()
 def sample(
     model,
     tok,
@@ -145,8 +148,7 @@ def sample(
         max_new_tokens=max_new_tokens,
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
-        # PAD, and any row past the tokenizer (Pythia's spare rows: no text decodes to them)
-        suppress_tokens=[tok.pad_token_id, *range(len(tok), _rows(model))],
+        suppress_tokens=never_emitted(model, tok),
     )
     resp = out[:, enc["input_ids"].shape[1] :]
     is_eos = resp == tok.eos_token_id

@@ -37,7 +37,7 @@ from torch import nn
 
 from pipeline.artifacts import atomic_dir, remove_path, sha256_file
 from pipeline.errors import ConfigError
-from pipeline.policy.models import position_ids, sample
+from pipeline.policy.models import never_emitted, position_ids, sample
 
 log = logging.getLogger("fairl.ppo")
 
@@ -197,7 +197,7 @@ def response_forward(
     n_prompt: int,
     temperature: float,
     with_values: bool = True,
-    exclude_token: int | None = None,
+    exclude_token: int | Sequence[int] | None = None,
 ):
     """Logprobs (and values, entropy) of the response tokens, logits divided by the sampling
     temperature. input_ids = prompt (n_prompt, left-padded) + response. `exclude_token` (PAD)
@@ -212,8 +212,9 @@ def response_forward(
         ).logits
         values = None
     logits = logits[:, n_prompt - 1 : -1] / temperature  # predicts response tokens
-    if exclude_token is not None:
-        column = torch.tensor([exclude_token], device=logits.device)
+    if exclude_token is not None:  # one id, or several (models.never_emitted)
+        ids = [exclude_token] if isinstance(exclude_token, int) else list(exclude_token)
+        column = torch.tensor(ids, device=logits.device)
         logits = logits.index_fill(-1, column, torch.finfo(logits.dtype).min)
     resp = input_ids[:, n_prompt:]
     lp = logprobs_from_logits(logits, resp)
@@ -265,6 +266,7 @@ class PPOTrainer:
         self.cfg, self.gen, self.acc, self.tok = cfg, gen, accelerator, tokenizer
         self.score_fn = score_fn
         self.reward_norm = reward_norm or RewardNorm()
+        self.never = never_emitted(model, tokenizer)  # PAD and spare rows: out of every logprob
         self.ref = copy.deepcopy(model).eval().to(accelerator.device)  # frozen reference policy
         for p in self.ref.parameters():
             p.requires_grad_(False)
@@ -303,7 +305,7 @@ class PPOTrainer:
             scores = torch.where(ended, scores, scores - cfg.missing_eos_penalty)
         ids = torch.cat([p_ids, r_ids], 1)
         mask = torch.cat([p_mask, r_mask], 1)
-        n_prompt, pad = p_ids.shape[1], self.tok.pad_token_id
+        n_prompt, pad = p_ids.shape[1], self.never
         with torch.no_grad():
             old_lp, old_values, _ = response_forward(
                 self.model, ids, mask, n_prompt, gen.temperature, exclude_token=pad

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.metrics import MetricsSink, drop_rows
-from pipeline.policy.models import batch_seed, load_policy, sample
+from pipeline.policy.models import batch_seed, load_policy, never_emitted, sample
 from pipeline.policy.ppo import (
     PPOTrainer,
     check_batch_split,
@@ -168,7 +168,7 @@ def train_trl(
         save_strategy="no",
         seed=seed,
         data_seed=seed,
-        generation_kwargs={"suppress_tokens": [tok.pad_token_id]},
+        generation_kwargs={"suppress_tokens": never_emitted(model, tok)},
     )  # PAD is never a response token
     if algorithm == "grpo":
         from trl import GRPOConfig as Config  # TRL (seconds to import): GRPO / RLOO only
@@ -236,7 +236,7 @@ def measure_toxicity(
         texts += t
         if reference is not None:
             ids, mask = torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1)
-            n, pad = p_ids.shape[1], tok.pad_token_id
+            n, pad = p_ids.shape[1], never_emitted(model, tok)
             lp, _, _ = response_forward(model, ids, mask, n, gen.temperature, False, pad)
             rl, _, _ = response_forward(reference, ids, mask, n, gen.temperature, False, pad)
             kls.append(((lp - rl) * r_mask).sum(-1))

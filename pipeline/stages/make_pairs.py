@@ -189,11 +189,14 @@ def _sample_batches(
     batches = [prompts[i : i + gen.batch_size] for i in range(0, len(prompts), gen.batch_size)]
     out_dir = run.work_dir / "batches"
     out_dir.mkdir(parents=True, exist_ok=True)
-    done = {
-        b: _read_batch(out_dir / f"{b:06d}.jsonl", len(batches[b])) for b in range(len(batches))
-    }
     rank, ranks = distributed_rank(), world_size()
-    todo = [b for b, rows in done.items() if rows is None and b % ranks == rank]
+    # each rank looks at its own share only (a damaged file is removed by its owner alone)
+    done = {
+        b: _read_batch(out_dir / f"{b:06d}.jsonl", len(batches[b]))
+        for b in range(len(batches))
+        if b % ranks == rank
+    }
+    todo = [b for b, rows in done.items() if rows is None]
     if len(todo) < len(batches) and ranks == 1:
         log.info(
             "make-pairs: %d of %d batches already sampled, resuming",
@@ -246,7 +249,9 @@ def _sample_batches(
         wait_for_all_ranks()  # every rank's batches are written
         if not run.is_main:
             return []
-        done = {b: _read_batch(out_dir / f"{b:06d}.jsonl", len(batches[b])) for b in done}
+        done = {
+            b: _read_batch(out_dir / f"{b:06d}.jsonl", len(batches[b])) for b in range(len(batches))
+        }
         missing = [b for b, rows in done.items() if rows is None]
         if missing:
             raise FairlError(
@@ -270,5 +275,5 @@ def _read_batch(path: Path, n: int) -> list[dict] | None:
     except (UnicodeDecodeError, ValueError) as e:
         why = f"{type(e).__name__}: {e}"
     log.warning("make-pairs: sampled batch %s is damaged (%s): sampling it again", path, why)
-    path.unlink()
+    path.unlink(missing_ok=True)
     return None

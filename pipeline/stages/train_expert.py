@@ -20,7 +20,7 @@ from pipeline.config import ExperimentConfig, to_dict
 from pipeline.data.prompts import prompts_config, select_prompts
 from pipeline.hub import model_inputs, resolve_model
 from pipeline.metrics import stage_sink
-from pipeline.policy.models import load_policy
+from pipeline.policy.models import load_policy, never_emitted
 from pipeline.policy.plots import plot_rl_curves
 from pipeline.policy.rl import discard_checkpoints, measure_toxicity, train_ppo, train_trl
 from pipeline.scorers import make_scorer
@@ -90,7 +90,7 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
             max_new_tokens=te.generation.max_new_tokens,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
-            suppress_tokens=[tok.pad_token_id],
+            suppress_tokens=never_emitted(expert, tok),
         )
         expert.save_pretrained(str(run.path("model")))
         tok.save_pretrained(str(run.path("model")))
