@@ -106,17 +106,7 @@ class HFClassifierScorer(Scorer):
         batch_size: int = 32,
         max_length: int = 128,
     ):
-        # transformers is heavy: imported only when a classifier is the ground truth
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        path = resolve_model(model, "ground-truth classifier")
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        place = placement()
-        self.model = (
-            AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False)
-            .eval()
-            .to(place.device, place.dtype)
-        )
+        self.tokenizer, self.model = _classifier(model, "ground-truth classifier")
         labels = {str(v).lower(): int(k) for k, v in self.model.config.id2label.items()}
         for what, label in (("reward_label", reward_label), ("toxic_label", toxic_label)):
             if label.lower() not in labels:
@@ -135,6 +125,19 @@ class HFClassifierScorer(Scorer):
         z = _logits(self.model, self.tokenizer, texts, self.batch_size, self.max_length)
         p = torch.softmax(z, -1)[:, self.toxic_idx].numpy().astype(float)
         return Scores(reward=z[:, self.reward_idx].numpy().astype(float), toxicity=p, toxic=p > 0.5)
+
+
+def _classifier(name: str, what: str):
+    """(tokenizer, model) of a sequence-classification model by hub name or local path, in
+    eval mode on run.device in run.precision's dtype (pipeline.runtime.placement)."""
+    # transformers is heavy: imported only when a classifier is used
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_model(name, what)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    place = placement()
+    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False)
+    return tokenizer, model.eval().to(place.device, place.dtype)
 
 
 @torch.no_grad()
@@ -163,17 +166,8 @@ class HubRewardScorer(Scorer):
     name = "hf-reward"
 
     def __init__(self, spec: str, batch_size: int = 32, max_length: int = 128):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer  # heavy
-
         model, _, label = spec.removeprefix("hf:").partition("#")
-        path = resolve_model(model, "reward model")
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        place = placement()
-        self.model = (
-            AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False)
-            .eval()
-            .to(place.device, place.dtype)
-        )
+        self.tokenizer, self.model = _classifier(model, "reward model")
         if self.tokenizer.pad_token is None:  # decoder reward models: pad with EOS, as TRL does
             self.tokenizer.pad_token = self.tokenizer.eos_token
             self.model.config.pad_token_id = self.tokenizer.pad_token_id

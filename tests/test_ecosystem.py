@@ -58,6 +58,20 @@ def test_the_pad_token_never_shrinks_a_pythia_shaped_embedding_matrix(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- CLI
+def _one_reward(tmp_path: Path) -> Path:
+    """`fairl irl` of one Max-Entropy seed on 80 small pairs: its reward directory."""
+    import yaml
+    from conftest import make_pairs_records, small_config, write_jsonl
+
+    cfg = small_config(tmp_path, write_jsonl(tmp_path / "p.jsonl", make_pairs_records(80)),
+                       methods=["me"])  # fmt: skip
+    doc = yaml.safe_load(cfg.read_text())
+    doc["irl"]["seeds"] = [0]
+    cfg.write_text(yaml.safe_dump(doc))
+    assert _cli("irl", cfg, "-q").exit_code == 0
+    return tmp_path / "runs" / "t" / "irl" / "rewards" / "me" / "seed-0"
+
+
 def _cli(*args):
     from typer.testing import CliRunner
 
@@ -220,21 +234,13 @@ def test_report_to_refuses_none_with_a_tracker():
 def test_a_reward_as_a_trl_reward_function_drives_a_grpo_step(tmp_path, micro_world):
     """pipeline.reward_function(path) scores like the reward, and GRPOTrainer takes a step with
     it as its only reward function (the step's logged reward is the function's mean)."""
-    import yaml
-    from conftest import make_pairs_records, small_config, write_jsonl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     import pipeline
 
-    cfg = small_config(tmp_path, write_jsonl(tmp_path / "p.jsonl", make_pairs_records(80)),
-                       methods=["me"])  # fmt: skip
-    doc = yaml.safe_load(cfg.read_text())
-    doc["irl"]["seeds"] = [0]
-    cfg.write_text(yaml.safe_dump(doc))
-    assert _cli("irl", cfg, "-q").exit_code == 0
-    path = tmp_path / "runs" / "t" / "irl" / "rewards" / "me" / "seed-0"
+    path = _one_reward(tmp_path)
     f = pipeline.reward_function(path)
     texts = ["you are an idiot", "have a lovely day"]
     got = f(prompts=["a", "b"], completions=texts)
@@ -286,19 +292,11 @@ def test_push_then_load_by_repo_id_from_a_local_hub_cache(tmp_path, monkeypatch)
     import shutil
 
     import huggingface_hub
-    import yaml
-    from conftest import make_pairs_records, small_config, write_jsonl
     from huggingface_hub import constants
 
     import pipeline
 
-    cfg = small_config(tmp_path, write_jsonl(tmp_path / "p.jsonl", make_pairs_records(80)),
-                       methods=["me"])  # fmt: skip
-    doc = yaml.safe_load(cfg.read_text())
-    doc["irl"]["seeds"] = [0]
-    cfg.write_text(yaml.safe_dump(doc))
-    assert _cli("irl", cfg, "-q").exit_code == 0
-    path = tmp_path / "runs" / "t" / "irl" / "rewards" / "me" / "seed-0"
+    path = _one_reward(tmp_path)
     card = (path / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: fairl\n") and "| method | me |" in card
     before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
