@@ -106,9 +106,9 @@ def _epilog(section_cls, name: str) -> str:
 
 def _version(value: bool) -> None:
     if value:
-        from importlib import metadata
+        from pipeline import __version__
 
-        typer.echo(f"fairl {metadata.version('fairl')}")
+        typer.echo(f"fairl {__version__}")
         raise typer.Exit()
 
 
@@ -299,6 +299,10 @@ def run_all(
                 "fairl run needs a config file",
                 hint="fairl run configs/toy.yaml (offline, minutes), or --defaults for every "
                 "stage on the paper's defaults",
+            )
+        if defaults and (config is not None or config_opt is not None):
+            raise ConfigError(
+                "fairl run got a config file and --defaults", hint="give one of the two"
             )
         cfg = _load(config, config_opt, set_)
         from pipeline.stages import run as pipeline_run  # every stage: torch and the rest

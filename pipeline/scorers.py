@@ -231,6 +231,13 @@ def make_scorer(gt) -> Scorer:
     )
 
 
+def reward_inputs(spec: str) -> dict[str, Path]:
+    """The local directory a reward spec reads (a reward directory, or `hf:<local dir>`), as a
+    stage input whose files are hashed into its fingerprint; {} for a hub name or a scorer."""
+    p = Path(spec.removeprefix("hf:").partition("#")[0])
+    return {f"reward:{spec}": p} if p.is_dir() else {}
+
+
 def reward_scorer(spec: str, ground_truth: Scorer) -> Scorer:
     """`ground_truth` (or `gt`) -> the ground truth itself; `hf:<model>[#<label>]` -> a hub
     sequence-classification model; anything else is a reward directory."""

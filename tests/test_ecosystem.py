@@ -122,6 +122,8 @@ def test_run_needs_a_config_or_defaults(tmp_path):
     stages = ("--set", "run.stages=[evaluate]")
     res = _cli("run", "--defaults", "--set", f"run.root={tmp_path}", *stages)
     assert res.exit_code == 4 and "fairl irl" in res.output, res.output
+    res = _cli("run", "--defaults", "configs/toy.yaml")
+    assert res.exit_code == 2 and "a config file and --defaults" in res.output
 
 
 # -------------------------------------------------------------------------------- pairs for TRL

@@ -52,7 +52,7 @@ from pipeline.evaluate.plots import (
 from pipeline.evaluate.report import render_report
 from pipeline.irl.reward import RewardModel, reward_dir
 from pipeline.metrics import stage_sink
-from pipeline.scorers import reward_scorer
+from pipeline.scorers import reward_inputs, reward_scorer
 
 log = logging.getLogger("fairl.evaluate")
 
@@ -86,6 +86,16 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
                 "measured against",
             )
     extra = {name: reward_scorer(spec, None) for name, spec in ev.rewards.items()}
+    for name, scorer in extra.items():
+        if getattr(scorer, "reward", None) is not None and scorer.reward.meta.get("text") == (
+            "prompt+completion"
+        ):
+            raise ConfigError(
+                f"evaluate.rewards {name}: that reward embeds prompt+completion, and "
+                "evaluate.rewards are scored on the completions alone",
+                hint="compare it in its own run's evaluate, or train it with irl.embed.text: "
+                "completion",
+            )
 
     def recipe(run: StageRun) -> None:
         # 2. The pairs irl trained on, with their train / test split.
@@ -180,11 +190,7 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
             "irl": irl_dir,
             "heldout": heldout_path,
             **{f"heldout:{k}": p for k, p in set_paths.items()},
-            **{
-                f"reward:{k}": Path(v.removeprefix("hf:").split("#")[0])
-                for k, v in ev.rewards.items()
-                if Path(v.removeprefix("hf:").split("#")[0]).is_dir()
-            },
+            **{k: p for v in ev.rewards.values() for k, p in reward_inputs(v).items()},
         },
         recipe,
         force=force,

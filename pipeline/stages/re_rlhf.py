@@ -32,7 +32,7 @@ from pipeline.metrics import MetricsSink, stage_sink
 from pipeline.policy.models import load_policy
 from pipeline.policy.plots import plot_curves
 from pipeline.policy.rl import discard_checkpoints, measure_toxicity, train_ppo, train_trl
-from pipeline.scorers import make_scorer, reward_scorer
+from pipeline.scorers import make_scorer, reward_inputs, reward_scorer
 
 log = logging.getLogger("fairl.re_rlhf")
 
@@ -55,7 +55,7 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
     gt = make_scorer(cfg.ground_truth)
     inputs = {
         **model_inputs(base),
-        **{f"reward:{k}": Path(v) for k, v in rewards.items() if Path(v).is_dir()},
+        **{f"reward:{k}": p for k, v in rewards.items() for p in reward_inputs(v).values()},
     }
     config = {
         "re_rlhf": to_dict(rr),
