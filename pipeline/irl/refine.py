@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import FairlError
+from pipeline.errors import TrainingDiverged
 from pipeline.irl.heads import RewardHead
 from pipeline.irl.objectives import max_entropy_loss
 
@@ -118,7 +118,7 @@ def train_correction(
     for _ in range(epochs):
         loss, parts = correction_loss(head, params, data, tau, tau_fail, lambda_f, lambda_i, mu)
         if not torch.isfinite(loss):
-            raise FairlError(
+            raise TrainingDiverged(
                 f"the correction's loss is {float(loss)} at epoch {len(log)}",
                 hint="lower refine.lr, or raise refine.tau_fail",
             )
