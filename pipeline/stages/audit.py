@@ -111,11 +111,15 @@ def _audit(run, cfg, reward: RewardModel, reward_path, irl_dir, families, base_m
     # the reward's threshold, fitted on the training outputs against the judge
     with run.timed("threshold"):
         j_train, _ = judge(train_texts)
-        threshold = fit_threshold(score(train_texts), j_train)
-    sources = outputs(au.sources) if au.sources == "test" else train_texts
-    with run.timed("sources"):
-        src_toxic, _ = judge(sources)
-        r_sources = score(sources)
+        r_train = score(train_texts)
+        threshold = fit_threshold(r_train, j_train)
+    if au.sources == "test":
+        sources = outputs("test")
+        with run.timed("sources"):
+            src_toxic, _ = judge(sources)
+            r_sources = score(sources)
+    else:  # the training outputs: judged and scored just above
+        sources, src_toxic, r_sources = train_texts, j_train, r_train
     sigma = float(np.std(r_sources))
 
     # 1. the probes: edits of the sources, best-of-n samples, disagreement outputs
