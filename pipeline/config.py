@@ -21,6 +21,7 @@ can make fairl write or replace anything outside <run.root>/<run.name>/.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,8 +233,8 @@ class RunSection(Section):
     device: Literal["auto", "cpu", "cuda"] = _f(
         "auto",
         "Where the heavy models run: policies (generation, PPO, TRL), the ground-truth "
-        "classifier, hub reward models, the sentence encoder. auto: CUDA when torch sees a GPU. "
-        "The IRL bank and the metrics stay on the CPU for now.",
+        "classifier, hub reward models, the sentence encoder, the IRL bank. auto: CUDA when "
+        "torch sees a GPU. evaluate's metrics stay on the CPU (milliseconds of work).",
     )
     precision: Literal["auto", "fp32", "bf16"] = _f(
         "auto",
@@ -258,6 +259,13 @@ class RunSection(Section):
     def _none_alone(self) -> RunSection:
         if "none" in self.report_to and len(self.report_to) > 1:
             raise ValueError("report_to: `none` cannot be combined with a tracker")
+        # checked here, before any stage runs, not when the first stage starts its trackers
+        missing = [t for t in self.trackers if importlib.util.find_spec(t) is None]
+        if missing:
+            raise ValueError(
+                f"report_to {missing}: not installed; pip install {' '.join(missing)} "
+                "(tensorboard: the `tracking` extra), or drop it"
+            )
         return self
 
     @property
@@ -305,7 +313,7 @@ class EmbedSection(Section):
         "What is embedded: the completion alone (default; the ground truth scores the response "
         "alone) or the prompt followed by the completion.",
     )
-    batch_size: int = _f(64, "Encoder batch size.", gt=0)
+    batch_size: int = _f(64, "Encoder batch size (speed only: not part of a fingerprint).", gt=0)
     cache_dir: Path | None = _f(
         None,
         "Embedding cache, keyed by encoder fingerprint and text hash. "
@@ -330,7 +338,7 @@ class GroundTruthSection(Section):
     )
     reward_label: str = _f("neutral", "hf-classifier: the class whose raw logit is the reward.")
     toxic_label: str = _f("toxic", "hf-classifier: the class whose probability > 0.5 means toxic.")
-    batch_size: int = _f(32, "Classifier batch size.", gt=0)
+    batch_size: int = _f(32, "Classifier batch size (speed only: not part of a fingerprint).", gt=0)
     max_length: int = _f(128, "Classifier truncation length (tokens).", gt=0)
 
 
@@ -1126,22 +1134,37 @@ ADDED_SETTINGS: dict[type[BaseModel], tuple[str, ...]] = {
 }
 
 
+# Settings that only say how much work goes at once (a scoring or encoding batch): a fingerprint
+# records each at its default whatever it is set to, so a GPU-sized batch finds what a CPU run
+# published and the other way round. Their outputs differ at most in the last float bits
+# (padding). Not generation.batch_size: make-pairs seeds its sampling per batch, so that one
+# decides which completions are drawn.
+SPEED_SETTINGS: dict[type[BaseModel], tuple[str, ...]] = {
+    GroundTruthSection: ("batch_size",),
+    EmbedSection: ("batch_size",),
+}
+
+
 def fingerprint(section: BaseModel) -> dict:
     """`to_dict(section)` as a stage's fingerprint: settings of ADDED_SETTINGS at their default
-    are left out (recursively)."""
+    are left out, those of SPEED_SETTINGS are recorded at their default (recursively)."""
     out = to_dict(section)
-    _drop_added_defaults(section, out)
+    _normalise(section, out)
     return out
 
 
-def _drop_added_defaults(section: BaseModel, out: dict) -> None:
+def _normalise(section: BaseModel, out: dict) -> None:
     added = ADDED_SETTINGS.get(type(section), ())
+    speed = SPEED_SETTINGS.get(type(section), ())
     for name, field in type(section).model_fields.items():
         value = getattr(section, name)
+        default = field.get_default(call_default_factory=True)
         if isinstance(value, BaseModel):
-            _drop_added_defaults(value, out[name])
-        elif name in added and value == field.get_default(call_default_factory=True):
+            _normalise(value, out[name])
+        elif name in added and value == default:
             del out[name]
+        elif name in speed:
+            out[name] = default
 
 
 def describe_section(model: type[BaseModel], prefix: str) -> list[str]:

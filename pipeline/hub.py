@@ -137,23 +137,30 @@ def push_reward(
 ) -> str:
     """Upload a reward directory (reward.json, reward.safetensors, the sentence-transformers
     export) and its model card `card` (README.md, written from memory: the run's files are
-    left as they are) to the hub repo `repo_id`, created if needed. Returns the commit URL."""
-    from huggingface_hub import HfApi
+    left as they are) to the hub repo `repo_id`, created if needed, as one commit that also
+    deletes the repo's files this reward does not have (an earlier push's export layout, say;
+    .gitattributes stays). Returns the commit URL."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+    from huggingface_hub.errors import RevisionNotFoundError
 
+    path = Path(path)
+    files = [path / "reward.json", path / "reward.safetensors"] + sorted(
+        f for f in (path / "sentence-transformer").rglob("*") if f.is_file()
+    )
+    ops = [
+        CommitOperationAdd(path_in_repo=f.relative_to(path).as_posix(), path_or_fileobj=str(f))
+        for f in files
+    ]
+    ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(path),
-        revision=revision,
-        allow_patterns=["reward.json", "reward.safetensors", "sentence-transformer/**"],
-        commit_message="fairl push: reward",
-    )
-    info = api.upload_file(
-        path_or_fileobj=card.encode("utf-8"),
-        path_in_repo="README.md",
-        repo_id=repo_id,
-        revision=revision,
-        commit_message="fairl push: model card",
+    try:
+        there = api.list_repo_files(repo_id, revision=revision)
+    except RevisionNotFoundError:
+        there = []
+    keep = {op.path_in_repo for op in ops} | {".gitattributes"}
+    ops += [CommitOperationDelete(path_in_repo=f) for f in there if f not in keep]
+    info = api.create_commit(
+        repo_id=repo_id, operations=ops, revision=revision, commit_message="fairl push: reward"
     )
     return str(getattr(info, "commit_url", info))

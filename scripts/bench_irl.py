@@ -21,6 +21,14 @@ within_tol=<0|1>` (numbers only: scripts/readme_results.py parses it).
 
     python scripts/bench_irl.py               # the issue's workload (~3 min on 2 cores)
     python scripts/bench_irl.py --quick       # 4,000 pairs, 1 epoch: a smoke run
+    python scripts/bench_irl.py --device cuda # the bank on a GPU against the bank on the CPU
+
+With --device other than cpu (run.device for the IRL stage), the comparison is the bank on that
+device against the bank on this machine's CPU (the naive loop is left out): per head, both
+times, pairs*epochs/s, the device's speedup, the largest parameter difference between the two
+(float32 without TF32 on both; a GPU's kernels round differently, so not bit-identical) and
+the device's peak memory. Last line: `bench_irl_device device=<name> linear_speedup=<x>
+mlp_speedup=<y> max_abs_diff=<z> peak_mem_gb=<m>`.
 """
 
 from __future__ import annotations
@@ -66,6 +74,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--quick", action="store_true", help="4,000 pairs, 1 epoch")
+    ap.add_argument(
+        "--device", default="cpu", help="where the bank trains: cpu (vs the naive loop) or cuda"
+    )
     args = ap.parse_args()
     if args.quick:
         args.pairs, args.epochs = 4000, 1
@@ -84,6 +95,8 @@ def main() -> None:
         f"{len(specs)} methods x {len(seeds)} seeds, {args.epochs} epoch(s), batch 32, Adam; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
     )
+    if args.device != "cpu":
+        return bench_device(args, specs, seeds, data, optim)
     peak = matmul_peak_gflops()
     print(f"fp32 matmul peak (2048^3, measured): {peak:.0f} GFLOP/s")
 
@@ -146,6 +159,57 @@ def main() -> None:
         f"bench_irl linear_speedup={results['linear'][0]:.1f} "
         f"mlp_speedup={results['mlp'][0]:.1f} max_abs_diff={max_diff:.3g} "
         f"bit_identical={int(max_diff == 0)} within_tol={int(within)}"
+    )
+
+
+def bench_device(args, specs, seeds, data, optim) -> None:
+    """The bank on args.device against the bank on the CPU, both heads (module docstring)."""
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("bench_irl: --device cuda, but torch sees no GPU")
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 on both sides of the comparison
+        print(f"device: {torch.cuda.get_device_name(dev)}")
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    n_train, results = len(data.train), {}
+    for kind in ("linear", "mlp"):
+        head = make_head(kind, args.dim, args.hidden)
+        warm = synthetic_pairs(2000, args.dim, seed=1)
+        for where in ("cpu", dev):
+            train_bank(warm, specs, seeds[:2], head, Optim(max_epochs=1), False, device=where)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        times, banks = {}, {}
+        for where in ("cpu", dev):
+            sync()
+            t0 = time.perf_counter()
+            banks[str(where)] = train_bank(
+                data, specs, seeds, head, optim, progress=False, device=where
+            )
+            sync()
+            times[str(where)] = time.perf_counter() - t0
+        mem = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else 0.0
+        diff = max(compare_params(a, b)[0] for a, b in zip(banks[str(dev)], banks["cpu"]))
+        work = len(specs) * len(seeds) * n_train * args.epochs
+        label = kind if kind == "linear" else f"mlp (hidden {args.hidden})"
+        print(f"\n{label}:")
+        for where, t in times.items():
+            print(f"  bank on {where:5}: {t:7.1f} s  {work / t:12.0f} pairs*epochs/s")
+        speedup = times["cpu"] / times[str(dev)]
+        print(
+            f"  speedup    : {speedup:.1f}x   max |param diff| {dev} vs cpu: {diff:.3g}   "
+            f"peak {dev} memory {mem:.2f} GiB"
+        )
+        results[kind] = (speedup, diff, mem)
+    print(
+        f"bench_irl_device device={dev} linear_speedup={results['linear'][0]:.1f} "
+        f"mlp_speedup={results['mlp'][0]:.1f} "
+        f"max_abs_diff={max(d for _, d, _ in results.values()):.3g} "
+        f"peak_mem_gb={max(m for *_, m in results.values()):.2f}"
     )
 
 

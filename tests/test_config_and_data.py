@@ -368,6 +368,17 @@ def test_settings_added_later_keep_the_fingerprints_of_stages_published_before()
     assert fingerprint(noisy.make_pairs)["preference_noise"] == 0.03
     assert fingerprint(noisy.irl)["fa"]["penalty_scale"] == 0.0
     assert "penalty_scale" not in fingerprint(paper.irl)["fa"]
+    # speed-only settings (SPEED_SETTINGS) are recorded at their default, whatever they are set to
+    toy = load_config(ROOT / "configs" / "toy.yaml")
+    fast = load_config(
+        ROOT / "configs" / "toy.yaml", ["ground_truth.batch_size=512", "irl.embed.batch_size=512"]
+    )
+    assert (fast.ground_truth.batch_size, fast.irl.embed.batch_size) == (512, 512)
+    assert prompts_config(fast) == prompts_config(toy)
+    assert fingerprint(fast.irl) == fingerprint(toy.irl)
+    # ... but not the generation batch: make-pairs seeds its sampling per batch
+    bigger = load_config(overrides=["make_pairs.generation.batch_size=256"])
+    assert fingerprint(bigger.make_pairs) != fingerprint(load_config().make_pairs)
 
 
 @pytest.mark.parametrize(

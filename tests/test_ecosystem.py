@@ -233,6 +233,21 @@ def test_report_to_refuses_none_with_a_tracker():
         load_config(None, ["run.report_to=[none, wandb]"])
 
 
+def test_report_to_a_tracker_that_is_not_installed_fails_at_load(monkeypatch):
+    """Before any stage runs, with what to install (not when the first stage starts it)."""
+    import importlib.util
+
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"pip install wandb"):
+        load_config(None, ["run.report_to=[tensorboard, wandb]"])
+
+
 def test_a_reward_as_a_trl_reward_function_drives_a_grpo_step(tmp_path, micro_world):
     """pipeline.reward_function(path) scores like the reward, and GRPOTrainer takes a step with
     it as its only reward function (the step's logged reward is the function's mean)."""
@@ -303,22 +318,25 @@ def test_push_then_load_by_repo_id_from_a_local_hub_cache(tmp_path, monkeypatch)
     assert card.startswith("---\nlibrary_name: fairl\n") and "| method | me |" in card
     before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
 
-    uploaded = {}
+    uploaded, commits = {}, []
 
-    class FakeApi:
+    class FakeApi:  # the repo held an earlier push's files
         def create_repo(self, repo_id, **kw):
             uploaded["repo"] = repo_id
 
-        def upload_folder(self, repo_id, folder_path, allow_patterns, **kw):
-            import fnmatch
+        def list_repo_files(self, repo_id, **kw):
+            return [".gitattributes", "reward.json", "old-export/model.safetensors"]
 
-            for f in Path(folder_path).rglob("*"):
-                rel = f.relative_to(folder_path).as_posix()
-                if f.is_file() and any(fnmatch.fnmatch(rel, p) for p in allow_patterns):
-                    uploaded[rel] = f.read_bytes()
-
-        def upload_file(self, path_or_fileobj, path_in_repo, repo_id, **kw):
-            uploaded[path_in_repo] = path_or_fileobj
+        def create_commit(self, repo_id, operations, **kw):
+            commits.append([type(op).__name__ for op in operations])
+            for op in operations:
+                if isinstance(op, huggingface_hub.CommitOperationDelete):
+                    uploaded[op.path_in_repo] = None
+                else:
+                    src = op.path_or_fileobj
+                    uploaded[op.path_in_repo] = (
+                        src if isinstance(src, bytes) else Path(src).read_bytes()
+                    )
             return "https://hf.co/me/toxicity-reward/commit/0"
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
@@ -328,6 +346,9 @@ def test_push_then_load_by_repo_id_from_a_local_hub_cache(tmp_path, monkeypatch)
     assert {"reward.json", "reward.safetensors", "README.md"} <= set(uploaded)
     assert any(k.startswith("sentence-transformer/") for k in uploaded)
     assert uploaded["README.md"].decode() == card
+    assert len(commits) == 1  # one commit: the files, the card and the deletions
+    assert uploaded["old-export/model.safetensors"] is None and ".gitattributes" not in uploaded
+    assert uploaded["reward.json"] == (path / "reward.json").read_bytes()
     assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
 
     # the hub cache layout: models--<org>--<name>/snapshots/<commit>/..., refs/main

@@ -261,3 +261,34 @@ def test_metrics_sink_gets_one_line_per_model_and_epoch(tmp_path):
         "seed",
     } <= set(df.columns)
     assert (df[df["method"] == "fa-mm-gt"]["irl/lambda"].iloc[0]) == pytest.approx(10.0)
+
+
+def test_the_bank_places_every_tensor_on_its_device():
+    """run.device for the IRL bank, without a GPU: on the meta device every tensor the bank
+    builds (pairs, paths, Adam, per-model constants, one round's schedules, orders, S_t draws and
+    failure statistics) lives there, while the random streams stay the CPU generators (the same
+    draws on any device). The meta device has no values, so training itself is checked on the
+    CPU by the tests above and on a GPU by scripts/gpu_check.sh."""
+    import threading
+
+    from pipeline.irl.bank import _Bank
+
+    data = synthetic_pairs(200, 16, seed=1)
+    specs = specs_for(None, ["me", "fa-me-gt", "fa-mm-margin"])  # bottom-k and supervised F_t
+    head = make_head("mlp", 16, 8)
+    bank = _Bank(data, specs, [0, 1], head, Optim(), None, False, threading.Event(), "meta")
+    rnd = bank._start_round(0, len(bank.data.train))
+    tensors = {
+        **{f"attr {k}": v for k, v in vars(bank).items() if isinstance(v, torch.Tensor)},
+        **{f"data {k}": v for k, v in vars(bank.data).items() if isinstance(v, torch.Tensor)},
+        **{f"param {k}": v for k, v in bank.p.items()},
+        **{f"round {k}": v for k, v in vars(rnd).items() if isinstance(v, torch.Tensor)},
+    }
+    expected = {"round perm", "round sampled", "round F_bottom_k", "round threshold", "param W1"}
+    assert expected <= set(tensors)
+    assert {k: v.device.type for k, v in tensors.items() if v.device.type != "meta"} == {}
+    assert all(g.device.type == "cpu" for g in bank.order_gens)
+    # the same bank on the CPU draws the same orders the meta one was given (shape-wise) and
+    # trains: CPU placement is the default
+    cpu = _Bank(data, specs, [0, 1], head, Optim(), None, False, threading.Event())
+    assert cpu.p["W1"].device.type == "cpu" and cpu.data.h_pos is data.h_pos

@@ -75,7 +75,7 @@ def prompts_config(cfg) -> dict:
     """The settings every stage that samples prompts depends on (its fingerprint includes
     them): which prompts, which part each falls in, how they are scored, the run's seed."""
     return {
-        "ground_truth": to_dict(cfg.ground_truth),
+        "ground_truth": fingerprint(cfg.ground_truth),
         "prompts": to_dict(cfg.prompts),
         "world": fingerprint(cfg.world) if cfg.world else None,
         "run.seed": cfg.run.seed,

@@ -8,6 +8,11 @@ total loss is a sum of per-model losses, one Adam over the stacked tensors perfo
 model's own Adam update. Per-model hyper-parameters (objective, M, tau, schedules, failure mode)
 are tensors broadcast over the model axis, so a step has no Python loop over models.
 
+The bank's tensors live on `device` (run.device: the stage passes pipeline.runtime.placement()).
+Its random streams stay CPU generators whose draws are moved there, so a model sees the same
+initial weights, minibatch orders and S_t draws on any device; a GPU's kernels round
+differently, so its rewards match the CPU's to float32 (TF32) rounding, not bit for bit.
+
 For each model the result equals `pipeline.irl.reference.train_reference` training that model
 alone, to float32 rounding: the same arithmetic, bit-identical where the BLAS code path does not
 depend on the batch shape (DEVELOPERS.md says when); tests/test_irl_training.py checks it to a
@@ -45,13 +50,15 @@ def train_bank(
     optim: Optim = Optim(),
     sink: MetricsSink | None = None,
     progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> list[TrainedReward]:
-    """Train len(seeds) x len(specs) rewards; returns them seed-major, in the given order."""
+    """Train len(seeds) x len(specs) rewards on `device`; returns them seed-major, in the given
+    order, with their parameters on the CPU."""
     if any(s.needs_labels for s in specs) and not data.has_labels:
         raise ValueError("a ground-truth-failure method needs toxic labels")
     tune_allocator()
     return run_flushing_denormals(
-        lambda stop: _Bank(data, specs, seeds, head, optim, sink, progress, stop).fit()
+        lambda stop: _Bank(data, specs, seeds, head, optim, sink, progress, stop, device).fit()
     )
 
 
@@ -89,13 +96,15 @@ class _Round:
 
 
 class _Bank:
-    def __init__(self, data, specs, seeds, head, optim, sink, progress, stop):
+    def __init__(self, data, specs, seeds, head, optim, sink, progress, stop, device="cpu"):
+        self.dev = dev = torch.device(device)
+        data = data.to(dev)
         self.data, self.specs, self.seeds, self.head = data, specs, seeds, head
         self.optim, self.sink, self.progress, self.stop = optim, sink, progress, stop
         self.G, self.M = len(seeds), len(specs)
         fa = [i for i, s in enumerate(specs) if s.failure_aware]
         self.fa_specs = [specs[i] for i in fa]
-        self.fa_idx = torch.tensor(fa, dtype=torch.long)
+        self.fa_idx = torch.tensor(fa, dtype=torch.long, device=dev)
         self.Mf = len(fa)
         # o+ rows then o- rows of one table, so a minibatch is a single index_select
         self.H = torch.cat([data.h_pos, data.h_neg])
@@ -107,15 +116,18 @@ class _Bank:
             + [head.init(stream(s, "init/failure")) for _ in self.fa_specs]
             for s in seeds
         ]
-        self.p = {k: v.contiguous().requires_grad_(True) for k, v in head.stack(paths).items()}
+        self.p = {
+            k: v.to(dev).contiguous().requires_grad_(True) for k, v in head.stack(paths).items()
+        }
         # fused: one pass over the stacked Adam state instead of ~10 (CPU support: torch >= 2.4)
-        self.opt = torch.optim.Adam(list(self.p.values()), lr=optim.lr, fused=True)
+        fused = dev.type in ("cpu", "cuda")  # (not on the meta device of the placement test)
+        self.opt = torch.optim.Adam(list(self.p.values()), lr=optim.lr, fused=fused)
         self.order_gens = [stream(s, "order") for s in seeds]
         self.last_r: torch.Tensor | None = None  # [G, Mf, 2, n_train] latest R(o+), R(o-)
         self.sample_gens = [[stream(s, f"sample/{sp.name}") for sp in self.fa_specs] for s in seeds]
 
         def vec(values, dtype=torch.float32):
-            return torch.tensor(values, dtype=dtype)
+            return torch.tensor(values, dtype=dtype, device=dev)
 
         # Per-model constants. Those of every model are [M], broadcast over [G, n, M] at
         # validation (and as _column(...) over [G, M, b] in training); those of the FA-IRL models
@@ -132,9 +144,9 @@ class _Bank:
         self.fail_weight = _column(vec([s.fail_weight for s in f]))
         self.f_threshold = _column(vec([s.uses_threshold for s in f], torch.bool))
         self.f_supervised = _column(vec([s.needs_labels for s in f], torch.bool))
-        self.any_threshold = bool(self.f_threshold.any())
+        self.any_threshold = any(s.uses_threshold for s in f)
         self.any_bottom_k = any(s.uses_bottom_k for s in f)
-        self.any_supervised = bool(self.f_supervised.any())
+        self.any_supervised = any(s.needs_labels for s in f)
         # Round-level failure statistics need every training pair's latest reward.
         self.track = self.any_bottom_k or self.any_supervised
         # Gradient routing between the paths (pipeline.config.FailureSection)
@@ -169,7 +181,8 @@ class _Bank:
         """R = R_D + R_F for the given rows of h_pos or h_neg: [G, n, M], or [G, n, Mf] for the
         FA-IRL models alone (round-start statistics need no others)."""
         if fa_only:
-            fa_paths = torch.cat([self.fa_idx, torch.arange(self.M, self.M + self.Mf)])
+            extra = torch.arange(self.M, self.M + self.Mf, device=self.dev)
+            fa_paths = torch.cat([self.fa_idx, extra])
             p, total = self.head.select(self.p, fa_paths), self._total_fa
         else:
             p, total = self.p, self._total
@@ -181,13 +194,13 @@ class _Bank:
 
     # -------------------------------------------------------------------------- fitting
     def fit(self) -> list[TrainedReward]:
-        data, optim, G, M = self.data, self.optim, self.G, self.M
+        data, optim, G, M, dev = self.data, self.optim, self.G, self.M, self.dev
         n = len(data.train)
-        best_val = torch.full((G, M), float("inf"))
-        best_epoch = torch.full((G, M), -1, dtype=torch.long)
-        since_best = torch.zeros((G, M), dtype=torch.long)
-        active = torch.ones((G, M), dtype=torch.bool)
-        epochs_run = torch.zeros((G, M), dtype=torch.long)
+        best_val = torch.full((G, M), float("inf"), device=dev)
+        best_epoch = torch.full((G, M), -1, dtype=torch.long, device=dev)
+        since_best = torch.zeros((G, M), dtype=torch.long, device=dev)
+        active = torch.ones((G, M), dtype=torch.bool, device=dev)
+        epochs_run = torch.zeros((G, M), dtype=torch.long, device=dev)
         best = {k: v.detach().clone() for k, v in self.p.items()}
         history: list[list[list[dict]]] = [[[] for _ in range(M)] for _ in range(G)]
 
@@ -222,10 +235,13 @@ class _Bank:
                 break
         bar.close()
 
+        best = {k: v.cpu() for k, v in best.items()}  # the rewards are saved from the CPU
+        best_val, best_epoch, epochs_run = best_val.cpu(), best_epoch.cpu(), epochs_run.cpu()
+        fa_idx = self.fa_idx.cpu()
         out = []
         for g, seed in enumerate(self.seeds):
             for m, spec in enumerate(self.specs):
-                f = (self.fa_idx == m).nonzero()
+                f = (fa_idx == m).nonzero()
                 out.append(
                     TrainedReward(
                         method=spec,
@@ -241,7 +257,11 @@ class _Bank:
         return out
 
     def _record(self, t, active, train_loss, val_loss, val_acc, n_fail, history):
-        lambda_t = {int(i): s.lambda_t(t) for i, s in zip(self.fa_idx, self.fa_specs)}
+        # one copy to the CPU per epoch, not one .item() per value
+        active, train_loss, val_loss, val_acc, n_fail = (
+            x.cpu() for x in (active, train_loss, val_loss, val_acc, n_fail)
+        )
+        lambda_t = {int(i): s.lambda_t(t) for i, s in zip(self.fa_idx.tolist(), self.fa_specs)}
         for g, m in active.nonzero().tolist():
             row = {
                 "epoch": t,
@@ -266,8 +286,8 @@ class _Bank:
         -> (mean training loss L_t [G, M], failures |F_t| summed over the round [G, M])."""
         G, M, Mf, B = self.G, self.M, self.Mf, self.optim.batch_size
         rnd = self._start_round(t, n)
-        train_loss = torch.zeros(G, M)
-        n_fail = torch.zeros(G, M, dtype=torch.long)
+        train_loss = torch.zeros(G, M, device=self.dev)
+        n_fail = torch.zeros(G, M, dtype=torch.long, device=self.dev)
         for s0 in range(0, n_used(n, B), B):
             if self.stop.is_set():
                 raise Interrupted()
@@ -282,15 +302,21 @@ class _Bank:
     def _start_round(self, t: int, n: int) -> _Round:
         """What round t fixes before its minibatches: the schedules, the round-level failure
         statistics, the minibatch order and each training pair's draw for S_t."""
-        data, G, Mf, f = self.data, self.G, self.Mf, self.fa_specs
+        data, G, Mf, f, dev = self.data, self.G, self.Mf, self.fa_specs, self.dev
+
+        def vec(values):
+            return torch.tensor(values, dtype=torch.float32, device=dev)
+
         # --- line 13: schedules at round t (anneal gamma_t, decay lambda_t, adjust p_t)
-        lambda_t = torch.tensor([s.lambda_t(t) for s in f])
-        penalty_t = torch.tensor([s.penalty_t(t) for s in f])
-        gamma_t = _column(torch.tensor([s.gamma_t(t) for s in f]))
-        p_t = _column(torch.tensor([s.sample_rate_t(t) for s in f]))
+        penalties = [s.penalty_t(t) for s in f]
+        lambda_t = vec([s.lambda_t(t) for s in f])
+        penalty_t = vec(penalties)
+        gamma_t = _column(vec([s.gamma_t(t) for s in f]))
+        p_t = _column(vec([s.sample_rate_t(t) for s in f]))
         F_bottom_k, threshold = self._round_failures(t, n)
         # --- line 2: the round's minibatch order (the same stream as the reference's)
-        perm = torch.stack([torch.randperm(n, generator=g) for g in self.order_gens])  # [G, n]
+        # (CPU generators on every device: the same draws anywhere)
+        perm = torch.stack([torch.randperm(n, generator=g) for g in self.order_gens]).to(dev)
         rows = data.train[perm]
         idx = torch.cat([rows, rows + self.N], 1)  # [G, 2n]
         sampled = y_pos = y_neg = penalty_F = penalty_uniform = None
@@ -301,15 +327,16 @@ class _Bank:
                     torch.stack([torch.rand(n, generator=gen) for gen in row])
                     for row in self.sample_gens
                 ]
-            )  # [G, Mf, n]
+            ).to(dev)  # [G, Mf, n]
             sampled = u < p_t
             if F_bottom_k is not None:
                 F_bottom_k = torch.gather(F_bottom_k, 2, perm[:, None].expand(-1, Mf, -1))
             if threshold is not None:
                 y_pos, y_neg = data.y_pos[rows][:, None], data.y_neg[rows][:, None]
             penalty_F = penalty_t[None].expand(G, -1)  # [G, Mf]
-            uniform = bool((penalty_t == penalty_t[0]).all())
-            penalty_uniform = float(penalty_t[0]) if uniform else None
+            # float32 as the tensor holds it, compared without a device round trip
+            p32 = torch.tensor(penalties, dtype=torch.float32).tolist()
+            penalty_uniform = p32[0] if all(v == p32[0] for v in p32) else None
         return _Round(
             t=t,
             lambda_t=lambda_t,
@@ -347,7 +374,7 @@ class _Bank:
         R_pos, R_neg = self.last_r[:, :, 0], self.last_r[:, :, 1]  # [G, Mf, n]
         F_bottom_k = threshold = None
         if self.any_bottom_k:
-            F_bottom_k = torch.zeros(G, Mf, n, dtype=torch.bool)
+            F_bottom_k = torch.zeros(G, Mf, n, dtype=torch.bool, device=self.dev)
             for j, s in enumerate(self.fa_specs):
                 if s.uses_bottom_k:
                     delta = R_pos[:, j] - R_neg[:, j]

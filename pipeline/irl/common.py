@@ -15,7 +15,7 @@ a seed one shared GEMM.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -51,6 +51,14 @@ class PairTensors:
     @property
     def has_labels(self) -> bool:
         return self.y_pos is not None
+
+    def to(self, device: torch.device | str) -> PairTensors:
+        """The same pairs with every tensor on `device` (itself when they are there already)."""
+        moved = {
+            f.name: None if (v := getattr(self, f.name)) is None else v.to(device)
+            for f in fields(self)
+        }
+        return PairTensors(**moved)
 
 
 @dataclass(frozen=True)

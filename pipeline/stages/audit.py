@@ -32,7 +32,7 @@ from pipeline.audit.common import judge_for, resolve_audited, sha256_dir
 from pipeline.audit.findings import finding_rates, judge_probes, occlusion
 from pipeline.audit.plots import plot_finding_rates, plot_gaps
 from pipeline.audit.probes import EDITS, VERDICT, Probe, edit_probes
-from pipeline.config import ExperimentConfig, to_dict
+from pipeline.config import ExperimentConfig, fingerprint, to_dict
 from pipeline.data.pairs import PairSet
 from pipeline.data.prompts import select_prompts
 from pipeline.errors import ConfigError, FairlError
@@ -71,7 +71,7 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
         "judge_sha256": sha256_dir(Path(au.judge))
         if (Path(au.judge) / "reward.json").is_file()
         else None,
-        "ground_truth": to_dict(cfg.ground_truth),
+        "ground_truth": fingerprint(cfg.ground_truth),
         "base_model": base_model,
     }
 

@@ -107,7 +107,7 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
         # 3. Embeddings of every output (cache hits after `fairl irl`) and of the held-out set.
         embedder = Embedder(
             irl_cfg["embed"]["encoder"],
-            irl_cfg["embed"]["batch_size"],
+            cfg.irl.embed.batch_size,  # speed only: this run's, not the fingerprint's
             irl_cfg["embed"]["cache_dir"],
         )
         with run.timed("embed"):

@@ -35,6 +35,7 @@ from pipeline.irl.methods import method_spec
 from pipeline.irl.plots import plot_training_curves
 from pipeline.irl.reward import RewardModel, reward_dir
 from pipeline.metrics import stage_sink
+from pipeline.runtime import placement
 from pipeline.seeds import derive_seed
 
 log = logging.getLogger("fairl.irl")
@@ -142,7 +143,9 @@ def _fit(run: StageRun, cfg: ExperimentConfig, pairs: PairSet, specs, embedder: 
     )
     log.info("irl: training %d methods x %d seeds (%s head)", len(specs), len(irl.seeds), irl.head)
     with run.timed("train"), stage_sink(run, cfg.run.trackers, cfg.run.name) as sink:
-        trained = train_bank(data, specs, irl.seeds, head, optim, sink=sink)
+        trained = train_bank(
+            data, specs, irl.seeds, head, optim, sink=sink, device=placement().device
+        )  # run.device
 
     # 4. Save each reward: safetensors + JSON, and a plain sentence-transformers export.
     summary = []
