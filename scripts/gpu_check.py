@@ -32,7 +32,8 @@ from pipeline.world.build import get_world
 
 
 def build_encoder(out: Path) -> Path:
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     world = get_world(WorldSection())
@@ -52,9 +53,9 @@ def build_encoder(out: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         bert.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        word = models.Transformer(tmp, max_seq_length=128)
-        pool = models.Pooling(word.get_word_embedding_dimension(), "mean")
-        SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu").save(str(out))
+        word = Transformer(tmp, max_seq_length=128)
+        pool = Pooling(word.get_embedding_dimension(), "mean")
+        SentenceTransformer(modules=[word, pool, Normalize()], device="cpu").save(str(out))
     print(f"gpu_check: encoder (BERT 384 x 6, random init) saved to {out}")
     return out
 

@@ -36,6 +36,10 @@ def test_every_command_end_to_end_on_the_micro_world(tmp_path, micro_world):
     assert ev["expert"]["toxicity_rate"] <= 0.5 * ev["base"]["toxicity_rate"], ev
     assert ev["expert"]["kl_to_base"] > 0
     assert (run / "train_expert" / "model" / "config.json").is_file()
+    card = (run / "train_expert" / "model" / "README.md").read_text()  # its model card
+    assert card.startswith("---\nlibrary_name: transformers\n") and "base_model:" not in card
+    before, after = ev["base"]["toxicity_rate"], ev["expert"]["toxicity_rate"]
+    assert f"{before:.3f} (base) -> {after:.3f} (expert)" in card
     assert (run / "train_expert" / "samples.jsonl").is_file()
     log = pd.read_json(run / "train_expert" / "metrics.jsonl", lines=True)
     for key in PPO_STATS:

@@ -159,3 +159,49 @@ def sample(
         torch.where(resp_mask & ~is_eos, resp, tok.pad_token_id), skip_special_tokens=True
     )
     return enc["input_ids"], enc["attention_mask"], resp, resp_mask.long(), texts
+
+
+def expert_card(report: dict, te, ground_truth: str) -> str:
+    """README.md of the expert's `save_pretrained` directory: hub metadata (a hub base model is
+    named as such; a local one is not, since the hub reads `base_model` as a repo id), how the
+    expert was trained, its held-out toxicity and the sampling it was evaluated with (which
+    its generation_config.json records)."""
+    import yaml  # light; pyyaml is a dependency anyway
+
+    base = report["base_model"]
+    gen = te.generation
+    front = {
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        "tags": ["fairl", "rlhf", "detoxification", te.algorithm],
+        **({} if Path(base).exists() else {"base_model": base}),
+    }
+    b, e = report["base"], report["expert"]
+    steps = te.ppo.steps if te.algorithm == "ppo" else te.trl.steps
+    rows = [
+        ("base model", base),
+        ("algorithm", f"{te.algorithm}, {steps} steps"),
+        ("reward", f"the ground truth: {ground_truth}"),
+        (
+            "held-out toxicity rate",
+            f"{b['toxicity_rate']:.3f} (base) -> {e['toxicity_rate']:.3f} (expert) on "
+            f"{report['n_eval_prompts']} prompts",
+        ),
+        ("KL to the base", f"{e.get('kl_to_base', float('nan')):.2f} nats per response"),
+        (
+            "sampling",
+            f"temperature {gen.temperature}, top_p {gen.top_p}, no top-k, "
+            f"{gen.max_new_tokens} new tokens",
+        ),
+    ]
+    return (
+        "---\n"
+        + yaml.safe_dump(front, sort_keys=False)
+        + "---\n\n# fairl expert\n\nA language model detoxified by RLHF with fairl "
+        "(`fairl train-expert`): the expert whose internalised reward fairl's inverse RL "
+        "recovers.\n\n| | |\n|---|---|\n"
+        + "".join(f"| {k} | {v} |\n" for k, v in rows)
+        + "\n```python\nfrom transformers import pipeline\n\n"
+        'generate = pipeline("text-generation", model="<this directory>")\n'
+        "generate(prompt)  # samples as fairl evaluated it (generation_config.json)\n```\n"
+    )

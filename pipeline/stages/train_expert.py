@@ -20,7 +20,7 @@ from pipeline.config import ExperimentConfig, to_dict
 from pipeline.data.prompts import prompts_config, select_prompts
 from pipeline.hub import model_inputs, resolve_model
 from pipeline.metrics import stage_sink
-from pipeline.policy.models import load_policy, never_emitted
+from pipeline.policy.models import expert_card, load_policy, never_emitted
 from pipeline.policy.plots import plot_rl_curves
 from pipeline.policy.rl import discard_checkpoints, measure_toxicity, train_ppo, train_trl
 from pipeline.scorers import make_scorer
@@ -120,6 +120,10 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
             else None,
         }
         write_json(run.path("eval.json"), report)
+        truth = cfg.ground_truth.kind
+        if truth == "hf-classifier":
+            truth += f" ({cfg.ground_truth.model})"
+        run.path("model/README.md").write_text(expert_card(report, te, truth))
         with open(run.path("eval_samples.jsonl"), "w") as f:
             for p, b, e in list(zip(eval_prompts, base_texts, expert_texts))[:50]:
                 f.write(json.dumps({"prompt": p, "base": b, "expert": e}) + "\n")
