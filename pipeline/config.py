@@ -260,7 +260,13 @@ class RunSection(Section):
         if "none" in self.report_to and len(self.report_to) > 1:
             raise ValueError("report_to: `none` cannot be combined with a tracker")
         # checked here, before any stage runs, not when the first stage starts its trackers
-        missing = [t for t in self.trackers if importlib.util.find_spec(t) is None]
+        # (accelerate's tensorboard tracker takes tensorboardX when tensorboard is missing)
+        alternatives = {"tensorboard": ("tensorboard", "tensorboardX")}
+        missing = [
+            t
+            for t in self.trackers
+            if all(importlib.util.find_spec(m) is None for m in alternatives.get(t, (t,)))
+        ]
         if missing:
             raise ValueError(
                 f"report_to {missing}: not installed; pip install {' '.join(missing)} "

@@ -137,15 +137,19 @@ def push_reward(
 ) -> str:
     """Upload a reward directory (reward.json, reward.safetensors, the sentence-transformers
     export) and its model card `card` (README.md, written from memory: the run's files are
-    left as they are) to the hub repo `repo_id`, created if needed, as one commit that also
-    deletes the repo's files this reward does not have (an earlier push's export layout, say;
-    .gitattributes stays). Returns the commit URL."""
+    left as they are) to the hub repo `repo_id` (and branch `revision`), created if needed, as
+    one commit. The commit also deletes the files of an earlier push that this reward does not
+    have (reward files, and the export: its layout changed once); other files in the repo, a
+    LICENSE say, are left alone. Returns the commit URL."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import RevisionNotFoundError
 
     path = Path(path)
+    export = path / "sentence-transformer"
     files = [path / "reward.json", path / "reward.safetensors"] + sorted(
-        f for f in (path / "sentence-transformer").rglob("*") if f.is_file()
+        f
+        for f in export.rglob("*")
+        if f.is_file() and not any(p.startswith(".") for p in f.relative_to(export).parts)
     )
     ops = [
         CommitOperationAdd(path_in_repo=f.relative_to(path).as_posix(), path_or_fileobj=str(f))
@@ -154,12 +158,15 @@ def push_reward(
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision is not None:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
     try:
         there = api.list_repo_files(repo_id, revision=revision)
     except RevisionNotFoundError:
         there = []
-    keep = {op.path_in_repo for op in ops} | {".gitattributes"}
-    ops += [CommitOperationDelete(path_in_repo=f) for f in there if f not in keep]
+    keep = {op.path_in_repo for op in ops}
+    ours = [f for f in there if f.startswith(("reward.", "sentence-transformer/"))]
+    ops += [CommitOperationDelete(path_in_repo=f) for f in ours if f not in keep]
     info = api.create_commit(
         repo_id=repo_id, operations=ops, revision=revision, commit_message="fairl push: reward"
     )

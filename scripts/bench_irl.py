@@ -26,7 +26,8 @@ within_tol=<0|1>` (numbers only: scripts/readme_results.py parses it).
 With --device other than cpu (run.device for the IRL stage), the comparison is the bank on that
 device against the bank on this machine's CPU (the naive loop is left out): per head, both
 times, pairs*epochs/s, the device's speedup, the largest parameter difference between the two
-(float32 without TF32 on both; a GPU's kernels round differently, so not bit-identical) and
+(IEEE float32 on both, as the irl stage trains; a GPU's kernels round differently, so not
+bit-identical) and
 the device's peak memory. Last line: `bench_irl_device device=<name> linear_speedup=<x>
 mlp_speedup=<y> max_abs_diff=<z> peak_mem_gb=<m>`.
 """
@@ -168,7 +169,6 @@ def bench_device(args, specs, seeds, data, optim) -> None:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("bench_irl: --device cuda, but torch sees no GPU")
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 on both sides of the comparison
         print(f"device: {torch.cuda.get_device_name(dev)}")
 
     def sync():
@@ -180,7 +180,8 @@ def bench_device(args, specs, seeds, data, optim) -> None:
         head = make_head(kind, args.dim, args.hidden)
         warm = synthetic_pairs(2000, args.dim, seed=1)
         for where in ("cpu", dev):
-            train_bank(warm, specs, seeds[:2], head, Optim(max_epochs=1), False, device=where)
+            warm_optim = Optim(max_epochs=1)
+            train_bank(warm, specs, seeds[:2], head, warm_optim, progress=False, device=where)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         times, banks = {}, {}

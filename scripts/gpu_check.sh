@@ -2,7 +2,7 @@
 # fairl on one GPU, with no download, in under 8 minutes (issue 12):
 #   1. builds the offline world and an encoder there (scripts/gpu_check.py encoder: the 88 MB
 #      all-MiniLM-L6-v2 package is too large to carry, so a random-init BERT of its shape);
-#   2. fairl run configs/toy.yaml --set run.device=cuda (every stage, on the GPU);
+#   2. fairl run configs/toy.yaml --set run.device=cuda (every stage, on the GPU; one RL seed);
 #   3. scripts/bench_irl.py --device cuda (the IRL bank on the GPU against the bank on the CPU);
 #   4. make-pairs sampling throughput of a ~100M GPT-NeoX (scripts/gpu_check.py sampling).
 # Prints completions/s, IRL pairs*epochs/s and GPU memory.
@@ -14,15 +14,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=${DEVICE:-cuda}
+PY=${PYTHON:-python3}
 if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 WORK=$(mktemp -d /tmp/fairl-gpu-check.XXXXXX)
 export FAIRL_CACHE=$WORK/cache
-PY=${PYTHON:-python3}
 fairl() { "$PY" -m cli.main "$@"; }
 start=$SECONDS
 
@@ -35,8 +35,9 @@ echo "== 1. the offline world and an encoder built here ($((SECONDS - start)) s)
 "$PY" scripts/gpu_check.py encoder "$WORK/encoder"
 
 echo "== 2. fairl run configs/toy.yaml --set run.device=$DEVICE ($((SECONDS - start)) s)"
+# one RL seed per reward in re-rlhf instead of three: the check must end within 8 minutes
 fairl run configs/toy.yaml --set run.device="$DEVICE" --set run.root="$WORK/runs" \
-  --set irl.embed.encoder="$WORK/encoder" 2>&1 | grep -v "^reward normalised" | tail -n 25
+  --set irl.embed.encoder="$WORK/encoder" --set "re_rlhf.seeds=[0]" 2>&1 | grep -v "^reward normalised" | tail -n 25
 "$PY" - "$WORK/runs/toy" <<'EOF'
 import json, sys
 from pathlib import Path

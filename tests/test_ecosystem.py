@@ -325,7 +325,7 @@ def test_push_then_load_by_repo_id_from_a_local_hub_cache(tmp_path, monkeypatch)
             uploaded["repo"] = repo_id
 
         def list_repo_files(self, repo_id, **kw):
-            return [".gitattributes", "reward.json", "old-export/model.safetensors"]
+            return [".gitattributes", "LICENSE", "reward.json", "sentence-transformer/old.bin"]
 
         def create_commit(self, repo_id, operations, **kw):
             commits.append([type(op).__name__ for op in operations])
@@ -347,7 +347,8 @@ def test_push_then_load_by_repo_id_from_a_local_hub_cache(tmp_path, monkeypatch)
     assert any(k.startswith("sentence-transformer/") for k in uploaded)
     assert uploaded["README.md"].decode() == card
     assert len(commits) == 1  # one commit: the files, the card and the deletions
-    assert uploaded["old-export/model.safetensors"] is None and ".gitattributes" not in uploaded
+    assert uploaded["sentence-transformer/old.bin"] is None  # an earlier push's export file
+    assert ".gitattributes" not in uploaded and "LICENSE" not in uploaded  # not fairl's
     assert uploaded["reward.json"] == (path / "reward.json").read_bytes()
     assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
 

@@ -292,3 +292,55 @@ def test_the_bank_places_every_tensor_on_its_device():
     # trains: CPU placement is the default
     cpu = _Bank(data, specs, [0, 1], head, Optim(), None, False, threading.Event())
     assert cpu.p["W1"].device.type == "cpu" and cpu.data.h_pos is data.h_pos
+
+
+def test_the_bank_trains_on_its_device_without_mixing_devices_or_a_sync_per_step():
+    """The whole fit() on the meta device, watched op by op: no op takes a CPU tensor (other than
+    a 0-dim scalar) with a device one, and no host sync happens inside a minibatch step (off the
+    CPU the loss is checked once per epoch), so a GPU's steps queue without waiting. Meta
+    tensors hold no values: each host sync is answered with a stand-in (True, 1, 0.5, zeros)."""
+    import threading
+    import traceback
+
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_leaves
+
+    from pipeline.irl.bank import _Bank
+
+    syncs = {torch.Tensor.__bool__, torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.cpu}
+    syncs |= {torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__}
+    mixed, step_syncs, n_syncs = [], [], [0]
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            ts = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+            devices = {t.device.type for t in ts if t.device.type != "cpu" or t.dim() > 0}
+            if len(devices) > 1 and func not in (torch.Tensor.to, torch.Tensor.cpu):
+                mixed.append(getattr(func, "__name__", str(func)))
+            meta = [t for t in ts if t.device.type == "meta"]
+            if meta and func in syncs:
+                n_syncs[0] += 1
+                frames = {f.name for f in traceback.extract_stack()}
+                if frames & {"_step", "_failures", "_update"}:
+                    step_syncs.append(func.__name__)
+                if func is torch.Tensor.__bool__:
+                    return True
+                if func in (torch.Tensor.__int__, torch.Tensor.__index__):
+                    return 1
+                if func in (torch.Tensor.item, torch.Tensor.__float__):
+                    return 0.5
+                zeros = torch.zeros(meta[0].shape, dtype=meta[0].dtype)
+                return zeros if func is torch.Tensor.cpu else zeros.tolist()
+            return func(*args, **kwargs)
+
+    data = synthetic_pairs(200, 16, seed=1)
+    specs = specs_for(None, ["me", "mm", "fa-me-gt", "fa-mm-margin", "fa-me-margin"])
+    head = make_head("mlp", 16, 8)
+    optim = Optim(max_epochs=3, batch_size=32)
+    bank = _Bank(data, specs, [0, 1], head, optim, None, True, threading.Event(), "meta")
+    with Watch():
+        out = bank.fit()
+    assert len(out) == 10 and all(v.device.type == "cpu" for r in out for v in r.base.values())
+    assert mixed == [] and step_syncs == []
+    assert n_syncs[0] > 0  # the watch sees the per-epoch syncs (it would see per-step ones)

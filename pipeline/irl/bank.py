@@ -10,8 +10,10 @@ are tensors broadcast over the model axis, so a step has no Python loop over mod
 
 The bank's tensors live on `device` (run.device: the stage passes pipeline.runtime.placement()).
 Its random streams stay CPU generators whose draws are moved there, so a model sees the same
-initial weights, minibatch orders and S_t draws on any device; a GPU's kernels round
-differently, so its rewards match the CPU's to float32 (TF32) rounding, not bit for bit.
+initial weights, minibatch orders and S_t draws on any device. It trains in IEEE float32 there
+(TF32 off); a GPU's kernels round differently, so its rewards match the CPU's to float32
+rounding, not bit for bit. Off the CPU a step makes no host sync: the loss is checked for NaN
+once per epoch.
 
 For each model the result equals `pipeline.irl.reference.train_reference` training that model
 alone, to float32 rounding: the same arithmetic, bit-identical where the BLAS code path does not
@@ -28,6 +30,7 @@ failures, S_t the sampled subset, M_fail and tau_fail the failure loss's margin 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -57,9 +60,26 @@ def train_bank(
     if any(s.needs_labels for s in specs) and not data.has_labels:
         raise ValueError("a ground-truth-failure method needs toxic labels")
     tune_allocator()
-    return run_flushing_denormals(
-        lambda stop: _Bank(data, specs, seeds, head, optim, sink, progress, stop, device).fit()
-    )
+    with _ieee_float32(device):
+        return run_flushing_denormals(
+            lambda stop: _Bank(data, specs, seeds, head, optim, sink, progress, stop, device).fit()
+        )
+
+
+@contextmanager
+def _ieee_float32(device: torch.device | str):
+    """TF32 off on a GPU while the bank trains (run.device turns it on for the policies): the
+    bank's GEMMs are small, so TF32 would save little, and IEEE float32 keeps a GPU's rewards
+    within float32 rounding of the CPU's through hundreds of epochs of early-stopping decisions."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def _uniform(flags: list[bool]) -> bool | None:
@@ -104,6 +124,7 @@ class _Bank:
         self.G, self.M = len(seeds), len(specs)
         fa = [i for i, s in enumerate(specs) if s.failure_aware]
         self.fa_specs = [specs[i] for i in fa]
+        self.fa = fa  # positions of the FA-IRL methods among specs
         self.fa_idx = torch.tensor(fa, dtype=torch.long, device=dev)
         self.Mf = len(fa)
         # o+ rows then o- rows of one table, so a minibatch is a single index_select
@@ -227,27 +248,27 @@ class _Bank:
             epochs_run += active.long()
             self._record(t, active, train_loss, val_loss, val_acc, n_fail, history)
             active &= since_best < optim.patience
-            bar.set_postfix(
-                active=f"{int(active.sum())}/{G * M}",
-                val=f"{best_val[torch.isfinite(best_val)].mean().item():.4f}",
-            )
+            if self.progress:
+                finite = torch.where(torch.isfinite(best_val), best_val, float("nan"))
+                bar.set_postfix(
+                    active=f"{int(active.sum())}/{G * M}", val=f"{finite.nanmean().item():.4f}"
+                )
             if not active.any():
                 break
         bar.close()
 
         best = {k: v.cpu() for k, v in best.items()}  # the rewards are saved from the CPU
         best_val, best_epoch, epochs_run = best_val.cpu(), best_epoch.cpu(), epochs_run.cpu()
-        fa_idx = self.fa_idx.cpu()
         out = []
         for g, seed in enumerate(self.seeds):
             for m, spec in enumerate(self.specs):
-                f = (fa_idx == m).nonzero()
+                f = self.fa.index(m) if m in self.fa else None
                 out.append(
                     TrainedReward(
                         method=spec,
                         seed=seed,
                         base=self.head.unstack(best, g, m),
-                        failure=self.head.unstack(best, g, M + int(f)) if len(f) else None,
+                        failure=None if f is None else self.head.unstack(best, g, M + f),
                         best_epoch=int(best_epoch[g, m]),
                         epochs_run=int(epochs_run[g, m]),
                         best_val_loss=float(best_val[g, m]),
@@ -257,11 +278,11 @@ class _Bank:
         return out
 
     def _record(self, t, active, train_loss, val_loss, val_acc, n_fail, history):
-        # one copy to the CPU per epoch, not one .item() per value
-        active, train_loss, val_loss, val_acc, n_fail = (
-            x.cpu() for x in (active, train_loss, val_loss, val_acc, n_fail)
-        )
-        lambda_t = {int(i): s.lambda_t(t) for i, s in zip(self.fa_idx.tolist(), self.fa_specs)}
+        # one copy to the CPU per epoch, not one .item() per value (counts are exact in float32)
+        stats = torch.stack([train_loss, val_loss, val_acc, n_fail.float(), active.float()])
+        train_loss, val_loss, val_acc, n_fail, active = stats.cpu()
+        active = active.bool()
+        lambda_t = {i: s.lambda_t(t) for i, s in zip(self.fa, self.fa_specs)}
         for g, m in active.nonzero().tolist():
             row = {
                 "epoch": t,
@@ -294,6 +315,8 @@ class _Bank:
             b = min(B, n - s0)
             L_t = self._step(rnd, n, s0, b, n_fail)
             train_loss += L_t.detach() * b
+        if self.dev.type != "cpu":  # a non-finite step leaves the epoch's sum non-finite
+            self._check_finite(train_loss, t)
         if Mf:  # log the penalty term too (at end-of-epoch weights; the reference uses each step's)
             w_sq = self.head.sq_weight_norm({k: v.detach() for k, v in self.p.items()})[:, M:]
             train_loss.index_add_(1, self.fa_idx, rnd.penalty_t / 2 * w_sq * n_used(n, B))
@@ -418,15 +441,19 @@ class _Bank:
             L_fail = (l_fail * self.fail_weight * S_t).sum(-1) / S_t.sum(-1).clamp(min=1)
             # --- line 12: L_t = L_base + lambda_t L_fail(S_t) (+ the penalty, in _update)
             L_t = L_base.index_add(1, self.fa_idx, rnd.lambda_t * L_fail)
+        if self.dev.type == "cpu":  # (elsewhere once per epoch, in _epoch: no sync per step)
+            self._check_finite(L_t, rnd.t)
+        self._update(L_t, rnd)
+        return L_t
+
+    def _check_finite(self, L_t: torch.Tensor, t: int) -> None:
         if not torch.isfinite(L_t).all():
             g, m = (~torch.isfinite(L_t)).nonzero()[0].tolist()
             raise TrainingDiverged(
                 f"{self.specs[m].name} seed {self.seeds[g]}: loss is {L_t[g, m].item()} "
-                f"at epoch {rnd.t}",
+                f"at epoch {t}",
                 hint="lower irl.lr, and check the embeddings for NaN or inf",
             )
-        self._update(L_t, rnd)
-        return L_t
 
     def _failures(self, rnd: _Round, sl: slice, r_pos, r_neg, delta_D_fa, delta_F) -> torch.Tensor:
         """Lines 3-10: the failure set F_t = F_t^margin | F_t^sup of each FA-IRL model in the

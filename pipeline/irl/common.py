@@ -53,7 +53,8 @@ class PairTensors:
         return self.y_pos is not None
 
     def to(self, device: torch.device | str) -> PairTensors:
-        """The same pairs with every tensor on `device` (itself when they are there already)."""
+        """The same pairs with every tensor on `device` (the same tensors when they are there
+        already, in a new PairTensors)."""
         moved = {
             f.name: None if (v := getattr(self, f.name)) is None else v.to(device)
             for f in fields(self)
