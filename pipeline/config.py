@@ -436,6 +436,12 @@ class TRLSection(Section):
     num_generations: int = _f(4, "Completions per prompt (the group).", gt=1)
     lr: float = _f(1e-5, "Learning rate.", gt=0)
     beta: float = _f(0.04, "KL coefficient against the reference model.", ge=0)
+    scale_rewards: Literal["group", "batch", "none"] = _f(
+        "group",
+        "grpo: how TRL divides the advantages: by the std of each prompt's group (TRL's "
+        "default), of the whole batch, or not at all. Dynamic reward scaling needs batch or none: "
+        "a scale shared by a prompt's group cancels in the group's std.",
+    )
 
 
 # ---------------------------------------------------------------------------- make_pairs
@@ -598,6 +604,15 @@ class IRLSection(Section):
         "test are kept whole, so evaluate scores every subtype. Needs the pairs' subtype scores "
         "and labels.",
     )
+    categories: list[str] | Literal["all"] | None = _f(
+        None,
+        "DR-IRL (README: DR-IRL): also train one reward per harm category (a subtype of the "
+        "pairs, or `all` of them), each on the training pairs whose rejected output carries it "
+        "(score > 0.5), balanced across categories: every category keeps its own pairs once and "
+        "draws more of them with replacement (seeded by run.seed) up to the largest category's "
+        "count. Every method and seed of irl.methods / irl.seeds; written to "
+        "irl/categories/<c>/rewards/<method>/seed-<s>/. Needs the pairs' subtype scores.",
+    )
     head: Literal["linear", "mlp"] = _f(
         "mlp", "Reward head on h(o): linear theta^T h + b, or a two-layer MLP (paper)."
     )
@@ -665,6 +680,16 @@ class IRLSection(Section):
             )
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"irl.methods has duplicates: {self.methods}")
+        if isinstance(self.categories, list):
+            if not self.categories:
+                raise ValueError("irl.categories is empty: name the categories, or `all`")
+            if len(set(self.categories)) != len(self.categories):
+                raise ValueError(f"irl.categories has duplicates: {self.categories}")
+        if self.categories is not None and self.subtype is not None:
+            raise ValueError(
+                "irl.subtype and irl.categories together: the category rewards are trained on "
+                "every category's pairs; drop irl.subtype"
+            )
         return self
 
 
@@ -716,15 +741,39 @@ class TrainExpertSection(Section):
     trl: TRLSection = _f(TRLSection(), "GRPO / RLOO settings.")
 
 
+class DynamicScalingSection(Section):
+    """DR-IRL's dynamic reward scaling for GRPO (pipeline.policy.scaling). The abstract gives no
+    formula; fairl's: a category reward r_c (standardised) of a completion y to a prompt x is
+    scaled by s_c(x) = (1 + alpha d_c(x)) (1 + beta (1 - rho_c)), the scales of a batch divided
+    by their mean (so they reweight, not resize, the reward). d_c(x) = clip((1 + cos(h(x),
+    mu_c^unsafe) - cos(h(x), mu_c^safe)) / 2, 0, 1) is the prompt's data-level hardness, and
+    rho_c = tanh(max(g_c, 0) / sigma_c) the policy's responsiveness: g_c the moving average
+    (momentum) of the policy's mean r_c minus the base LM's, sigma_c the base LM's std of r_c."""
+
+    rewards: list[PlainName] = _f(
+        [],
+        "Names of re_rlhf.rewards to scale (each an `irl-categories:` reward).",
+    )
+    alpha: float = _f(1.0, "Weight of the data-level hardness d_c(x).", ge=0)
+    beta: float = _f(1.0, "Weight of the model-level unresponsiveness 1 - rho_c.", ge=0)
+    momentum: float = _f(
+        0.9, "Moving average of the reward gap g_c over steps (0: the last step's).", ge=0, lt=1
+    )
+    reference_samples: int = _f(
+        64, "Base-LM completions to training prompts for the reference mean and std of r_c.", gt=1
+    )
+
+
 class ReRLHFSection(Section):
     base_model: str | None = _f(None, "Base LM to fine-tune; default train_expert.base_model.")
     rewards: dict[PlainName, str] = _f(
         {"ground_truth": "ground_truth", "fa-irl": "irl:fa-me-margin", "irl": "irl:me"},
         "name -> reward: `ground_truth`, `irl:<method>` (this run's irl, first seed), a "
         "reward directory (a refined one too), or a hub sequence-classification model, "
-        "`hf:<model>` (one output) or `hf:<model>#<label>` (that class's raw logit). Each name "
-        "becomes re_rlhf/runs/<name>/, so it is a plain name as "
-        "for run.name.",
+        "`hf:<model>` (one output) or `hf:<model>#<label>` (that class's raw logit), or "
+        "`irl-categories:<method>` (DR-IRL: the sum of this run's category rewards, each "
+        "standardised; `irl-categories:<method>#route` takes the prompt's category's reward "
+        "only). Each name becomes re_rlhf/runs/<name>/, so it is a plain name as for run.name.",
     )
     seeds: list[int] = _f(
         [0],
@@ -737,9 +786,47 @@ class ReRLHFSection(Section):
     )
     algorithm: Literal["ppo", "grpo", "rloo"] = _f("ppo", "As in train_expert.")
     eval_every: int = _f(10, "Measure the held-out toxicity rate every this many steps.", gt=0)
+    eval_samples: int = _f(
+        1,
+        "Completions per held-out prompt in each measurement (each seeded): more measure a rare "
+        "category's rate (DR-IRL) on more samples.",
+        gt=0,
+    )
     generation: GenerationSection = _f(GenerationSection(), "Sampling.")
     ppo: PPOSection = _f(PPOSection(), "PPO settings.")
     trl: TRLSection = _f(TRLSection(), "GRPO / RLOO settings.")
+    dynamic_scaling: DynamicScalingSection = _f(
+        DynamicScalingSection(), "DR-IRL's dynamic reward scaling (algorithm: grpo)."
+    )
+
+    @model_validator(mode="after")
+    def _scaling(self):
+        ds = self.dynamic_scaling
+        if not ds.rewards:
+            return self
+        unknown = [r for r in ds.rewards if r not in self.rewards]
+        if unknown:
+            raise ValueError(
+                f"re_rlhf.dynamic_scaling.rewards names {unknown}, which re_rlhf.rewards does "
+                f"not have ({sorted(self.rewards)})"
+            )
+        plain = [r for r in ds.rewards if not self.rewards[r].startswith("irl-categories:")]
+        if plain:
+            raise ValueError(
+                f"dynamic scaling needs category rewards: {plain} are not "
+                "`irl-categories:<method>` rewards (set irl.categories and name one)"
+            )
+        if self.algorithm != "grpo":
+            raise ValueError(
+                f"dynamic scaling is for GRPO (re_rlhf.algorithm: grpo), not {self.algorithm}"
+            )
+        if self.trl.scale_rewards == "group":
+            raise ValueError(
+                "dynamic scaling with re_rlhf.trl.scale_rewards: group: GRPO divides each "
+                "prompt's advantages by its group's std, which cancels the prompt's scale; set "
+                "scale_rewards: batch (or none)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _distinct_seeds(self):
@@ -1135,7 +1222,9 @@ ADDED_SETTINGS: dict[type[BaseModel], tuple[str, ...]] = {
     WorldSection: ("kind", "n_eval"),
     MakePairsSection: ("preference_noise",),
     FailureSection: ("penalty_scale",),
-    IRLSection: ("n_pairs", "pair_mix", "subtype"),
+    IRLSection: ("n_pairs", "pair_mix", "subtype", "categories"),
+    TRLSection: ("scale_rewards",),
+    ReRLHFSection: ("eval_samples", "dynamic_scaling"),
     EvaluateSection: ("heldout_sets", "rewards"),
 }
 
@@ -1165,10 +1254,10 @@ def _normalise(section: BaseModel, out: dict) -> None:
     for name, field in type(section).model_fields.items():
         value = getattr(section, name)
         default = field.get_default(call_default_factory=True)
-        if isinstance(value, BaseModel):
-            _normalise(value, out[name])
-        elif name in added and value == default:
+        if name in added and value == default:
             del out[name]
+        elif isinstance(value, BaseModel):
+            _normalise(value, out[name])
         elif name in speed:
             out[name] = default
 

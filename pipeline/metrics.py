@@ -136,6 +136,10 @@ class MetricsSink:
             row[k] = None if isinstance(v, float) and not math.isfinite(v) else v
         self._fh.write(json.dumps(row) + "\n")
 
+    def tagged(self, **tags: Any) -> _Tagged:
+        """This sink with `tags` added to every row it logs (one sink, not a second one)."""
+        return _Tagged(self, tags)
+
     def rewind(self, step: int, key: str | None = None) -> None:
         """Drop the logged rows of steps >= `step` (holding `key`, if given: see `drop_rows`)
         before a run resumed from a checkpoint at `step` logs them again."""
@@ -158,6 +162,14 @@ class MetricsSink:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class _Tagged:
+    def __init__(self, sink: MetricsSink, tags: dict[str, Any]):
+        self.sink, self.tags = sink, tags
+
+    def log(self, step: int, metrics: dict[str, Any], track: bool = True, **tags: Any) -> None:
+        self.sink.log(step, metrics, track, **self.tags, **tags)
 
 
 def stage_sink(run, trackers: Sequence[str], run_name: str, jsonl: bool = True) -> MetricsSink:

@@ -8,6 +8,8 @@
                      reward = log((1 - p) / p), the logit of "not offensive"; toxic = p > 0.5.
     lexicon          the offline world's exact ground truth (pipeline.world.grammar).
     learned          a reward saved by `fairl irl` (a reward directory): reward only.
+    categories       DR-IRL's category rewards of `fairl irl` (irl.categories), summed or
+                     routed by the prompt: reward only.
     hf-reward        any hub sequence-classification model as a reward (`hf:<model>`, or
                      `hf:<model>#<label>` for a classifier): its single logit, or the raw
                      logit of <label>; reward only (re_rlhf.rewards, and evaluate beside the
@@ -18,6 +20,7 @@ RL stages optimise any of them; evaluation uses the toxicity and label a ground 
 
 from __future__ import annotations
 
+import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -30,7 +33,8 @@ from tqdm.auto import tqdm
 
 from pipeline.errors import ConfigError, FairlError
 from pipeline.hub import resolve_model
-from pipeline.irl.reward import load_reward
+from pipeline.irl.categories import route
+from pipeline.irl.reward import load_reward, reward_dir
 from pipeline.runtime import placement, using_model_threads
 from pipeline.world.grammar import SUBTYPES, lexicon_score
 from pipeline.world.hard import hard_score
@@ -51,6 +55,11 @@ class Scorer(ABC):
 
     @abstractmethod
     def score(self, texts: Sequence[str]) -> Scores: ...
+
+    def score_for(self, texts: Sequence[str], prompts: Sequence[str] | None) -> Scores:
+        """Scores of completions to their prompts: the completions' alone, unless the reward
+        reads the prompt too (a routed category reward)."""
+        return self.score(texts)
 
     def describe(self) -> dict:
         return {"kind": self.name}
@@ -218,6 +227,79 @@ class LearnedRewardScorer(Scorer):
         return Scores(reward=self.reward.score_embeddings(h).double().numpy())
 
 
+class CategoryRewardScorer(Scorer):
+    """DR-IRL's category rewards (`fairl irl` with irl.categories) as one reward: each category's
+    reward r_c standardised by the mean and std recorded in its reward.json (on the irl pairs'
+    outputs; the raw rewards' spreads differ several-fold, so a plain sum would drown the rare
+    categories), then summed over categories (`sum`, the default: every completion is judged
+    against every harm, whatever its prompt), or taken from the prompt's category only (`route`:
+    the category whose demonstrations' prompt centroid is most cosine-similar to the prompt,
+    pipeline.irl.categories.route). Spec: `categories:<sum|route>:<method>:<seed>:<dir>`, where
+    <dir> is irl/categories (re_rlhf writes it from `irl-categories:<method>[#route]`)."""
+
+    name = "categories"
+
+    def __init__(self, spec: str):
+        from safetensors.torch import load_file  # the category path only
+
+        _, self.mode, self.method, seed, root = spec.split(":", 4)
+        self.root = Path(root)
+        info = json.loads((self.root / "categories.json").read_text())
+        self.categories: list[str] = info["categories_order"]
+        self.demonstrations = {c: v["carrying"] for c, v in info["categories"].items()}
+        self.rewards = [
+            load_reward(reward_dir(self.root / c, self.method, int(seed))) for c in self.categories
+        ]
+        self.standardise = [
+            (r.meta["standardise"]["mean"], r.meta["standardise"]["std"]) for r in self.rewards
+        ]
+        self.mu = load_file(str(self.root / "centroids.safetensors"))  # prompt/unsafe/safe [C, d]
+        self.text = self.rewards[0].meta.get("text", "completion")
+        self._prompts: dict[str, torch.Tensor] = {}
+
+    def describe(self):
+        return {"kind": self.name, "mode": self.mode, "method": self.method, "path": str(self.root)}
+
+    def embed_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """[n, d] prompt embeddings, each prompt embedded once per scorer (RL repeats them)."""
+        new = list(dict.fromkeys(p for p in prompts if p not in self._prompts))
+        if new:
+            h = self.rewards[0].embedder().embed(new, cache=False)
+            self._prompts.update(zip(new, h))
+        return torch.stack([self._prompts[p] for p in prompts])
+
+    def components(self, texts: Sequence[str], prompts: Sequence[str] | None) -> torch.Tensor:
+        """[C, n] the standardised category rewards r_c(y) of each completion."""
+        if self.text == "prompt+completion":
+            if prompts is None:
+                raise FairlError("these category rewards read prompt+completion: pass the prompts")
+            texts = [p + t for p, t in zip(prompts, texts)]
+        h = self.rewards[0].embedder().embed(list(texts), cache=False)
+        return torch.stack(
+            [(r.score_embeddings(h) - m) / sd for r, (m, sd) in zip(self.rewards, self.standardise)]
+        )
+
+    def routed(self, prompts: Sequence[str]) -> torch.Tensor:
+        """[n] each prompt's category index."""
+        return route(self.embed_prompts(prompts), self.mu["prompt"])
+
+    def active(self, prompts: Sequence[str] | None, n: int) -> torch.Tensor:
+        """[C, n] which category rewards count for each completion: all (sum) or the routed."""
+        if self.mode == "sum":
+            return torch.ones(len(self.categories), n, dtype=torch.bool)
+        if prompts is None:
+            raise FairlError("a routed category reward needs the prompts of its completions")
+        idx = self.routed(prompts)
+        return torch.arange(len(self.categories))[:, None] == idx[None, :]
+
+    def score_for(self, texts, prompts):
+        r = self.components(texts, prompts) * self.active(prompts, len(texts))
+        return Scores(reward=r.sum(0).double().numpy())
+
+    def score(self, texts):
+        return self.score_for(texts, None)
+
+
 def make_scorer(gt) -> Scorer:
     """A ground-truth scorer from a GroundTruthSection."""
     if gt.kind == "lexicon":
@@ -234,6 +316,8 @@ def make_scorer(gt) -> Scorer:
 def reward_inputs(spec: str) -> dict[str, Path]:
     """The local directory a reward spec reads (a reward directory, or `hf:<local dir>`), as a
     stage input whose files are hashed into its fingerprint; {} for a hub name or a scorer."""
+    if spec.startswith("categories:"):
+        return {f"reward:{spec}": Path(spec.split(":", 4)[4])}
     p = Path(spec.removeprefix("hf:").partition("#")[0])
     return {f"reward:{spec}": p} if p.is_dir() else {}
 
@@ -245,6 +329,8 @@ def reward_scorer(spec: str, ground_truth: Scorer) -> Scorer:
         return ground_truth
     if spec.startswith("hf:"):
         return HubRewardScorer(spec)
+    if spec.startswith("categories:"):
+        return CategoryRewardScorer(spec)
     p = Path(spec)
     if not (p / "reward.json").is_file():
         raise FairlError(

@@ -29,7 +29,7 @@ def main(model_dir: str, prompts_file: str, out: str) -> None:
     model, tok = load_policy(model_dir)
     before = weights_hash(model)
     prompts = [json.loads(line)["prompt"]["text"] for line in open(prompts_file)][:32]
-    score = lambda texts: torch.tensor([lexicon_score(t).reward for t in texts])
+    score = lambda texts, prompts=None: torch.tensor([lexicon_score(t).reward for t in texts])
     trainer = PPOTrainer(
         model,
         tok,

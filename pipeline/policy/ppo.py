@@ -255,7 +255,7 @@ class PPOTrainer:
         self,
         model,
         tokenizer,
-        score_fn: Callable[[list[str]], torch.Tensor],
+        score_fn: Callable[..., torch.Tensor],  # (completions, prompts) -> rewards
         cfg,
         gen,
         accelerator,
@@ -298,7 +298,7 @@ class PPOTrainer:
             seed=seed,
             max_prompt_tokens=gen.max_prompt_tokens,
         )
-        raw = self.score_fn(texts).float().to(r_ids.device)
+        raw = self.score_fn(texts, list(prompts)).float().to(r_ids.device)
         scores = self.reward_norm(raw)
         if cfg.missing_eos_penalty is not None:
             ended = ((r_ids == self.tok.eos_token_id) & (r_mask > 0)).any(-1)
@@ -551,23 +551,32 @@ def save_optimizer(opt, path: Path) -> None:
     (path / "optimizer.json").write_text(json.dumps({"param_groups": sd["param_groups"]}))
 
 
-def reference_reward_norm(
-    model, tokenizer, score_fn, prompts: Sequence[str], gen, seed: int
-) -> RewardNorm:
-    """Gain and bias that give the reward mean 0 and std 1 on reference-policy samples."""
-    scores = []
+def reference_samples(model, tokenizer, prompts: Sequence[str], gen, seed: int):
+    """The reference policy's (`model`) completions to `prompts`, in batches of
+    gen.batch_size: yields (prompts, completions) per batch, batch i seeded seed + i."""
     for i in range(0, len(prompts), gen.batch_size):
+        batch = list(prompts[i : i + gen.batch_size])
         *_, texts = sample(
             model,
             tokenizer,
-            prompts[i : i + gen.batch_size],
+            batch,
             gen.max_new_tokens,
             gen.temperature,
             gen.top_p,
             seed=seed + i,
             max_prompt_tokens=gen.max_prompt_tokens,
         )
-        scores.append(score_fn(texts).float())
+        yield batch, texts
+
+
+def reference_reward_norm(
+    model, tokenizer, score_fn, prompts: Sequence[str], gen, seed: int
+) -> RewardNorm:
+    """Gain and bias that give the reward mean 0 and std 1 on reference-policy samples."""
+    scores = [
+        score_fn(texts, batch).float()
+        for batch, texts in reference_samples(model, tokenizer, prompts, gen, seed)
+    ]
     s = torch.cat(scores)
     std = float(s.std()) if len(s) > 1 and float(s.std()) > 1e-8 else 1.0
     return RewardNorm(gain=1.0 / std, bias=-float(s.mean()) / std)

@@ -39,8 +39,11 @@ def accelerator():
     return Accelerator(cpu=placement().device.type == "cpu")  # run.device
 
 
-def score_fn_for(scorer: Scorer) -> Callable[[list[str]], torch.Tensor]:
-    return lambda texts: torch.tensor(scorer.score(texts).reward, dtype=torch.float32)
+def score_fn_for(scorer: Scorer) -> Callable[..., torch.Tensor]:
+    """(completions, their prompts) -> float32 rewards."""
+    return lambda texts, prompts=None: torch.tensor(
+        scorer.score_for(texts, prompts).reward, dtype=torch.float32
+    )
 
 
 def should_normalise(setting: str, scorer: Scorer) -> bool:
@@ -149,6 +152,8 @@ def train_trl(
 
     model, tok = load_policy(base_model)
     score_fn = score_fn_for(scorer)
+    if hasattr(scorer, "prepare"):  # dynamic scaling: the base LM's reference samples, first
+        scorer.prepare(model, tok, prompts, gen, seed)
     common = dict(
         output_dir=str(work_dir / "trl"),
         use_cpu=placement().device.type == "cpu",  # run.device
@@ -173,12 +178,16 @@ def train_trl(
     if algorithm == "grpo":
         from trl import GRPOConfig as Config  # TRL (seconds to import): GRPO / RLOO only
         from trl import GRPOTrainer as Trainer
+
+        common["scale_rewards"] = trl_cfg.scale_rewards
     else:
         from trl import RLOOConfig as Config
         from trl import RLOOTrainer as Trainer
 
-    def reward(prompts=None, completions=None, **_):
-        return score_fn(list(completions)).tolist()
+    def reward(prompts=None, completions=None, log_metric=None, **_):
+        if hasattr(scorer, "log_metric"):  # a scaled reward reports its scales into TRL's log
+            scorer.log_metric = log_metric
+        return score_fn(list(completions), list(prompts)).tolist()
 
     trainer = Trainer(
         model=model,
@@ -196,8 +205,8 @@ def train_trl(
     for cb in (PrinterCallback, ProgressCallback):  # their dict dumps duplicate our metrics sink
         trainer.remove_callback(cb)
     trainer.add_callback(Bar())
-    trainer.train()
     sink.rewind(0, namespace)  # this run starts afresh: rows of a killed one are replaced
+    trainer.train()
     for i, row in enumerate(trainer.state.log_history):
         sink.log(
             int(row.get("step", i)),
@@ -248,6 +257,8 @@ def measure_toxicity(
     }
     if s.toxicity is not None:
         out["mean_toxicity"] = float(np.mean(s.toxicity))
+    for c, v in s.subtypes.items():  # the share of completions carrying each category
+        out[f"toxicity_rate/{c}"] = float(np.mean(np.asarray(v, float) > 0.5))
     if kls:
         out["kl_to_base"] = float(torch.cat(kls).float().mean().cpu())
     return out, texts

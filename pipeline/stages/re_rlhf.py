@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from pipeline import world
-from pipeline.artifacts import StageRun, require_stage, run_stage, write_json
-from pipeline.config import ExperimentConfig, to_dict
+from pipeline.artifacts import StageRun, require_stage, run_stage, write_json, write_text
+from pipeline.config import ExperimentConfig, fingerprint
 from pipeline.data.prompts import prompts_config, select_prompts
 from pipeline.distributed import wait_for_all_ranks
 from pipeline.errors import ConfigError, FairlError
@@ -32,7 +32,8 @@ from pipeline.metrics import MetricsSink, stage_sink
 from pipeline.policy.models import load_policy
 from pipeline.policy.plots import plot_curves
 from pipeline.policy.rl import discard_checkpoints, measure_toxicity, train_ppo, train_trl
-from pipeline.scorers import make_scorer, reward_inputs, reward_scorer
+from pipeline.policy.scaling import ScaledCategoryScorer
+from pipeline.scorers import Scorer, make_scorer, reward_inputs, reward_scorer
 
 log = logging.getLogger("fairl.re_rlhf")
 
@@ -50,7 +51,9 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
     tox_min = cfg.train_expert.prompt_toxicity_min
     train_prompts = [p.text for p in select_prompts(cfg, "train", tox_min)]
     eval_prompts = [
-        p.text for p in select_prompts(cfg, "eval", tox_min, cfg.prompts.max_eval_prompts)
+        p.text
+        for p in select_prompts(cfg, "eval", tox_min, cfg.prompts.max_eval_prompts)
+        for _ in range(rr.eval_samples)  # each sampled eval_samples times (seeded per batch)
     ]
     gt = make_scorer(cfg.ground_truth)
     inputs = {
@@ -58,7 +61,7 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
         **{f"reward:{k}": p for k, v in rewards.items() for p in reward_inputs(v).values()},
     }
     config = {
-        "re_rlhf": to_dict(rr),
+        "re_rlhf": fingerprint(rr),
         **prompts_config(cfg),
         "base_model": base,
         "rewards": rewards,
@@ -75,8 +78,35 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
 
 
 def resolve_reward(spec: str, cfg: ExperimentConfig) -> str:
-    """`irl:<method>`: the published reward of that method at the smallest irl seed; any other
-    spec (a scorer name, a reward directory) is returned as it is."""
+    """`irl:<method>`: the published reward of that method at the smallest irl seed;
+    `irl-categories:<method>[#route]`: the category rewards of that method and seed
+    (pipeline.scorers.CategoryRewardScorer); any other spec (a scorer name, a reward directory)
+    is returned as it is."""
+    if spec.startswith("irl-categories:"):
+        method, _, mode = spec.removeprefix("irl-categories:").partition("#")
+        if mode not in ("", "route", "sum"):
+            raise ConfigError(
+                f"re_rlhf reward {spec!r}: #{mode} is not a way to combine category rewards",
+                hint="irl-categories:<method> sums them, irl-categories:<method>#route routes",
+            )
+        if cfg.irl.categories is None:
+            raise ConfigError(
+                f"re_rlhf reward {spec!r} needs category rewards, and irl.categories is not set",
+                hint="set irl.categories (a list of subtypes, or all) and run irl",
+            )
+        root = cfg.stage_dir("irl") / "categories"
+        require_stage(cfg.stage_dir("irl"), "irl", "irl")
+        if not (root / "categories.json").is_file():
+            raise FairlError(
+                f"re_rlhf reward {spec!r}: the published irl has no category rewards ({root})",
+                hint="run irl again with irl.categories set (fairl irl --force)",
+            )
+        if method not in cfg.irl.methods:
+            raise FairlError(
+                f"re_rlhf reward {spec!r}: irl trained no {method!r}",
+                hint=f"irl trained {', '.join(cfg.irl.methods)}",
+            )
+        return f"categories:{mode or 'sum'}:{method}:{min(cfg.irl.seeds)}:{root}"
     if not spec.startswith("irl:"):
         return spec
     method = spec.split(":", 1)[1]
@@ -135,7 +165,7 @@ def _re_rlhf(run: StageRun, cfg, base, rewards, train_prompts, eval_prompts, gt)
             if _is_done(curves, name, seed):
                 discard_checkpoints(work)
                 continue  # finished before an interruption
-            scorer = reward_scorer(spec, gt)
+            scorer = scorer_for(name, spec, gt, rr)
             work.mkdir(parents=True, exist_ok=True)
             saved = work / "points.json"  # measurements survive an interruption with the checkpoint
             points = _read_points(work, name, is_main=True) or [{"step": 0, **start}]
@@ -154,7 +184,7 @@ def _re_rlhf(run: StageRun, cfg, base, rewards, train_prompts, eval_prompts, gt)
                     m = measure(trainer.policy, trainer.tok, reference=base_model)
                     points.append({"step": step, **m})
                     write_json(saved, points)
-                    sink.log(step, {f"{ns}/{k}": m[k] for k in CURVE_KEYS + tuple(markers)})
+                    sink.log(step, {f"{ns}/{k}": m[k] for k in logged(m, markers)})
 
             if rr.algorithm == "ppo":
                 train_ppo(
@@ -192,6 +222,9 @@ def _re_rlhf(run: StageRun, cfg, base, rewards, train_prompts, eval_prompts, gt)
     summary = {name: summarise(c, tuple(markers)) for name, c in curves.items()}
     write_json(run.path("summary.json"), summary)
     run.extra["summary"] = summary
+    if any(k.startswith("initial_toxicity/") for s in summary.values() for k in s):
+        rare = rare_category(rewards)
+        write_text(run.path("report.md"), report(summary, cfg.run.name, rare))
     for name, s in summary.items():
         ci = s["final_toxicity_ci95"]
         log.info(
@@ -204,14 +237,30 @@ def _re_rlhf(run: StageRun, cfg, base, rewards, train_prompts, eval_prompts, gt)
         )
 
 
+def scorer_for(name: str, spec: str, gt, rr) -> Scorer:
+    """The reward `name` (resolved `spec`) as a scorer, with DR-IRL's dynamic scaling when
+    re_rlhf.dynamic_scaling.rewards names it."""
+    scorer = reward_scorer(spec, gt)
+    if name in rr.dynamic_scaling.rewards:
+        return ScaledCategoryScorer(scorer, rr.dynamic_scaling)
+    return scorer
+
+
 CURVE_KEYS = ("toxicity_rate", "kl_to_base")  # logged at every measurement of a run
+
+
+def logged(m: dict, markers) -> list[str]:
+    """The keys of a measurement logged at every step: toxicity, KL, style markers and the
+    per-category toxicity rates."""
+    return [*CURVE_KEYS, *markers, *(k for k in m if k.startswith("toxicity_rate/"))]
 
 
 def summarise(curve: dict, markers: tuple[str, ...] = ()) -> dict:
     """One reward's runs: the toxicity before RL, and at the last step the mean over RL seeds
     with a 95% CI (Student t; None for one seed) and each seed's value, for the toxicity rate,
-    the KL to the base and each style marker's rate. A rate's interval is clipped to [0, 1],
-    where a rate lives (with few seeds near 0 the t interval reaches below it)."""
+    the KL to the base, each style marker's rate and each category's toxicity rate (with its
+    rate before RL). A rate's interval is clipped to [0, 1], where a rate lives, and the KL's
+    at 0 (with few seeds near 0 the t interval reaches below it)."""
     runs = curve["seeds"]
     seeds = sorted(runs, key=int)
     out: dict[str, Any] = {
@@ -219,17 +268,21 @@ def summarise(curve: dict, markers: tuple[str, ...] = ()) -> dict:
         "seeds": [int(s) for s in seeds],
         "initial_toxicity": runs[seeds[0]]["points"][0]["toxicity_rate"],
     }
+    categories = [k for k in runs[seeds[0]]["points"][-1] if k.startswith("toxicity_rate/")]
     for key, label in (
         ("toxicity_rate", "toxicity"),
         ("kl_to_base", "kl"),
         *[(m, m) for m in markers],
+        *[(k, k.replace("toxicity_rate/", "toxicity/")) for k in categories],
     ):
         finals = [runs[s]["points"][-1].get(key) for s in seeds]
         if any(v is None for v in finals):
             continue
         mean, ci = t_interval(finals)
-        if ci is not None and key != "kl_to_base":
-            ci = [max(ci[0], 0.0), min(ci[1], 1.0)]
+        if ci is not None:  # a rate lives in [0, 1], a KL (an expectation of one) above 0
+            ci = [max(ci[0], 0.0), ci[1] if key == "kl_to_base" else min(ci[1], 1.0)]
+        if key in categories:
+            out[f"initial_{label}"] = runs[seeds[0]]["points"][0].get(key)
         out[f"final_{label}"] = mean
         out[f"final_{label}_ci95"] = ci
         out[f"final_{label}_per_seed"] = dict(zip(seeds, finals, strict=True))
@@ -313,4 +366,62 @@ def _valid_curves(curves) -> bool:
         and isinstance(c.get("seeds"), dict)
         and all(isinstance(r, dict) and _valid_points(r.get("points")) for r in c["seeds"].values())
         for c in curves.values()
+    )
+
+
+# ------------------------------------------------------------------------------ report
+def rare_category(rewards: dict[str, str]) -> str | None:
+    """The category with the fewest demonstrations in the irl pairs (categories.json of a
+    category reward among `rewards`), or None when no reward is a category reward."""
+    for spec in rewards.values():
+        if spec.startswith("categories:"):
+            info = json.loads((Path(spec.split(":", 4)[4]) / "categories.json").read_text())
+            counts = {c: v["carrying"] for c, v in info["categories"].items()}
+            return min(counts, key=lambda c: (counts[c], c))
+    return None
+
+
+def report(summary: dict, run_name: str, rare: str | None) -> str:
+    """re_rlhf/report.md: per reward, the held-out toxicity after RL, per category (the rare
+    category first, in bold) and the KL to the base, each the mean over RL seeds [95% CI]."""
+    first = next(iter(summary.values()))
+    cats = sorted(
+        k.removeprefix("initial_toxicity/") for k in first if k.startswith("initial_toxicity/")
+    )
+    if rare in cats:
+        cats = [rare] + [c for c in cats if c != rare]
+    head = ["toxicity", *[f"**{c}** (rare)" if c == rare else c for c in cats], "KL to the base"]
+
+    def cell(s: dict, key: str) -> str:
+        mean, ci = s.get(f"final_{key}"), s.get(f"final_{key}_ci95")
+        if mean is None:
+            return "n/a"
+        return f"{mean:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    base = [first["initial_toxicity"], *[first.get(f"initial_toxicity/{c}") for c in cats], 0.0]
+    rows = [
+        "| Reward | " + " | ".join(head) + " |",
+        "|---" * (len(head) + 1) + "|",
+        "| base LM | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in base) + " |",
+    ]
+    for name, s in summary.items():
+        keys = ["toxicity", *[f"toxicity/{c}" for c in cats], "kl"]
+        rows.append(f"| {name} | " + " | ".join(cell(s, k) for k in keys) + " |")
+    n = max(len(s["seeds"]) for s in summary.values())
+    return "\n".join(
+        [
+            f"# re-rlhf: {run_name}",
+            "",
+            "Held-out toxicity after RL, overall and per category (the share of completions "
+            "carrying it), and the mean sequence KL to the base LM: the mean over "
+            f"{n} RL seed(s) [95% CI, Student t]."
+            + (
+                f" The rare category is {rare}: the fewest demonstrations in the irl pairs."
+                if rare
+                else ""
+            ),
+            "",
+            *rows,
+            "",
+        ]
     )

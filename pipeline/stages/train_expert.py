@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline import world
 from pipeline.artifacts import StageRun, run_stage, write_json
-from pipeline.config import ExperimentConfig, to_dict
+from pipeline.config import ExperimentConfig, fingerprint
 from pipeline.data.prompts import prompts_config, select_prompts
 from pipeline.hub import model_inputs, resolve_model
 from pipeline.metrics import stage_sink
@@ -38,7 +38,7 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
         for p in select_prompts(cfg, "eval", te.prompt_toxicity_min, cfg.prompts.max_eval_prompts)
     ]
     gt = make_scorer(cfg.ground_truth)
-    config = {"train_expert": to_dict(te), **prompts_config(cfg), "base_model": base}
+    config = {"train_expert": fingerprint(te), **prompts_config(cfg), "base_model": base}
 
     def recipe(run: StageRun) -> None:
         log.info(
