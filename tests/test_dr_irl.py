@@ -333,3 +333,38 @@ def test_category_rewards_are_fingerprint_neutral_until_set():
             ).re_rlhf
         )
     )
+
+
+def test_a_sweep_compares_the_re_rlhf_summaries_of_its_points(tmp_path):
+    """comparison/re_rlhf.md holds each point's table, the rare category first; re_rlhf.png
+    plots each category's toxicity against the KL."""
+    from pipeline.stages.re_rlhf import summarise
+    from pipeline.stages.sweep import compare_re_rlhf
+
+    cats = tmp_path / "irl" / "categories"
+    cats.mkdir(parents=True)
+    counts = {"insult": {"carrying": 90}, "threat": {"carrying": 3}}
+    (cats / "categories.json").write_text(json.dumps({"categories": counts}))
+    runs = []
+    for beta, kl in ((0.04, 6.0), (0.2, 2.0)):
+        curves = {}
+        for name, spec in (("single", "irl/me"), ("dr-irl", f"categories:sum:me:0:{cats}")):
+            seeds = {}
+            for s in range(3):
+                last = {"step": 30, "toxicity_rate": 0.01 * s, "kl_to_base": kl + s}
+                last |= {"toxicity_rate/insult": 0.01, "toxicity_rate/threat": 0.002 * s}
+                first = {"step": 0, "toxicity_rate": 0.6, "kl_to_base": 0.0}
+                first |= {"toxicity_rate/insult": 0.4, "toxicity_rate/threat": 0.01}
+                seeds[str(s)] = {"points": [first, last], "done": True}
+            curves[name] = {"reward": spec, "seeds": seeds}
+        run = tmp_path / f"beta={beta}"
+        (run / "re_rlhf").mkdir(parents=True)
+        summary = {n: summarise(c) for n, c in curves.items()}
+        (run / "re_rlhf" / "summary.json").write_text(json.dumps(summary))
+        runs.append(run)
+    md = compare_re_rlhf([r.name for r in runs], runs, tmp_path / "comparison").read_text()
+    assert "## beta=0.04" in md and "## beta=0.2" in md
+    assert "| toxicity | **threat** (rare) | insult | KL to the base |" in md
+    assert "| base LM | 0.600 | 0.010 | 0.400 | 0.000 |" in md
+    assert "| dr-irl | 0.010 [0.000, 0.035] | 0.002 [0.000, 0.007] |" in md
+    assert (tmp_path / "comparison" / "re_rlhf.png").stat().st_size > 10_000

@@ -138,7 +138,7 @@ def _trainer(world, **over):
     model, tok = load_policy(str(world.base_lm))
     cfg = PPOSection(batch_size=32, mini_batch_size=8, lr=3e-4, init_kl_coef=0.05, **over)
     gen = GenerationSection(max_new_tokens=12, batch_size=32)
-    score = lambda texts: torch.tensor([lexicon_score(t).reward for t in texts])
+    score = lambda texts, prompts=None: torch.tensor([lexicon_score(t).reward for t in texts])
     return ppo.PPOTrainer(model, tok, score, cfg, gen, accelerator()), gen
 
 

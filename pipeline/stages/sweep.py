@@ -35,6 +35,7 @@ from pipeline.evaluate.compare import compare_runs
 from pipeline.evaluate.metrics import t_interval
 from pipeline.figures import DPI, pyplot, save_figure
 from pipeline.policy.models import parameter_count
+from pipeline.policy.report import rare_category, report
 
 log = logging.getLogger("fairl.sweep")
 GLOBAL_SECTIONS = ("run", "world", "ground_truth", "prompts")  # read by every stage
@@ -183,6 +184,8 @@ def sweep(config: Path, overrides: list[str], grid_items: list[str], force: bool
         for done in pool.map(run_point, points):
             log.info("sweep: point %s done", done)
     runs = [p.run.root / p.run.name for _, _, p in points]
+    if "re_rlhf" in stages and len(runs) > 1:  # the policies of every point side by side
+        compare_re_rlhf([n for n, _, _ in points], runs, root / "comparison")
     if "evaluate" not in stages or len(runs) < 2:
         log.info("sweep: no comparison (%s)", "one point" if len(runs) < 2 else "no evaluate")
         return root / "points"
@@ -384,3 +387,67 @@ def plot_subtype_heatmap(trained: list[str], runs: list[Path], path: Path) -> Pa
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     pyplot().close(fig)
     return path
+
+
+def compare_re_rlhf(names: list[str], runs: list[Path], out: Path) -> Path:
+    """comparison/re_rlhf.md and .json: each point's re-rlhf table (per reward, toxicity overall
+    and per category, KL to the base, mean [95% CI] over RL seeds), and re_rlhf.png: toxicity
+    against the KL to the base, per reward across the points (a sweep over re_rlhf.trl.beta
+    traces each reward's curve, so rewards are compared at matched KL). Returns the .md."""
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = {
+        n: json.loads((r / "re_rlhf" / "summary.json").read_text()) for n, r in zip(names, runs)
+    }
+    rewards = {k: v["reward"] for s in summaries.values() for k, v in s.items()}
+    rare = rare_category(rewards)
+    parts = ["# re-rlhf across the sweep", ""]
+    for n, s in summaries.items():
+        parts += [f"## {n}", "", *report(s, n, rare).splitlines()[2:]]
+    (out / "re_rlhf.md").write_text("\n".join(parts) + "\n")
+    (out / "re_rlhf.json").write_text(json.dumps({"rare": rare, "points": summaries}, indent=1))
+    first = next(iter(summaries.values()))
+    cats = sorted(
+        k.removeprefix("initial_toxicity/")
+        for k in next(iter(first.values()))
+        if k.startswith("initial_toxicity/")
+    )
+    if rare in cats:
+        cats = [rare] + [c for c in cats if c != rare]
+    panels = [("toxicity", "toxicity")] + [
+        (f"toxicity/{c}", c + (" (rare)" if c == rare else "")) for c in cats
+    ]
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
+        for i, name in enumerate(dict.fromkeys(k for s in summaries.values() for k in s)):
+            pts = [
+                s[name]
+                for s in summaries.values()
+                if name in s and s[name].get(f"final_{key}") is not None
+            ]
+            pts.sort(key=lambda p: p["final_kl"] or 0.0)
+            x = [p["final_kl"] or 0.0 for p in pts]
+            y = [p[f"final_{key}"] for p in pts]
+            yerr = [
+                [
+                    p[f"final_{key}"] - (p[f"final_{key}_ci95"] or [p[f"final_{key}"]] * 2)[0]
+                    for p in pts
+                ],
+                [
+                    (p[f"final_{key}_ci95"] or [p[f"final_{key}"]] * 2)[1] - p[f"final_{key}"]
+                    for p in pts
+                ],
+            ]
+            ax.errorbar(
+                x, y, yerr=yerr, marker="o", ms=3, capsize=2, color=f"C{i % 10}", label=name
+            )
+        ax.set_xlabel("KL to the base LM")
+        ax.set_ylabel(f"held-out rate: {label}")
+        ax.set_ylim(bottom=0.0)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(
+        "re-rlhf: toxicity against KL, per reward across the sweep (mean, bars: 95% CI)",
+        fontsize=10,
+    )
+    save_figure(fig, out / "re_rlhf.png")
+    return out / "re_rlhf.md"
