@@ -187,7 +187,10 @@ def sweep(config: Path, overrides: list[str], grid_items: list[str], force: bool
     if "re_rlhf" in stages and len(runs) > 1:  # the policies of every point side by side
         compare_re_rlhf([n for n, _, _ in points], runs, root / "comparison")
     if "evaluate" not in stages or len(runs) < 2:
-        log.info("sweep: no comparison (%s)", "one point" if len(runs) < 2 else "no evaluate")
+        if len(runs) < 2 or "re_rlhf" not in stages:
+            log.info("sweep: no comparison (%s)", "one point" if len(runs) < 2 else "no evaluate")
+        else:
+            log.info("sweep: re-rlhf comparison in %s", root / "comparison" / "re_rlhf.md")
         return root / "points"
     out = root / "comparison"
     compare_runs(runs, out, require_same_test=False)
@@ -402,7 +405,7 @@ def compare_re_rlhf(names: list[str], runs: list[Path], out: Path) -> Path:
     rare = rare_category(rewards)
     parts = ["# re-rlhf across the sweep", ""]
     for n, s in summaries.items():
-        parts += [f"## {n}", "", *report(s, n, rare).splitlines()[2:]]
+        parts += [f"## {n}", "", *report(s, n, rare).splitlines()[2:], ""]
     (out / "re_rlhf.md").write_text("\n".join(parts) + "\n")
     (out / "re_rlhf.json").write_text(json.dumps({"rare": rare, "points": summaries}, indent=1))
     first = next(iter(summaries.values()))
