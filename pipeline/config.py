@@ -740,6 +740,20 @@ class TrainExpertSection(Section):
     ppo: PPOSection = _f(PPOSection(), "PPO settings.")
     trl: TRLSection = _f(TRLSection(), "GRPO / RLOO settings.")
 
+    @model_validator(mode="after")
+    def _scale_rewards(self):
+        _grpo_only(self.trl, self.algorithm, "train_expert")
+        return self
+
+
+def _grpo_only(trl: TRLSection, algorithm: str, where: str) -> None:
+    """trl.scale_rewards is GRPO's: refused with another algorithm, which would ignore it."""
+    if trl.scale_rewards != "group" and algorithm != "grpo":
+        raise ValueError(
+            f"{where}.trl.scale_rewards is a GRPO setting, and {where}.algorithm is {algorithm}: "
+            "set algorithm: grpo or drop scale_rewards"
+        )
+
 
 class DynamicScalingSection(Section):
     """DR-IRL's dynamic reward scaling for GRPO (pipeline.policy.scaling). The abstract gives no
@@ -801,8 +815,14 @@ class ReRLHFSection(Section):
 
     @model_validator(mode="after")
     def _scaling(self):
+        _grpo_only(self.trl, self.algorithm, "re_rlhf")
         ds = self.dynamic_scaling
         if not ds.rewards:
+            if ds != DynamicScalingSection():
+                raise ValueError(
+                    "re_rlhf.dynamic_scaling is set but scales no reward: name the rewards to "
+                    "scale in re_rlhf.dynamic_scaling.rewards"
+                )
             return self
         unknown = [r for r in ds.rewards if r not in self.rewards]
         if unknown:
@@ -969,6 +989,16 @@ class ExperimentConfig(Section):
 
     # Which sections the YAML file named; `fairl run` chains these by default.
     _present: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _category_rewards_need_categories(self) -> ExperimentConfig:
+        named = [k for k, v in self.re_rlhf.rewards.items() if v.startswith("irl-categories:")]
+        if named and self.irl.categories is None:
+            raise ValueError(
+                f"re_rlhf rewards {named} are category rewards (irl-categories:), and "
+                "irl.categories is not set: set it (a list of subtypes, or all) so irl trains them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _world_and_its_ground_truth(self) -> ExperimentConfig:

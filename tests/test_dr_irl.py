@@ -55,8 +55,11 @@ def test_bad_categories_are_data_errors_that_name_what_the_data_carries():
     df = category_frame({"insult": 3, "threat": 0}, val={"threat": 1})
     assert resolve_categories(df, ["insult"]) == ["insult"]
     for wanted in (["insult", "threat"], "all"):  # threat: no training pair carries it
-        with pytest.raises(DataError, match=r"\['threat'\]: no training pair's rejected output"):
+        with pytest.raises(
+            DataError, match=r"\['threat'\]: no training pair's rejected output"
+        ) as e:
             resolve_categories(df, wanted)
+        assert "set irl.categories to those with demonstrations, ['insult']" in e.value.hint
     with pytest.raises(DataError, match=r"\['sexual'\]: the pairs carry no such category") as e:
         resolve_categories(df, ["sexual"])
     assert "insult, threat" in e.value.hint
@@ -106,12 +109,13 @@ def write(tmp_path, doc) -> str:
 
 def test_scaling_without_categories_and_other_bad_settings_are_config_errors():
     base = {
+        "irl": {"categories": "all"},
         "re_rlhf": {
             "algorithm": "grpo",
             "rewards": {"cat": "irl-categories:me", "single": "irl:me"},
             "trl": {"scale_rewards": "batch"},
             "dynamic_scaling": {"rewards": ["cat"]},
-        }
+        },
     }
 
     def bad(change: dict, match: str):
@@ -128,10 +132,24 @@ def test_scaling_without_categories_and_other_bad_settings_are_config_errors():
     ExperimentConfig.model_validate(base)
     bad({"re_rlhf.dynamic_scaling.rewards": ["single"]}, "dynamic scaling needs category rewards")
     bad({"re_rlhf.dynamic_scaling.rewards": ["nope"]}, "which re_rlhf.rewards does not have")
-    bad({"re_rlhf.algorithm": "ppo"}, "dynamic scaling is for GRPO")
+    bad(
+        {"re_rlhf.algorithm": "ppo", "re_rlhf.trl.scale_rewards": "group"},
+        "dynamic scaling is for GRPO",
+    )
     bad({"re_rlhf.trl.scale_rewards": "group"}, "cancels the prompt's scale")
     bad({"irl.categories": []}, "irl.categories is empty")
     bad({"irl.categories": ["threat"], "irl.subtype": "threat"}, "irl.subtype and irl.categories")
+    bad({"re_rlhf.dynamic_scaling": {"alpha": 2.0}}, "scales no reward")
+    for algorithm in ("ppo", "rloo"):
+        bad(
+            {"re_rlhf.dynamic_scaling.rewards": [], "re_rlhf.algorithm": algorithm},
+            "scale_rewards is a GRPO setting",
+        )
+        bad(
+            {"train_expert.algorithm": algorithm, "train_expert.trl.scale_rewards": "none"},
+            "train_expert.trl.scale_rewards is a GRPO setting",
+        )
+    bad({"irl.categories": None}, r"\['cat'\] are category rewards .* irl.categories is not set")
 
 
 def invoke(*args):

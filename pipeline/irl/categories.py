@@ -49,10 +49,12 @@ def resolve_categories(df: pd.DataFrame, wanted: list[str] | str) -> list[str]:
     train = (df["split"] == "train").to_numpy()
     empty = [c for c in names if not (train & carries(df, c)).any()]
     if empty:
+        rest = [c for c in names if c not in empty]
         raise DataError(
             f"irl.categories {empty}: no training pair's rejected output carries "
             f"{'it' if len(empty) == 1 else 'them'}, so there is nothing to learn the reward from",
-            hint="drop the category from irl.categories, or add pairs that demonstrate it",
+            hint=f"set irl.categories to those with demonstrations, {rest}, or add pairs that "
+            "demonstrate the others",
         )
     return names
 

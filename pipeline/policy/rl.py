@@ -48,7 +48,9 @@ def score_fn_for(scorer: Scorer) -> Callable[..., torch.Tensor]:
 
 def should_normalise(setting: str, scorer: Scorer) -> bool:
     # auto: the rewards whose scale is arbitrary (recovered, or another project's reward model)
-    return setting == "always" or (setting == "auto" and scorer.name in ("learned", "hf-reward"))
+    return setting == "always" or (
+        setting == "auto" and scorer.name in ("learned", "hf-reward", "categories")
+    )
 
 
 def train_ppo(

@@ -8,7 +8,9 @@ reward r_c (standardised, pipeline.scorers.CategoryRewardScorer), a prompt x and
               hardness: how much nearer the prompt lies to category c's unsafe demonstrations
               than to its safe ones (h the reward's sentence encoder, mu the centroids irl wrote)
     g_c     <- momentum * g_c + (1 - momentum) * (mean_batch r_c(y) - mean_ref r_c)
-              the reward gap of the policy over the base LM (reference samples drawn before RL)
+              the reward gap of the policy over the base LM (reference samples drawn before RL),
+              0 before the first batch and that batch's gap after it; each batch is scaled with
+              the gaps of the batches before it
     rho_c   = tanh(max(g_c, 0) / sigma_c)
               responsiveness: 0 while the policy has not moved on c, towards 1 once it has
               gained a reference std sigma_c of r_c
@@ -121,18 +123,18 @@ class ScaledCategoryScorer(Scorer):
         h = inner.embed_prompts(prompts)
         d = hardness(h, inner.mu["unsafe"], inner.mu["safe"]).T  # [C, n]
         gap = self.tracker.gap if self.tracker.gap is not None else torch.zeros(len(cats))
-        rho = responsiveness(gap, self.sigma)
+        rho = responsiveness(gap, self.sigma)  # from the gaps of the batches before this one
         s = scale(d.T, rho, cfg.alpha, cfg.beta).T  # [C, n]
         s = s / s[active].mean()  # reweight, do not resize
         reward = (s * r * active).sum(0)
         batch_mean = torch.where(active, r, torch.nan).nanmean(1)
-        self.tracker.update(batch_mean)
+        self.tracker.update(batch_mean)  # for the next batch
         stats = {}
         for i, c in enumerate(cats):
             if active[i].any():
                 stats[f"scale/{c}"] = float(s[i][active[i]].mean())
                 stats[f"hardness/{c}"] = float(d[i][active[i]].mean())
-            stats[f"gap/{c}"] = float(self.tracker.gap[i])
+            stats[f"gap/{c}"] = float(gap[i])  # the gap rho_c was computed from
             stats[f"responsiveness/{c}"] = float(rho[i])
         self.last_stats = stats
         if self.log_metric is not None:

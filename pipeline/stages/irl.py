@@ -235,7 +235,9 @@ def _fit_categories(run: StageRun, cfg, pairs: PairSet, data, specs, head, optim
     root = run.path("categories")
     val = df["split"].to_numpy() == "val"
     train_outputs = torch.cat([data.h_pos[data.train], data.h_neg[data.train]])
-    prompts = embedder.embed(df["prompt"].tolist())
+    # the demonstrating (rejected) side's prompt: in RTP pairs the two sides are different records
+    side = "rejected_prompt" if "rejected_prompt" in df else "prompt"
+    prompts = embedder.embed(df[side].tolist())
     mu: dict[str, list[torch.Tensor]] = {"prompt": [], "unsafe": [], "safe": []}
     link = None
     for c in names:

@@ -4,6 +4,8 @@ ordinary run, then one comparison report over them.
     <run.root>/<run.name>/
         shared/<stage>/          the stages upstream of every swept key, run once
         points/<point>/<stage>/  each point's own stages (the shared ones linked in)
+        comparison-re_rlhf/      when the points run re-rlhf: re_rlhf.md, re_rlhf.json,
+                                 re_rlhf.png (toxicity per category against the KL, per reward)
         comparison/              report.md, comparison.json; for one numeric key sweep.png;
                                  for irl.subtype cross_subtype.png; for a model-size key
                                  (train_expert.base_model, world.hidden_size) model_size.png
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.artifacts import atomic_dir
 from pipeline.config import STAGES, ExperimentConfig, load_config
 from pipeline.errors import ConfigError, FairlError
 from pipeline.evaluate.compare import compare_runs
@@ -185,12 +188,12 @@ def sweep(config: Path, overrides: list[str], grid_items: list[str], force: bool
             log.info("sweep: point %s done", done)
     runs = [p.run.root / p.run.name for _, _, p in points]
     if "re_rlhf" in stages and len(runs) > 1:  # the policies of every point side by side
-        compare_re_rlhf([n for n, _, _ in points], runs, root / "comparison")
+        compare_re_rlhf([n for n, _, _ in points], runs, root / "comparison-re_rlhf")
     if "evaluate" not in stages or len(runs) < 2:
         if len(runs) < 2 or "re_rlhf" not in stages:
             log.info("sweep: no comparison (%s)", "one point" if len(runs) < 2 else "no evaluate")
         else:
-            log.info("sweep: re-rlhf comparison in %s", root / "comparison" / "re_rlhf.md")
+            log.info("sweep: re-rlhf comparison in %s", root / "comparison-re_rlhf")
         return root / "points"
     out = root / "comparison"
     compare_runs(runs, out, require_same_test=False)
@@ -393,11 +396,17 @@ def plot_subtype_heatmap(trained: list[str], runs: list[Path], path: Path) -> Pa
 
 
 def compare_re_rlhf(names: list[str], runs: list[Path], out: Path) -> Path:
-    """comparison/re_rlhf.md and .json: each point's re-rlhf table (per reward, toxicity overall
-    and per category, KL to the base, mean [95% CI] over RL seeds), and re_rlhf.png: toxicity
-    against the KL to the base, per reward across the points (a sweep over re_rlhf.trl.beta
-    traces each reward's curve, so rewards are compared at matched KL). Returns the .md."""
-    out.mkdir(parents=True, exist_ok=True)
+    """re_rlhf.md and .json in `out`, published atomically (replacing an earlier one): each
+    point's re-rlhf table (per reward, toxicity overall and per category, KL to the base, mean
+    [95% CI] over RL seeds), and re_rlhf.png: toxicity against the KL to the base, per reward
+    across the points (a sweep over re_rlhf.trl.beta traces each reward's curve, so rewards are
+    compared at matched KL). Returns the .md."""
+    with atomic_dir(out) as tmp:
+        _compare_re_rlhf(names, runs, tmp)
+    return out / "re_rlhf.md"
+
+
+def _compare_re_rlhf(names: list[str], runs: list[Path], out: Path) -> None:
     summaries = {
         n: json.loads((r / "re_rlhf" / "summary.json").read_text()) for n, r in zip(names, runs)
     }
@@ -453,4 +462,3 @@ def compare_re_rlhf(names: list[str], runs: list[Path], out: Path) -> Path:
         fontsize=10,
     )
     save_figure(fig, out / "re_rlhf.png")
-    return out / "re_rlhf.md"
