@@ -12,6 +12,7 @@ numbers and times are what a fresh clone gets):
   rtp-challenging  `fairl run configs/rtp-challenging.yaml` (needs ../shared/data/rtp-challenging)
   hard             `fairl run configs/hard.yaml` (timed), then `python scripts/check_world.py
                    configs/hard.yaml` on that run (its world_check line)
+  dr-irl           `fairl sweep configs/experiments/dr-irl-world.yaml` (timed)
   bench            `python scripts/bench_irl.py` (the README quotes its full workload)
   theorem1         the measured widths that `tests/test_theorem1.py` prints
 
@@ -44,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "docs" / "results"
 RUN_ROOT = ROOT / "runs" / "readme"
 README = ROOT / "README.md"
-NAMES = ("toy", "rtp-challenging", "hard", "flywheel", "bench", "theorem1")
+NAMES = ("toy", "rtp-challenging", "hard", "flywheel", "dr-irl", "bench", "theorem1")
 
 # The files each result depends on (directories are walked). A change in any of them makes the
 # result stale: the test then fails until the result is regenerated.
@@ -53,6 +54,7 @@ SOURCES = {
     "rtp-challenging": ("pipeline", "cli", "configs/rtp-challenging.yaml", "constraints.txt"),
     "hard": ("pipeline", "cli", "configs/hard.yaml", "scripts/check_world.py", "constraints.txt"),
     "flywheel": ("pipeline", "cli", "configs/hard.yaml", "constraints.txt"),
+    "dr-irl": ("pipeline", "cli", "configs/experiments/dr-irl-world.yaml", "constraints.txt"),
     "bench": ("pipeline", "scripts/bench_irl.py", "constraints.txt"),
     "theorem1": ("pipeline", "tests/test_theorem1.py", "constraints.txt"),
 }
@@ -458,6 +460,43 @@ def produce_flywheel() -> dict:
     }
 
 
+DR_IRL_CONFIG = "configs/experiments/dr-irl-world.yaml"
+
+
+def produce_dr_irl() -> dict:
+    """`fairl sweep` of the DR-IRL comparison from an empty cache, timed: each point's re-rlhf
+    summaries, the category counts of the irl pairs, and the toxicity-against-KL figure."""
+    _fresh("dr-irl")
+    root = RUN_ROOT / "dr-irl"
+    cmd = [sys.executable, "-m", "cli.main", "sweep", DR_IRL_CONFIG, "-q", "--set",
+           f"run.root={root.relative_to(ROOT)}"]  # fmt: skip
+    _, wall = _call(cmd, _env("dr-irl"), "dr-irl")
+    run_dir = root / "dr-irl-world"
+    comparison = _load(run_dir / "comparison-re_rlhf" / "re_rlhf.json")
+    cats = _load(run_dir / "shared" / "irl" / "categories" / "categories.json")
+    return {
+        "timing": {"run_s": wall},
+        "rare": comparison["rare"],
+        "points": comparison["points"],
+        "eval_completions": _n_completions(run_dir),
+        "categories": {
+            c: {k: v[k] for k in ("carrying", "resampled", "total", "routing_accuracy")}
+            for c, v in cats["categories"].items()
+        },
+        "figures": {
+            "re_rlhf": _copy_figure(run_dir / "comparison-re_rlhf" / "re_rlhf.png", "dr-irl.png")
+        },
+    }
+
+
+def _n_completions(run_dir: Path) -> int:
+    """The held-out completions of one measurement (prompts x re_rlhf.eval_samples)."""
+    points = sorted((run_dir / "points").iterdir())
+    curves = _load(next(p for p in points if p.is_dir()) / "re_rlhf" / "curves.json")
+    run = next(iter(next(iter(curves.values()))["seeds"].values()))
+    return int(run["points"][0]["n"])
+
+
 def produce_bench(quick: bool = False) -> dict:
     cmd = [sys.executable, "scripts/bench_irl.py"] + (["--quick"] if quick else [])
     out, wall = _call(cmd, _env("bench"), "bench")
@@ -504,6 +543,7 @@ COMMANDS = {
     "python scripts/check_world.py configs/hard.yaml --set run.root=runs/readme",
     "flywheel": f"fairl flywheel configs/hard.yaml --cycles {FLYWHEEL_CYCLES} --oracle "
     "ground_truth --set run.root=runs/readme --re-rlhf",
+    "dr-irl": f"fairl sweep {DR_IRL_CONFIG} --set run.root=runs/readme/dr-irl",
     "bench": "python scripts/bench_irl.py",
     "theorem1": f"python -m pytest {THEOREM1_TEST} -s",
 }
@@ -517,6 +557,7 @@ def produce(name: str, quick_bench: bool = False) -> dict:
         "rtp-challenging": produce_rtp,
         "hard": produce_hard,
         "flywheel": produce_flywheel,
+        "dr-irl": produce_dr_irl,
         "theorem1": produce_theorem1,
         "bench": lambda: produce_bench(quick_bench),
     }[name]()
@@ -936,6 +977,59 @@ def _render_flywheel(r: dict) -> dict[str, str]:
     }
 
 
+def _render_dr_irl(r: dict) -> dict[str, str]:
+    from pipeline.policy.report import report  # the table fairl writes in re_rlhf/report.md
+
+    g, rare = r["generated"], r["rare"]
+    points = r["points"]
+    tables = []
+    for name, summary in points.items():
+        table = [line for line in report(summary, name, rare).splitlines() if line.startswith("|")]
+        tables.append("\n".join([f"{name}:", "", *table]))
+    irl = [k for k in next(iter(points.values())) if k != "ground_truth"]
+
+    def spread(p: dict) -> float:  # how far apart the IRL rewards' KLs are at a point
+        kls = [p[k]["final_kl"] for k in irl if p.get(k, {}).get("final_kl") is not None]
+        return max(kls) - min(kls) if kls else float("inf")
+
+    matched = min(points, key=lambda n: spread(points[n]))
+    at = points[matched]
+    per_seed = "; ".join(
+        f"{k} "
+        + ", ".join(
+            str(round(v * r["eval_completions"]))
+            for v in at[k][f"final_toxicity/{rare}_per_seed"].values()
+        )
+        + f" (KL {at[k]['final_kl']:.2f})"
+        for k in at
+    )
+    by_count = sorted(r["categories"].items(), key=lambda x: -x[1]["carrying"])
+    counts = ", ".join(f"{c} {v['carrying']}" for c, v in by_count)
+    routing = ", ".join(
+        f"{c} {_num(v['routing_accuracy'])}"
+        for c, v in by_count
+        if v["routing_accuracy"] is not None
+    )
+    return {
+        "dr-irl": _fill(
+            f"`{g['command']}` took {_duration(r['timing']['run_s'])} {_measured_on(g)}, from an "
+            f"empty cache. Toxicity on {r['eval_completions']} held-out completions per "
+            "measurement; mean [95% CI] over the RL seeds:"
+        )
+        + "\n\n"
+        + "\n\n".join(tables)
+        + f"\n\n![DR-IRL: toxicity against KL]({r['figures']['re_rlhf']['path']})\n\n"
+        + _fill(
+            f"Demonstrations per category in the irl pairs: {counts} (each balanced to the "
+            f"largest count). The IRL rewards' KLs are closest at {matched} "
+            f"(a spread of {spread(at):.2f}); there, the completions carrying the rare category "
+            f"({rare}) per RL seed, of {r['eval_completions']}: {per_seed}. Routing accuracy "
+            "(the share of the validation pairs carrying a category whose prompt routes to it; "
+            f"categories without validation pairs left out): {routing}."
+        )
+    }
+
+
 def _render_bench(r: dict) -> dict[str, str]:
     g = r["generated"]
     return {
@@ -960,6 +1054,7 @@ RENDERERS = {
     "rtp-challenging": _render_rtp,
     "hard": _render_hard,
     "flywheel": _render_flywheel,
+    "dr-irl": _render_dr_irl,
     "bench": _render_bench,
     "theorem1": _render_theorem1,
 }

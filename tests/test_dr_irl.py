@@ -158,13 +158,21 @@ def invoke(*args):
 
 
 def test_irl_categories_through_the_cli_and_bad_input_before_training(tmp_path):
-    rows = make_pairs_records(160)
-    for i, r in enumerate(rows):  # toxic pairs: insult, and every 8th a threat
-        st = "threat" if i % 8 == 0 else "insult"
+    rows = make_pairs_records(200)
+    for i, r in enumerate(rows):  # toxic pairs: insult, and every 4th a threat
+        st = "threat" if i % 4 == 0 else "insult"
         r["chosen_subtypes"] = {"insult": 0.0, "threat": 0.0}
         r["rejected_subtypes"] = {"insult": 0.0, "threat": 0.0} | (
             {st: 1.0} if r["rejected_toxic"] else {}
         )
+        # as in RTP pairs, the rejected (demonstrating) side answers its own prompt, which
+        # says which harm follows; the shared `prompt` column (the chosen side's) says nothing
+        if r["rejected_toxic"]:
+            r["rejected_prompt"] = (
+                f"I will find where you live and I am going to ({i})"
+                if st == "threat"
+                else f"Everyone knows that you are a worthless ({i})"
+            )
     pairs = write_jsonl(tmp_path / "p.jsonl", rows)
     cfg = small_config(tmp_path, pairs, methods=["mm", "fa-me-margin"], seeds=[0])
     for cats, match in ((["obscene"], "the pairs carry no such category"),):
@@ -197,6 +205,9 @@ def test_irl_categories_through_the_cli_and_bad_input_before_training(tmp_path):
     }
     rows = [json.loads(x) for x in (irl / "metrics.jsonl").read_text().splitlines()]
     assert {r.get("category") for r in rows} == {None, "insult", "threat"}  # one sink, tagged
+    # routing reads the demonstrating side's prompt: the planted prompts route perfectly
+    routed = [info["categories"][c]["routing_accuracy"] for c in ("insult", "threat")]
+    assert all(a is not None for a in routed) and min(routed) == 1.0, routed
 
 
 @pytest.fixture(scope="module")
@@ -347,7 +358,15 @@ def test_category_rewards_are_fingerprint_neutral_until_set():
     assert "dynamic_scaling" in json.dumps(
         fingerprint(
             ExperimentConfig.model_validate(
-                {"re_rlhf": {"dynamic_scaling": {"alpha": 2.0}}}
+                {
+                    "irl": {"categories": "all"},
+                    "re_rlhf": {
+                        "algorithm": "grpo",
+                        "rewards": {"c": "irl-categories:me"},
+                        "trl": {"scale_rewards": "batch"},
+                        "dynamic_scaling": {"rewards": ["c"]},
+                    },
+                }
             ).re_rlhf
         )
     )
