@@ -1000,8 +1000,9 @@ def _render_dr_irl(r: dict) -> dict[str, str]:
             str(round(v * r["eval_completions"]))
             for v in at[k][f"final_toxicity/{rare}_per_seed"].values()
         )
-        + f" (KL {at[k]['final_kl']:.2f})"
+        + f" (KL {_num(at[k].get('final_kl'))})"
         for k in at
+        if f"final_toxicity/{rare}_per_seed" in at[k]
     )
     by_count = sorted(r["categories"].items(), key=lambda x: -x[1]["carrying"])
     counts = ", ".join(f"{c} {v['carrying']}" for c, v in by_count)

@@ -31,7 +31,7 @@ from sklearn.metrics import roc_auc_score
 from pipeline import world
 from pipeline.artifacts import require_stage, stage_run, write_json, write_text
 from pipeline.audit.common import resolve_audited, sha256_dir
-from pipeline.config import STAGES, ExperimentConfig, plain_name
+from pipeline.config import STAGES, DynamicScalingSection, ExperimentConfig, plain_name
 from pipeline.data.jigsaw import load_heldout
 from pipeline.errors import ConfigError
 from pipeline.evaluate.distances import DegenerateReward, starc_l1
@@ -114,11 +114,14 @@ def run(
     gap = None
     if rl:
         c = _cycle_cfg(cfg, out, "re-rlhf")
-        c.re_rlhf.rewards = {
+        rewards = {
             "ground_truth": "ground_truth",
             "version-0": str(versions[0]),
             f"version-{cycles}": str(versions[-1]),
-        }
+        }  # none of them a category reward: the config's dynamic scaling has nothing to scale
+        c.re_rlhf = c.re_rlhf.model_copy(
+            update={"rewards": rewards, "dynamic_scaling": DynamicScalingSection()}
+        )
         summary = json.loads((re_rlhf.run(c, force) / "summary.json").read_text())
         gap = gap_closed(summary, "ground_truth", "version-0", f"version-{cycles}")
     config = {

@@ -436,8 +436,8 @@ def _compare_re_rlhf(names: list[str], runs: list[Path], out: Path) -> None:
                 for s in summaries.values()
                 if name in s and s[name].get(f"final_{key}") is not None
             ]
-            pts.sort(key=lambda p: p["final_kl"] or 0.0)
-            x = [p["final_kl"] or 0.0 for p in pts]
+            pts.sort(key=lambda p: p.get("final_kl") or 0.0)
+            x = [p.get("final_kl") or 0.0 for p in pts]
             y = [p[f"final_{key}"] for p in pts]
             yerr = [
                 [
